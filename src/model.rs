@@ -1,0 +1,143 @@
+//! Shared vocabulary: items, outcomes, verdicts and status values. No I/O lives here.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+/// Where an item lives in its store: a SQLite `rowid`, or the position of the item in a
+/// JSON/JSONL file. Only the store that produced it interprets it.
+pub type ItemKey = i64;
+
+/// One failed item claimed from a store, ready to be checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// The store's locator for write-back.
+    pub key: ItemKey,
+    /// The item's id as text (`item_id`, or the `--id-column`).
+    pub id: String,
+    /// The item's own URL (`url` / `--url-column`), when the store has one.
+    pub url: Option<String>,
+    /// Values of the extra columns the URL template asks for (`{COLUMN}`), in the order of
+    /// [`crate::store::StoreOptions::extra_columns`]. `None` is SQL NULL / a missing field.
+    pub fields: Vec<Option<String>>,
+}
+
+/// What one check concluded about one item (SPEC §3, "Outcome of one item").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Expected HTTP status and every `--expect-json` rule holds.
+    Ok,
+    /// Expected HTTP status, but a JSON rule does not hold.
+    StillFailed,
+    /// 404 or 410.
+    NotFound,
+    /// Retries exhausted, or a non-retryable failure.
+    Error,
+}
+
+impl Outcome {
+    /// All outcomes, in the order summaries list them.
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Ok,
+        Outcome::StillFailed,
+        Outcome::NotFound,
+        Outcome::Error,
+    ];
+
+    /// The snake_case name used in JSON output and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::StillFailed => "still_failed",
+            Outcome::NotFound => "not_found",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The result of checking one item: what gets written back and reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// The store's locator of the item.
+    pub key: ItemKey,
+    /// The item's id (for reports and logs).
+    pub id: String,
+    /// What the check concluded.
+    pub outcome: Outcome,
+    /// HTTP status of the last answer, if any answer came.
+    pub http_status: Option<u16>,
+    /// HTTP attempts made for this item in this run.
+    pub attempts: u32,
+    /// Why the item is not OK (`None` when it is OK). Never contains a secret.
+    pub error: Option<String>,
+    /// When the check finished.
+    pub checked_at: SystemTime,
+    /// Time from the first attempt to the verdict, retries and waits included.
+    pub elapsed: Duration,
+}
+
+/// A status value as the user typed it (`--failed-status 5`, `--ok-status ok`).
+///
+/// Stores decide how to bind it: as an integer where the column (or the JSON field) holds
+/// integers and the text parses as one, else as text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StatusValue(String);
+
+impl StatusValue {
+    /// Wraps a status value; any text is allowed.
+    pub fn new(text: impl Into<String>) -> Self {
+        StatusValue(text.into())
+    }
+
+    /// The value as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The value as an integer, when it is one (`"5"` → `Some(5)`, `"05"` → `None`).
+    pub fn as_int(&self) -> Option<i64> {
+        let n: i64 = self.0.parse().ok()?;
+        // "05" or "+5" are text that only looks like a number: keep them text.
+        (n.to_string() == self.0).then_some(n)
+    }
+}
+
+impl fmt::Display for StatusValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Formats a time as RFC 3339 UTC with millisecond precision, the form every store writes
+/// into `checked_at` (it sorts as text).
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_value_int_only_when_canonical() {
+        assert_eq!(StatusValue::new("5").as_int(), Some(5));
+        assert_eq!(StatusValue::new("-1").as_int(), Some(-1));
+        assert_eq!(StatusValue::new("05").as_int(), None);
+        assert_eq!(StatusValue::new("+5").as_int(), None);
+        assert_eq!(StatusValue::new("failed").as_int(), None);
+    }
+
+    #[test]
+    fn rfc3339_is_utc_millis() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_500);
+        assert_eq!(rfc3339(t), "1970-01-01T00:00:01.500Z");
+    }
+}

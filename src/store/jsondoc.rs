@@ -1,0 +1,1 @@
+//! Stub: shared JSON splicing.

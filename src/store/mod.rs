@@ -1,0 +1,401 @@
+//! Stage "store": where items live. Parses `--store` once into a [`StoreSpec`], opens the
+//! backend, and hides it behind the small, batch-shaped [`Store`] trait. The checker never
+//! sees which backend it talks to; a backend never sees HTTP.
+
+pub mod json;
+pub mod jsondoc;
+pub mod jsonl;
+pub mod sqlite;
+
+use std::fmt;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+
+use crate::model::{Item, Outcome, StatusValue, Verdict};
+
+/// The default store: a SQLite file in the working directory.
+pub const DEFAULT_STORE: &str = "recheck.db";
+/// The default table of SQL stores.
+pub const DEFAULT_TABLE: &str = "items";
+
+/// Which backend `--store` names, and where it is. Parsed once; never holds a password in
+/// its `Debug`/`Display` form.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreSpec {
+    /// `sqlite:PATH`, or a path ending `.db`, `.sqlite`, `.sqlite3`.
+    Sqlite(PathBuf),
+    /// `json:PATH`, or a path ending `.json`.
+    Json(PathBuf),
+    /// `jsonl:PATH`, or a path ending `.jsonl`.
+    Jsonl(PathBuf),
+    /// `postgres://` / `postgresql://` URL (not yet supported by this build).
+    Postgres(String),
+    /// `mysql://` / `mariadb://` URL (not yet supported by this build).
+    Mysql(String),
+}
+
+impl StoreSpec {
+    /// Parses the `--store` spelling of SPEC §2.
+    pub fn parse(s: &str) -> Result<StoreSpec> {
+        let s = s.trim();
+        if s.is_empty() {
+            bail!("--store is empty");
+        }
+        let lower = s.to_ascii_lowercase();
+        if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+            return Ok(StoreSpec::Postgres(s.to_string()));
+        }
+        if lower.starts_with("mysql://") || lower.starts_with("mariadb://") {
+            return Ok(StoreSpec::Mysql(s.to_string()));
+        }
+        for (prefix, make) in [
+            ("sqlite:", StoreSpec::Sqlite as fn(PathBuf) -> StoreSpec),
+            ("json:", StoreSpec::Json),
+            ("jsonl:", StoreSpec::Jsonl),
+        ] {
+            if let Some(rest) = s.strip_prefix(prefix) {
+                // `sqlite://path` is a common spelling too.
+                let rest = rest.strip_prefix("//").unwrap_or(rest);
+                if rest.is_empty() {
+                    bail!("--store {s:?} names no file");
+                }
+                return Ok(make(PathBuf::from(rest)));
+            }
+        }
+        let ext = Path::new(s)
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        match ext.as_deref() {
+            Some("db" | "sqlite" | "sqlite3") => Ok(StoreSpec::Sqlite(s.into())),
+            Some("json") => Ok(StoreSpec::Json(s.into())),
+            Some("jsonl" | "ndjson") => Ok(StoreSpec::Jsonl(s.into())),
+            _ => bail!(
+                "--store {s:?}: cannot tell the backend; use a path ending .db/.sqlite/.sqlite3/.json/.jsonl, \
+                 or a sqlite:/json:/jsonl: prefix, or a postgres:// or mysql:// URL"
+            ),
+        }
+    }
+
+    /// The file behind a file-based store.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            StoreSpec::Sqlite(p) | StoreSpec::Json(p) | StoreSpec::Jsonl(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for StoreSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreSpec::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
+            StoreSpec::Json(p) => write!(f, "json:{}", p.display()),
+            StoreSpec::Jsonl(p) => write!(f, "jsonl:{}", p.display()),
+            StoreSpec::Postgres(u) | StoreSpec::Mysql(u) => f.write_str(&redact_url_password(u)),
+        }
+    }
+}
+
+impl fmt::Debug for StoreSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoreSpec({self})")
+    }
+}
+
+/// Replaces the password of a URL (`scheme://user:pass@host`) with `***`.
+pub fn redact_url_password(u: &str) -> String {
+    match url::Url::parse(u) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(_) => u.to_string(),
+        // Unparseable: do not risk echoing a secret.
+        Err(_) => match (u.find("://"), u.rfind('@')) {
+            (Some(s), Some(at)) if at > s => format!("{}***{}", &u[..s + 3], &u[at..]),
+            _ => u.to_string(),
+        },
+    }
+}
+
+/// A table or column name, checked against `[A-Za-z_][A-Za-z0-9_]*` so it can be quoted
+/// into SQL safely. Never built from unchecked text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Ident(String);
+
+impl Ident {
+    /// Checks `name` (what = the flag or option that gave it, for the error message).
+    pub fn new(what: &str, name: &str) -> Result<Ident> {
+        let mut chars = name.chars();
+        let ok = match chars.next() {
+            Some(c) if c.is_ascii_alphabetic() || c == '_' => {
+                chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+            }
+            _ => false,
+        };
+        if !ok {
+            bail!("{what} {name:?} is not a plain identifier ([A-Za-z_][A-Za-z0-9_]*)");
+        }
+        Ok(Ident(name.to_string()))
+    }
+
+    /// The name as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The name quoted for SQL (`"name"`), safe because of the check in [`Ident::new`].
+    pub fn quoted(&self) -> String {
+        format!("\"{}\"", self.0)
+    }
+}
+
+impl fmt::Display for Ident {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How the store's table (or JSON fields) map to recheck's names (SPEC §2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Columns {
+    /// `--table` (SQL stores only).
+    pub table: Ident,
+    /// `--task-column`, default `task_id`.
+    pub task: Ident,
+    /// `--id-column`, default `item_id` (JSON also accepts `id`).
+    pub id: Ident,
+    /// `--status-column`, default `status`.
+    pub status: Ident,
+    /// `--url-column`, default `url`.
+    pub url: Ident,
+}
+
+impl Default for Columns {
+    fn default() -> Self {
+        let ident = |s: &str| Ident(s.to_string());
+        Columns {
+            table: ident(DEFAULT_TABLE),
+            task: ident("task_id"),
+            id: ident("item_id"),
+            status: ident("status"),
+            url: ident("url"),
+        }
+    }
+}
+
+/// The bookkeeping columns a store fills when it has them (SPEC §3).
+pub const BOOKKEEPING: [&str; 4] = ["http_status", "attempts", "last_error", "checked_at"];
+
+/// Everything a store needs to know to serve one run (or one `status`/`import`).
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The task whose items are served.
+    pub task: String,
+    /// Table and column names.
+    pub columns: Columns,
+    /// The status that marks an item to re-check.
+    pub failed: StatusValue,
+    /// Written when an item is OK.
+    pub ok: StatusValue,
+    /// Written on 404/410, when given.
+    pub not_found: Option<StatusValue>,
+    /// Extra columns the URL template reads (`{COLUMN}`), validated at open.
+    pub extra_columns: Vec<Ident>,
+    /// The run reads each item's own URL (no `--url`): the url column must exist.
+    pub need_url: bool,
+    /// `--dry-run`: never write, never create.
+    pub read_only: bool,
+}
+
+impl StoreOptions {
+    /// The status to write for an outcome, or `None` to leave the status as it is.
+    pub fn status_for(&self, outcome: Outcome) -> Option<&StatusValue> {
+        match outcome {
+            Outcome::Ok => Some(&self.ok),
+            Outcome::NotFound => self.not_found.as_ref(),
+            Outcome::StillFailed | Outcome::Error => None,
+        }
+    }
+}
+
+/// A new item for `recheck import`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewItem {
+    /// The item's id.
+    pub id: String,
+    /// Its URL, if the input gave one.
+    pub url: Option<String>,
+}
+
+/// Counts of a task's items per status, for `recheck status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StatusCounts {
+    /// `(status as text, count)`, sorted by status text.
+    pub counts: Vec<(String, u64)>,
+    /// Oldest `checked_at`, where the store has it.
+    pub oldest_checked_at: Option<String>,
+    /// Newest `checked_at`, where the store has it.
+    pub newest_checked_at: Option<String>,
+}
+
+/// A backend. Shaped for batches: a run claims pages of items and saves pages of verdicts,
+/// so any number of items streams through a fixed amount of memory.
+pub trait Store: Send + Sync + 'static {
+    /// Claims up to `n` more failed items of the task. An empty page means none are left.
+    /// An item is handed out at most once per run.
+    fn claim(&self, n: usize) -> impl Future<Output = Result<Vec<Item>>> + Send;
+
+    /// Writes a batch of verdicts (status per [`StoreOptions::status_for`], bookkeeping
+    /// where the store has it) durably, in one transaction where the backend has them.
+    fn save(&self, batch: Vec<Verdict>) -> impl Future<Output = Result<()>> + Send;
+
+    /// Ends the run: makes everything saved durable and releases whatever the store holds
+    /// (locks, claims).
+    fn finish(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Counts the task's items per status.
+    fn status_counts(&self) -> impl Future<Output = Result<StatusCounts>> + Send;
+
+    /// Adds items to the task with the failed status (an existing item is set back to
+    /// failed, and its url replaced when one is given). Returns how many were written.
+    fn import(&self, items: Vec<NewItem>) -> impl Future<Output = Result<u64>> + Send;
+}
+
+/// Every backend behind one type, chosen once from the [`StoreSpec`].
+pub enum AnyStore {
+    /// SQLite file.
+    Sqlite(sqlite::SqliteStore),
+    /// One JSON document.
+    Json(json::JsonStore),
+    /// JSON Lines.
+    Jsonl(jsonl::JsonlStore),
+}
+
+/// Why a store is being opened: decides whether it may be created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// `run`: create a missing SQLite file with the default schema (not on `--dry-run`).
+    Run,
+    /// `status`: read only; a missing store is an error.
+    Status,
+    /// `import` / `init`: create what is missing.
+    Create,
+}
+
+/// Opens the store named by `spec`, validating the table and columns before anything is
+/// written.
+pub async fn open(spec: &StoreSpec, opts: StoreOptions, mode: OpenMode) -> Result<AnyStore> {
+    match spec {
+        StoreSpec::Sqlite(p) => Ok(AnyStore::Sqlite(
+            sqlite::SqliteStore::open(p.clone(), opts, mode).await?,
+        )),
+        StoreSpec::Json(p) => Ok(AnyStore::Json(json::JsonStore::open(p, opts, mode)?)),
+        StoreSpec::Jsonl(p) => Ok(AnyStore::Jsonl(jsonl::JsonlStore::open(p, opts, mode)?)),
+        StoreSpec::Postgres(_) | StoreSpec::Mysql(_) => {
+            bail!("--store {spec}: PostgreSQL and MySQL stores are not supported by this build yet")
+        }
+    }
+}
+
+/// Creates the default schema (`recheck init`). Returns a line saying what was done.
+pub async fn init(spec: &StoreSpec, table: &Ident) -> Result<String> {
+    match spec {
+        StoreSpec::Sqlite(p) => sqlite::init(p, table).await,
+        StoreSpec::Json(p) => json::init(p),
+        StoreSpec::Jsonl(p) => jsonl::init(p),
+        StoreSpec::Postgres(_) | StoreSpec::Mysql(_) => {
+            bail!("--store {spec}: PostgreSQL and MySQL stores are not supported by this build yet")
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            AnyStore::Sqlite($s) => $call,
+            AnyStore::Json($s) => $call,
+            AnyStore::Jsonl($s) => $call,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    async fn claim(&self, n: usize) -> Result<Vec<Item>> {
+        delegate!(self, s => s.claim(n).await)
+    }
+    async fn save(&self, batch: Vec<Verdict>) -> Result<()> {
+        delegate!(self, s => s.save(batch).await)
+    }
+    async fn finish(&self) -> Result<()> {
+        delegate!(self, s => s.finish().await)
+    }
+    async fn status_counts(&self) -> Result<StatusCounts> {
+        delegate!(self, s => s.status_counts().await)
+    }
+    async fn import(&self, items: Vec<NewItem>) -> Result<u64> {
+        delegate!(self, s => s.import(items).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_spellings() {
+        assert_eq!(
+            StoreSpec::parse("recheck.db").unwrap(),
+            StoreSpec::Sqlite("recheck.db".into())
+        );
+        assert_eq!(
+            StoreSpec::parse("sqlite:x").unwrap(),
+            StoreSpec::Sqlite("x".into())
+        );
+        assert_eq!(
+            StoreSpec::parse("a/b.SQLITE3").unwrap(),
+            StoreSpec::Sqlite("a/b.SQLITE3".into())
+        );
+        assert_eq!(
+            StoreSpec::parse("items.json").unwrap(),
+            StoreSpec::Json("items.json".into())
+        );
+        assert_eq!(
+            StoreSpec::parse("json:items.txt").unwrap(),
+            StoreSpec::Json("items.txt".into())
+        );
+        assert_eq!(
+            StoreSpec::parse("x.jsonl").unwrap(),
+            StoreSpec::Jsonl("x.jsonl".into())
+        );
+        assert!(matches!(
+            StoreSpec::parse("postgresql://u:p@h/db").unwrap(),
+            StoreSpec::Postgres(_)
+        ));
+        assert!(StoreSpec::parse("items.csv").is_err());
+        assert!(StoreSpec::parse("").is_err());
+        assert!(StoreSpec::parse("json:").is_err());
+    }
+
+    #[test]
+    fn spec_display_hides_password() {
+        let s = StoreSpec::parse("postgres://bob:hunter2@db.example/x").unwrap();
+        assert!(!format!("{s} {s:?}").contains("hunter2"));
+        assert!(format!("{s}").contains("bob"));
+    }
+
+    #[test]
+    fn idents() {
+        for good in ["items", "_x", "Task_ID2"] {
+            assert!(Ident::new("--table", good).is_ok(), "{good}");
+        }
+        for bad in ["", "1x", "a b", "a\"b", "a;drop", "ü", "a-b"] {
+            let err = Ident::new("--table", bad).unwrap_err().to_string();
+            assert!(err.contains("--table"), "{err}");
+        }
+        assert_eq!(Ident::new("t", "x").unwrap().quoted(), "\"x\"");
+    }
+}
