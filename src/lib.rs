@@ -9,8 +9,26 @@
 //! cli -> config -> store (claim) -> check::pool [fetch -> judge] -> sink -> store (save) -> report
 //! ```
 //!
+//! - [`cli`]: clap flags (the `--help` text); [`config`]: layering and validation.
 //! - [`model`]: the shared vocabulary (items, outcomes, verdicts); no I/O.
-//! - [`store`]: the [`store::Store`] trait and one module per backend.
+//! - [`store`]: the batch-shaped [`store::Store`] trait, one module per backend.
+//! - [`check`]: URL template, fetch (timeouts, retries, body cap), judge, the pool.
+//! - [`sink`]: the single writer; [`report`]: the summary.
+//! - [`shutdown`]: signals to one cancellation token.
+//!
+//! Only [`run`] knows every stage.
 
+pub mod check;
+pub mod cli;
+pub mod commands;
+pub mod config;
 pub mod model;
+pub mod report;
+pub mod shutdown;
+pub mod sink;
 pub mod store;
+
+pub use commands::{exit_code, run};
+pub use config::RunConfig;
+pub use model::{Item, Outcome, Verdict};
+pub use report::Summary;

@@ -1,1 +1,93 @@
-fn main() {}
+//! The `recheck` binary: parse, set up logs, run the command, map the result to an exit code.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use recheck::cli::{Cli, Command, LogFormat};
+use recheck::config::{self, ArgsError};
+
+fn main() -> ExitCode {
+    let cli = match config::parse_args(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        Err(ArgsError::Clap(e)) if e.use_stderr() => return fail(&config::one_line(&e)),
+        Err(ArgsError::Clap(e)) => {
+            let _ = e.print(); // --help, --version
+            return ExitCode::SUCCESS;
+        }
+        Err(ArgsError::Config(e)) => return fail(&format!("{e:#}")),
+    };
+    init_logs(&cli);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => ExitCode::from(code),
+        // `recheck ... | head` closing the pipe is not an error.
+        Err(e) if e.chain().any(is_broken_pipe) => ExitCode::SUCCESS,
+        Err(e) => fail(&format!("{e:#}")),
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
+    let mut stdout = std::io::stdout().lock();
+    match cli.command {
+        Command::Run(args) => {
+            let cfg = recheck::RunConfig::from_args(&args)?;
+            let (format, fail_on) = (cfg.format, cfg.fail_on);
+            let stop = tokio_util::sync::CancellationToken::new();
+            recheck::shutdown::listen(stop.clone());
+            let summary = recheck::run(cfg, stop).await?;
+            summary.write(format, &mut stdout)?;
+            stdout.flush()?;
+            Ok(recheck::exit_code(&summary, fail_on))
+        }
+        Command::Status(args) => recheck::commands::status(&args, &mut stdout)
+            .await
+            .map(|()| 0),
+        Command::Import(args) => recheck::commands::import(&args, &mut stdout)
+            .await
+            .map(|()| 0),
+        Command::Init(args) => recheck::commands::init(&args, &mut stdout)
+            .await
+            .map(|()| 0),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "recheck", &mut stdout);
+            Ok(0)
+        }
+    }
+}
+
+fn init_logs(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let level = match (cli.global.verbose, cli.global.quiet) {
+        (0, 0) => "info",
+        (_, 1) => "warn",
+        (_, q) if q >= 2 => "error",
+        (1, _) => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("recheck={level},warn")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match cli.global.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
+fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("recheck: error: {msg}");
+    ExitCode::from(2)
+}

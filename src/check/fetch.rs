@@ -1,0 +1,382 @@
+//! Stage "check", I/O part: one item, start to verdict. Sends the GET through the shared
+//! client, bounds each attempt by `--timeout`, streams the body up to `--max-body`, follows
+//! redirects (dropping secret headers when the origin changes), and retries retryable
+//! failures with full-jitter backoff or the server's `Retry-After`. Holds a request permit
+//! only while a request is in flight, never while it sleeps. Knows nothing of stores.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use reqwest::header::{HeaderMap, HeaderName, LOCATION, RETRY_AFTER};
+use reqwest::{Client, Response, StatusCode};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use super::judge::{self, Expectations, Judgement};
+use crate::model::{Item, Outcome, Verdict};
+
+/// Most redirects followed within one attempt (curl's and reqwest's usual bound).
+pub const MAX_REDIRECTS: usize = 10;
+/// Bytes of an unexpected answer's body read to keep the connection reusable.
+const DRAIN_LIMIT: u64 = 64 * 1024;
+
+/// How one item is fetched and judged; shared by every check of the run.
+#[derive(Debug, Clone)]
+pub struct FetchConfig {
+    /// One attempt, connect to last body byte.
+    pub timeout: Duration,
+    /// Further attempts after the first, for retryable failures.
+    pub retries: u32,
+    /// Lower bound of the backoff between attempts.
+    pub backoff_min: Duration,
+    /// Upper bound of the backoff, also the cap on `Retry-After`.
+    pub backoff_max: Duration,
+    /// Largest body read; larger is an error for the item.
+    pub max_body: u64,
+    /// What counts as OK.
+    pub expect: Expectations,
+    /// Headers sent with every request (secret ones marked sensitive).
+    pub headers: HeaderMap,
+    /// Header names never sent to another origin after a redirect.
+    pub secret_headers: Vec<HeaderName>,
+}
+
+/// Checks items: the shared HTTP client, the request-permit semaphore and the config.
+pub struct Fetcher {
+    client: Client,
+    cfg: FetchConfig,
+    in_flight: Arc<Semaphore>,
+}
+
+/// Why one attempt did not produce an answer.
+#[derive(Debug)]
+enum Failure {
+    /// Worth another attempt (timeout, connection refused or reset).
+    Retryable(String),
+    /// Final (body too large, redirect loop, bad redirect).
+    Fatal(String),
+}
+
+/// An answer to one attempt.
+struct Answer {
+    status: u16,
+    body: Vec<u8>,
+    retry_after: Option<Duration>,
+}
+
+impl Fetcher {
+    /// A fetcher allowing at most `concurrency` requests in flight through `client`.
+    pub fn new(client: Client, cfg: FetchConfig, concurrency: usize) -> Fetcher {
+        Fetcher {
+            client,
+            cfg,
+            in_flight: Arc::new(Semaphore::new(concurrency.max(1))),
+        }
+    }
+
+    /// Checks one item. `None` when the run was cancelled before the item got an outcome:
+    /// its status must stay as it is.
+    pub async fn check(
+        &self,
+        item: &Item,
+        url: Result<Url, String>,
+        cancel: &CancellationToken,
+    ) -> Option<Verdict> {
+        let started = Instant::now();
+        let verdict = |outcome, http_status, attempts, error| Verdict {
+            key: item.key,
+            id: item.id.clone(),
+            outcome,
+            http_status,
+            attempts,
+            error,
+            checked_at: SystemTime::now(),
+            elapsed: started.elapsed(),
+        };
+        let url = match url {
+            Ok(u) => u,
+            Err(why) => return Some(verdict(Outcome::Error, None, 0, Some(why))),
+        };
+        let mut attempts = 0u32;
+        let mut last_status = None;
+        loop {
+            if cancel.is_cancelled() {
+                return None;
+            }
+            attempts += 1;
+            let result = {
+                let _permit = tokio::select! {
+                    p = self.in_flight.acquire() => p.ok()?,
+                    _ = cancel.cancelled() => return None,
+                };
+                match tokio::time::timeout(self.cfg.timeout, self.attempt(&url)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Failure::Retryable(format!(
+                        "timed out after {}",
+                        humantime::format_duration(self.cfg.timeout)
+                    ))),
+                }
+            };
+            let (why, retry_after) = match result {
+                Ok(answer) => {
+                    last_status = Some(answer.status);
+                    match judge::judge(answer.status, &answer.body, &self.cfg.expect) {
+                        Judgement::Ok => {
+                            return Some(verdict(Outcome::Ok, last_status, attempts, None));
+                        }
+                        Judgement::StillFailed(why) => {
+                            return Some(verdict(
+                                Outcome::StillFailed,
+                                last_status,
+                                attempts,
+                                Some(why),
+                            ));
+                        }
+                        Judgement::NotFound => {
+                            let why = judge::status_text(answer.status);
+                            return Some(verdict(
+                                Outcome::NotFound,
+                                last_status,
+                                attempts,
+                                Some(why),
+                            ));
+                        }
+                        Judgement::Error(why) => {
+                            return Some(verdict(Outcome::Error, last_status, attempts, Some(why)));
+                        }
+                        Judgement::Retry(why) => (why, answer.retry_after),
+                    }
+                }
+                Err(Failure::Fatal(why)) => {
+                    return Some(verdict(Outcome::Error, last_status, attempts, Some(why)));
+                }
+                Err(Failure::Retryable(why)) => {
+                    last_status = None;
+                    (why, None)
+                }
+            };
+            if attempts > self.cfg.retries {
+                let why = if attempts > 1 {
+                    format!("{why} (after {attempts} attempts)")
+                } else {
+                    why
+                };
+                return Some(verdict(Outcome::Error, last_status, attempts, Some(why)));
+            }
+            let delay = retry_after
+                .map(|d| d.min(self.cfg.backoff_max))
+                .unwrap_or_else(|| {
+                    backoff(self.cfg.backoff_min, self.cfg.backoff_max, attempts - 1)
+                });
+            tracing::debug!(id = %item.id, attempt = attempts, error = %why, delay_ms = delay.as_millis() as u64, "retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = cancel.cancelled() => return None,
+            }
+        }
+    }
+
+    /// One attempt: the request and its redirects, up to the judged answer.
+    async fn attempt(&self, url: &Url) -> Result<Answer, Failure> {
+        let mut url = url.clone();
+        let origin = url.origin();
+        for _hop in 0..=MAX_REDIRECTS {
+            let mut headers = self.cfg.headers.clone();
+            if url.origin() != origin {
+                // A redirect to another host must not carry credentials there.
+                for name in &self.cfg.secret_headers {
+                    headers.remove(name);
+                }
+            }
+            let mut resp = self
+                .client
+                .get(url.clone())
+                .headers(headers)
+                .send()
+                .await
+                .map_err(classify)?;
+            let status = resp.status();
+            if status.is_redirection()
+                && let Some(next) = redirect_target(&resp, &url)?
+            {
+                drain(&mut resp, DRAIN_LIMIT).await;
+                url = next;
+                continue;
+            }
+            let code = status.as_u16();
+            let retry_after = if matches!(
+                status,
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+            ) {
+                retry_after(&resp)
+            } else {
+                None
+            };
+            let body = if self.cfg.expect.status.contains(code) {
+                // Read (or count) every byte: the cap applies to answers we judge.
+                read_body(
+                    &mut resp,
+                    self.cfg.max_body,
+                    judge::needs_body(code, &self.cfg.expect),
+                )
+                .await?
+            } else {
+                drain(&mut resp, DRAIN_LIMIT).await;
+                Vec::new()
+            };
+            return Ok(Answer {
+                status: code,
+                body,
+                retry_after,
+            });
+        }
+        Err(Failure::Fatal(format!(
+            "too many redirects (more than {MAX_REDIRECTS})"
+        )))
+    }
+}
+
+/// Where a 3xx answer points, or `None` when it is not a redirect we follow (304, no Location).
+fn redirect_target(resp: &Response, base: &Url) -> Result<Option<Url>, Failure> {
+    if !matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308) {
+        return Ok(None);
+    }
+    let Some(loc) = resp.headers().get(LOCATION) else {
+        return Ok(None);
+    };
+    let loc = loc
+        .to_str()
+        .map_err(|_| Failure::Fatal("redirect Location is not text".into()))?;
+    let next = base
+        .join(loc)
+        .map_err(|e| Failure::Fatal(format!("bad redirect Location: {e}")))?;
+    if !matches!(next.scheme(), "http" | "https") {
+        return Err(Failure::Fatal(format!(
+            "redirect to a {} URL refused",
+            next.scheme()
+        )));
+    }
+    Ok(Some(next))
+}
+
+/// Reads the body up to `max` bytes, keeping it only when `keep`.
+async fn read_body(resp: &mut Response, max: u64, keep: bool) -> Result<Vec<u8>, Failure> {
+    let too_large = || Failure::Fatal(format!("body larger than --max-body ({max} bytes)"));
+    if resp.content_length().is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    if keep {
+        let hint = resp.content_length().unwrap_or(0).min(max).min(1 << 20);
+        body.reserve(hint as usize);
+    }
+    let mut seen = 0u64;
+    while let Some(chunk) = resp.chunk().await.map_err(classify)? {
+        seen += chunk.len() as u64;
+        if seen > max {
+            return Err(too_large());
+        }
+        if keep {
+            body.extend_from_slice(&chunk);
+        }
+    }
+    Ok(body)
+}
+
+/// Reads and drops up to `limit` bytes so a small body does not cost the connection.
+async fn drain(resp: &mut Response, limit: u64) {
+    let mut seen = 0u64;
+    while seen <= limit {
+        match resp.chunk().await {
+            Ok(Some(c)) => seen += c.len() as u64,
+            _ => return,
+        }
+    }
+}
+
+/// `Retry-After` as seconds or an HTTP date (RFC 9110 §10.2.3).
+fn retry_after(resp: &Response) -> Option<Duration> {
+    let v = resp.headers().get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(v).ok()?;
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// Full-jitter exponential backoff: uniform in `[min, min(max, min·2^(n+1))]` before retry n
+/// (0-based), so waits spread out instead of hitting the server in waves.
+pub fn backoff(min: Duration, max: Duration, n: u32) -> Duration {
+    let ceiling = min
+        .checked_mul(1u32.checked_shl(n + 1).unwrap_or(u32::MAX))
+        .unwrap_or(max)
+        .min(max)
+        .max(min);
+    let span = ceiling.saturating_sub(min).as_nanos() as u64;
+    min + Duration::from_nanos(if span == 0 {
+        0
+    } else {
+        fastrand::u64(0..=span)
+    })
+}
+
+/// Turns a client error into a retryable or final failure with a message that holds no URL
+/// (URLs may carry tokens in their query).
+fn classify(e: reqwest::Error) -> Failure {
+    let retryable = e.is_timeout() || e.is_connect() || e.is_request() || e.is_body();
+    let fatal = e.is_builder() || e.is_redirect() || e.is_decode();
+    let msg = describe(&e.without_url());
+    if retryable && !fatal {
+        Failure::Retryable(msg)
+    } else {
+        Failure::Fatal(msg)
+    }
+}
+
+/// An error with its chain of causes, `a: b: c`, without repeats.
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let s = err.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = err.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_stays_in_bounds_and_grows() {
+        let (min, max) = (Duration::from_millis(200), Duration::from_secs(30));
+        for n in 0..40 {
+            let d = backoff(min, max, n);
+            assert!(d >= min && d <= max, "retry {n}: {d:?}");
+            let ceiling = (min * 2u32.saturating_pow((n + 1).min(20))).min(max);
+            assert!(d <= ceiling, "retry {n}: {d:?} > {ceiling:?}");
+        }
+        // jitter: not always the same value
+        let spread: std::collections::HashSet<_> = (0..50).map(|_| backoff(min, max, 3)).collect();
+        assert!(spread.len() > 10);
+        // degenerate bounds
+        assert_eq!(backoff(max, max, 5), max);
+        assert_eq!(backoff(Duration::ZERO, Duration::ZERO, 5), Duration::ZERO);
+    }
+
+    #[test]
+    fn describe_chains_causes() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let e = anyhow::Error::new(io).context("reading body");
+        let s = describe(e.as_ref());
+        assert_eq!(s, "reading body: reset by peer");
+    }
+}

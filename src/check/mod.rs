@@ -1,0 +1,8 @@
+//! Stage "check": from an item to a verdict. `template` builds URLs, `fetch` asks the
+//! server (timeouts, retries, body cap), `judge` decides, `pool` runs many at once.
+//! Nothing here touches a store.
+
+pub mod fetch;
+pub mod judge;
+pub mod pool;
+pub mod template;

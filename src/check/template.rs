@@ -1,0 +1,284 @@
+//! Stage "check": the `--url` template, parsed once, filled in per item. Every value is
+//! percent-encoded as one path segment or query value, so an id can never add a path
+//! segment, a query or a fragment of its own.
+
+use anyhow::{Result, bail};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use url::Url;
+
+use crate::model::Item;
+use crate::store::Ident;
+
+/// Everything but RFC 3986 "unreserved" is encoded: safe in a path segment and a query value.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// What a placeholder stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Slot {
+    /// `{id}`
+    Id,
+    /// `{task}`
+    Task,
+    /// `{COLUMN}`: index into [`Item::fields`].
+    Field(usize),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Lit(String),
+    Hole { slot: Slot, in_path: bool },
+}
+
+/// A parsed `--url` template.
+#[derive(Debug, Clone)]
+pub struct UrlTemplate {
+    parts: Vec<Part>,
+    /// Extra columns the template reads, in [`Item::fields`] order.
+    columns: Vec<Ident>,
+    /// The task id, filled in once.
+    task_encoded: String,
+    /// Rough output size, to allocate once per item.
+    size_hint: usize,
+}
+
+impl UrlTemplate {
+    /// Parses a template like `https://api/v1/items/{id}?task={task}`. `{{` and `}}` are
+    /// literal braces. Fails when there is no per-item placeholder or the result would not
+    /// be an http(s) URL.
+    pub fn parse(template: &str, task: &str) -> Result<UrlTemplate> {
+        let mut parts = Vec::new();
+        let mut columns: Vec<Ident> = Vec::new();
+        let mut lit = String::new();
+        let mut in_path = true;
+        let mut chars = template.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '{' if chars.peek().map(|&(_, c)| c) == Some('{') => {
+                    chars.next();
+                    lit.push('{');
+                }
+                '}' if chars.peek().map(|&(_, c)| c) == Some('}') => {
+                    chars.next();
+                    lit.push('}');
+                }
+                '{' => {
+                    let rest = &template[i + 1..];
+                    let Some(end) = rest.find('}') else {
+                        bail!("--url {template:?}: unclosed '{{' at byte {i}");
+                    };
+                    let name = &rest[..end];
+                    for _ in 0..=end {
+                        chars.next();
+                    }
+                    let slot = match name {
+                        "id" => Slot::Id,
+                        "task" => Slot::Task,
+                        _ => {
+                            let ident =
+                                Ident::new(&format!("--url {template:?}: placeholder"), name)?;
+                            let idx = match columns.iter().position(|c| *c == ident) {
+                                Some(idx) => idx,
+                                None => {
+                                    columns.push(ident);
+                                    columns.len() - 1
+                                }
+                            };
+                            Slot::Field(idx)
+                        }
+                    };
+                    if !lit.is_empty() {
+                        parts.push(Part::Lit(std::mem::take(&mut lit)));
+                    }
+                    parts.push(Part::Hole { slot, in_path });
+                }
+                '}' => bail!("--url {template:?}: unmatched '}}' at byte {i} (write '}}}}')"),
+                _ => {
+                    if c == '?' || c == '#' {
+                        in_path = false;
+                    }
+                    lit.push(c);
+                }
+            }
+        }
+        if !lit.is_empty() {
+            parts.push(Part::Lit(lit));
+        }
+        if !parts
+            .iter()
+            .any(|p| matches!(p, Part::Hole { slot, .. } if *slot != Slot::Task))
+        {
+            bail!(
+                "--url {template:?} has no {{id}} (or {{COLUMN}}) placeholder: every item would get the same URL"
+            );
+        }
+        let size_hint = template.len() + 32;
+        let t = UrlTemplate {
+            parts,
+            columns,
+            task_encoded: encode(task),
+            size_hint,
+        };
+        // Validate the fixed parts once, with harmless sample values.
+        let sample = t.render_with(|_| "x".into());
+        match Url::parse(&sample) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            Ok(u) => bail!(
+                "--url {template:?}: scheme {:?} is not http or https",
+                u.scheme()
+            ),
+            Err(e) => bail!("--url {template:?} is not a valid URL: {e}"),
+        }
+        Ok(t)
+    }
+
+    /// Columns the template reads besides `{id}` and `{task}`; the store must have them.
+    pub fn columns(&self) -> &[Ident] {
+        &self.columns
+    }
+
+    fn render_with(&self, mut value: impl FnMut(&Slot) -> String) -> String {
+        let mut out = String::with_capacity(self.size_hint);
+        for part in &self.parts {
+            match part {
+                Part::Lit(s) => out.push_str(s),
+                Part::Hole { slot, .. } => out.push_str(&value(slot)),
+            }
+        }
+        out
+    }
+
+    /// The URL for one item, or why it cannot have one (an item error, not a run error).
+    pub fn render(&self, item: &Item) -> Result<Url, String> {
+        let mut out = String::with_capacity(self.size_hint);
+        for part in &self.parts {
+            match part {
+                Part::Lit(s) => out.push_str(s),
+                Part::Hole { slot, in_path } => {
+                    let raw: &str = match slot {
+                        Slot::Id => &item.id,
+                        Slot::Task => {
+                            out.push_str(&self.task_encoded);
+                            continue;
+                        }
+                        Slot::Field(i) => match item.fields.get(*i).and_then(|v| v.as_deref()) {
+                            Some(v) => v,
+                            None => {
+                                return Err(format!(
+                                    "column {} is empty; the URL cannot be built",
+                                    self.columns[*i]
+                                ));
+                            }
+                        },
+                    };
+                    // "." and ".." are dot segments: every URL parser (ours, curl's, the
+                    // server's) would resolve them away, even percent-encoded.
+                    if *in_path && (raw == "." || raw == "..") {
+                        return Err(format!(
+                            "value {raw:?} cannot be sent as a URL path segment"
+                        ));
+                    }
+                    out.extend(utf8_percent_encode(raw, COMPONENT));
+                }
+            }
+        }
+        Url::parse(&out).map_err(|e| format!("invalid URL: {e}"))
+    }
+}
+
+fn encode(s: &str) -> String {
+    utf8_percent_encode(s, COMPONENT).to_string()
+}
+
+/// Checks an item's own URL (no `--url`): an item error when absent or not http(s).
+pub fn item_url(item: &Item) -> Result<Url, String> {
+    let Some(raw) = item.url.as_deref().map(str::trim).filter(|u| !u.is_empty()) else {
+        return Err("item has no url".into());
+    };
+    match Url::parse(raw) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(u),
+        Ok(u) => Err(format!("url scheme {:?} is not http or https", u.scheme())),
+        Err(e) => Err(format!("invalid url: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(id: &str) -> Item {
+        Item {
+            key: 1,
+            id: id.into(),
+            url: None,
+            fields: vec![],
+        }
+    }
+
+    #[test]
+    fn fills_and_encodes() {
+        let t = UrlTemplate::parse("http://h/items/{id}?t={task}", "task 1").unwrap();
+        assert_eq!(
+            t.render(&item("a/b c%?#..ü")).unwrap().as_str(),
+            "http://h/items/a%2Fb%20c%25%3F%23..%C3%BC?t=task%201"
+        );
+        let u = t.render(&item("../x")).unwrap();
+        assert_eq!(u.path(), "/items/..%2Fx");
+    }
+
+    #[test]
+    fn dot_segments_are_item_errors() {
+        let t = UrlTemplate::parse("http://h/items/{id}", "t").unwrap();
+        assert!(t.render(&item("..")).is_err());
+        assert!(t.render(&item(".")).is_err());
+        // in a query they are plain values
+        let q = UrlTemplate::parse("http://h/q?id={id}", "t").unwrap();
+        assert_eq!(q.render(&item("..")).unwrap().as_str(), "http://h/q?id=..");
+    }
+
+    #[test]
+    fn columns_and_braces() {
+        let t = UrlTemplate::parse("http://h/{{x}}/{content}/{content}/{kind}", "t").unwrap();
+        assert_eq!(
+            t.columns().iter().map(Ident::as_str).collect::<Vec<_>>(),
+            ["content", "kind"]
+        );
+        let mut it = item("i");
+        it.fields = vec![Some("c 1".into()), Some("k".into())];
+        assert_eq!(
+            t.render(&it).unwrap().as_str(),
+            "http://h/%7Bx%7D/c%201/c%201/k"
+        );
+        it.fields[1] = None;
+        assert!(t.render(&it).unwrap_err().contains("kind"));
+    }
+
+    #[test]
+    fn refuses_bad_templates() {
+        for (bad, fragment) in [
+            ("http://h/items", "no {id}"),
+            ("http://h/{task}", "no {id}"),
+            ("http://h/{id", "unclosed"),
+            ("http://h/id}", "unmatched"),
+            ("http://h/{a b}", "placeholder"),
+            ("ftp://h/{id}", "scheme"),
+            ("not a url {id}", "not a valid URL"),
+        ] {
+            let err = UrlTemplate::parse(bad, "t").unwrap_err().to_string();
+            assert!(err.contains(fragment), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn item_urls() {
+        let mut it = item("i");
+        assert!(item_url(&it).is_err());
+        it.url = Some("https://x/y".into());
+        assert!(item_url(&it).is_ok());
+        it.url = Some("file:///etc/passwd".into());
+        assert!(item_url(&it).is_err());
+    }
+}

@@ -1,0 +1,405 @@
+//! Stage "cli": the raw flags, as clap parses them. Doc comments here are the `--help` text.
+//! Value parsers sit next to the flags they serve, with unit tests. No I/O, no validation
+//! that needs more than one flag: that is `config`'s job.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::report::Format;
+
+/// Default `--concurrency`.
+pub const DEFAULT_CONCURRENCY: &str = "100";
+/// Default `--timeout`.
+pub const DEFAULT_TIMEOUT: &str = "5s";
+/// Default `--connect-timeout`.
+pub const DEFAULT_CONNECT_TIMEOUT: &str = "2s";
+/// Default `--retries`.
+pub const DEFAULT_RETRIES: &str = "5";
+/// Default `--backoff`.
+pub const DEFAULT_BACKOFF: &str = "200ms..30s";
+/// Default `--max-body`.
+pub const DEFAULT_MAX_BODY: &str = "1MiB";
+
+/// Re-check a task's failed items against an HTTP API and write the answers back.
+#[derive(Debug, Parser)]
+#[command(
+    name = "recheck",
+    version,
+    about,
+    max_term_width = 100,
+    args_override_self = true
+)]
+#[command(
+    after_help = "Exit codes: 0 all checked items OK (or nothing to check), 1 some items \
+    not OK, 2 usage/config/store error, 130 interrupted.\nOptions also come from RECHECK_<OPTION> \
+    environment variables and a TOML file (--config, or ./recheck.toml); precedence: flag > env > \
+    file > default."
+)]
+pub struct Cli {
+    /// Options every command takes.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// More log output on stderr (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Less log output on stderr (-q warnings only, -qq errors only).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "verbose")]
+    pub quiet: u8,
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "RECHECK_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// TOML config file [default: ./recheck.toml when present].
+    #[arg(long, global = true, value_name = "FILE", env = "RECHECK_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Re-check the task's failed items, write the answers back, print a summary.
+    Run(Box<RunArgs>),
+    /// Count a task's items per status.
+    Status(StatusArgs),
+    /// Add failed items to a task: one id per line, or JSON Lines {"id":..,"url":..}.
+    Import(ImportArgs),
+    /// Create the default schema (run and import create it in a new SQLite file anyway).
+    Init(InitArgs),
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Where the items are and how the table maps to recheck's names.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Store: a SQLite file (.db/.sqlite/.sqlite3, or sqlite:PATH), a JSON document (.json,
+    /// json:PATH) or JSON Lines (.jsonl, jsonl:PATH).
+    #[arg(long, value_name = "S", default_value = crate::store::DEFAULT_STORE, env = "RECHECK_STORE")]
+    pub store: String,
+    /// Table holding the items (SQL stores).
+    #[arg(long, value_name = "T", default_value = crate::store::DEFAULT_TABLE, env = "RECHECK_TABLE")]
+    pub table: String,
+    /// Column (or JSON field) holding the task id.
+    #[arg(
+        long,
+        value_name = "COL",
+        default_value = "task_id",
+        env = "RECHECK_TASK_COLUMN"
+    )]
+    pub task_column: String,
+    /// Column holding the item id (JSON also accepts `id`).
+    #[arg(
+        long,
+        value_name = "COL",
+        default_value = "item_id",
+        env = "RECHECK_ID_COLUMN"
+    )]
+    pub id_column: String,
+    /// Column holding the status.
+    #[arg(
+        long,
+        value_name = "COL",
+        default_value = "status",
+        env = "RECHECK_STATUS_COLUMN"
+    )]
+    pub status_column: String,
+    /// Column holding the item's own URL (used when --url is not given).
+    #[arg(
+        long,
+        value_name = "COL",
+        default_value = "url",
+        env = "RECHECK_URL_COLUMN"
+    )]
+    pub url_column: String,
+}
+
+/// `recheck run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The task whose failed items are re-checked.
+    #[arg(long, value_name = "ID", env = "RECHECK_TASK")]
+    pub task: String,
+    /// Where the items are.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// URL template, e.g. https://api.example.com/v1/items/{id}. {id}, {task} and {COLUMN}
+    /// are filled in, percent-encoded as one path segment / query value. Without it, each
+    /// item's url column is used.
+    #[arg(long, value_name = "TEMPLATE", env = "RECHECK_URL")]
+    pub url: Option<String>,
+    /// Request header 'Name: value' (repeatable). ${VAR} in the value is read from the
+    /// environment. Values of Authorization, Cookie and --secret-header headers are never
+    /// shown.
+    #[arg(
+        short = 'H',
+        long = "header",
+        value_name = "'NAME: VALUE'",
+        env = "RECHECK_HEADER"
+    )]
+    pub headers: Vec<String>,
+    /// A header whose value is secret (repeatable): never logged or reported, and not sent
+    /// to another host after a redirect.
+    #[arg(
+        long = "secret-header",
+        value_name = "NAME",
+        env = "RECHECK_SECRET_HEADER"
+    )]
+    pub secret_headers: Vec<String>,
+    /// Most requests in flight at once.
+    #[arg(long, value_name = "N", default_value = DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..=100_000), env = "RECHECK_CONCURRENCY")]
+    pub concurrency: u32,
+    /// Time limit of one attempt, connect to last body byte (500ms, 5s, 1m).
+    #[arg(long, value_name = "DUR", default_value = DEFAULT_TIMEOUT, value_parser = parse_duration, env = "RECHECK_TIMEOUT")]
+    pub timeout: Duration,
+    /// Time limit for opening a connection.
+    #[arg(long, value_name = "DUR", default_value = DEFAULT_CONNECT_TIMEOUT, value_parser = parse_duration, env = "RECHECK_CONNECT_TIMEOUT")]
+    pub connect_timeout: Duration,
+    /// Further attempts after the first, for timeouts, connection errors, 408, 429 and 5xx.
+    #[arg(long, value_name = "N", default_value = DEFAULT_RETRIES, value_parser = clap::value_parser!(u32).range(0..=100), env = "RECHECK_RETRIES")]
+    pub retries: u32,
+    /// Exponential backoff with full jitter between these bounds; a Retry-After from 429/503
+    /// overrides it, capped by the upper bound.
+    #[arg(long, value_name = "DUR..DUR", default_value = DEFAULT_BACKOFF, value_parser = parse_backoff, env = "RECHECK_BACKOFF")]
+    pub backoff: (Duration, Duration),
+    /// Statuses that count as an answer, e.g. 200,204 or 2xx.
+    #[arg(
+        long,
+        value_name = "LIST",
+        default_value = "200",
+        env = "RECHECK_EXPECT_STATUS"
+    )]
+    pub expect_status: String,
+    /// POINTER=VALUE (repeatable): the item is OK when the answer's JSON value at the RFC 6901
+    /// pointer equals VALUE (parsed as JSON when valid, else a string); several for one
+    /// pointer mean any of them.
+    #[arg(long, value_name = "POINTER=VALUE", env = "RECHECK_EXPECT_JSON")]
+    pub expect_json: Vec<String>,
+    /// The status value that marks an item to re-check.
+    #[arg(
+        long,
+        value_name = "V",
+        default_value = "failed",
+        env = "RECHECK_FAILED_STATUS"
+    )]
+    pub failed_status: String,
+    /// The status written when an item is now OK.
+    #[arg(
+        long,
+        value_name = "V",
+        default_value = "ok",
+        env = "RECHECK_OK_STATUS"
+    )]
+    pub ok_status: String,
+    /// The status written on 404/410 [default: keep the status].
+    #[arg(long, value_name = "V", env = "RECHECK_NOT_FOUND_STATUS")]
+    pub not_found_status: Option<String>,
+    /// Larger answers are an error for the item, never read into memory whole (1MiB, 500KB).
+    #[arg(long, value_name = "SIZE", default_value = DEFAULT_MAX_BODY, value_parser = parse_size, env = "RECHECK_MAX_BODY")]
+    pub max_body: u64,
+    /// Check at most N items.
+    #[arg(long, value_name = "N", env = "RECHECK_LIMIT")]
+    pub limit: Option<u64>,
+    /// Check and report, write nothing.
+    #[arg(long, env = "RECHECK_DRY_RUN")]
+    pub dry_run: bool,
+    /// Summary format on stdout.
+    #[arg(long, value_enum, default_value_t = Format::Text, env = "RECHECK_FORMAT")]
+    pub format: Format,
+    /// When to exit 1: `any` item not OK, or `never`.
+    #[arg(long, value_enum, default_value_t = FailOn::Any, env = "RECHECK_FAIL_ON")]
+    pub fail_on: FailOn,
+}
+
+/// `--fail-on`: which results make the exit code 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailOn {
+    /// Any checked item that is not OK.
+    Any,
+    /// Never: exit 0 whatever the items' outcomes (errors of recheck itself still exit 2).
+    Never,
+}
+
+/// `recheck status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// The task to count.
+    #[arg(long, value_name = "ID", env = "RECHECK_TASK")]
+    pub task: String,
+    /// Where the items are.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text, env = "RECHECK_FORMAT")]
+    pub format: Format,
+}
+
+/// `recheck import`.
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    /// The task the items belong to.
+    #[arg(long, value_name = "ID", env = "RECHECK_TASK")]
+    pub task: String,
+    /// Where the items go.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The status the imported items get.
+    #[arg(
+        long,
+        value_name = "V",
+        default_value = "failed",
+        env = "RECHECK_FAILED_STATUS"
+    )]
+    pub failed_status: String,
+    /// Input: one id per line, or JSON Lines {"id":..,"url":..}; `-` or nothing is stdin.
+    #[arg(value_name = "FILE")]
+    pub file: Option<PathBuf>,
+}
+
+/// `recheck init`.
+#[derive(Debug, Clone, Args)]
+pub struct InitArgs {
+    /// Where to create the schema.
+    #[arg(long, value_name = "S", default_value = crate::store::DEFAULT_STORE, env = "RECHECK_STORE")]
+    pub store: String,
+    /// Table to create (SQL stores).
+    #[arg(long, value_name = "T", default_value = crate::store::DEFAULT_TABLE, env = "RECHECK_TABLE")]
+    pub table: String,
+}
+
+/// `5s`, `500ms`, `1m`, `1h 30m` (humantime); a bare number is seconds, as in curl.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 && secs < 1e9 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+        return Err(format!("{s:?} is not a duration"));
+    }
+    humantime::parse_duration(t)
+        .map_err(|e| format!("{s:?} is not a duration like 500ms, 5s or 1m ({e})"))
+}
+
+/// `MIN..MAX`, e.g. `200ms..30s`.
+pub fn parse_backoff(s: &str) -> Result<(Duration, Duration), String> {
+    let Some((a, b)) = s.split_once("..") else {
+        return Err(format!("{s:?} is not a range like 200ms..30s"));
+    };
+    let (lo, hi) = (parse_duration(a)?, parse_duration(b)?);
+    if lo > hi {
+        return Err(format!("{s:?}: the lower bound is above the upper bound"));
+    }
+    Ok((lo, hi))
+}
+
+/// `1MiB`, `500KB`, `1048576`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("{s:?} is not a size like 1MiB or 500KB ({e})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        let mut argv = vec!["recheck", "run", "--task", "t"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(r) => *r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_spec() {
+        let r = run_args(&[]);
+        assert_eq!(r.store.store, "recheck.db");
+        assert_eq!(r.concurrency, 100);
+        assert_eq!(r.timeout, Duration::from_secs(5));
+        assert_eq!(r.connect_timeout, Duration::from_secs(2));
+        assert_eq!(r.retries, 5);
+        assert_eq!(
+            r.backoff,
+            (Duration::from_millis(200), Duration::from_secs(30))
+        );
+        assert_eq!(r.max_body, 1024 * 1024);
+        assert_eq!(r.failed_status, "failed");
+        assert_eq!(r.ok_status, "ok");
+        assert_eq!(r.fail_on, FailOn::Any);
+        assert!(!r.dry_run);
+    }
+
+    #[test]
+    fn later_flags_win_and_repeat() {
+        let r = run_args(&[
+            "--concurrency",
+            "5",
+            "--concurrency",
+            "7",
+            "-H",
+            "A: 1",
+            "-H",
+            "B: 2",
+        ]);
+        assert_eq!(r.concurrency, 7);
+        assert_eq!(r.headers, ["A: 1", "B: 2"]);
+        assert!(
+            Cli::try_parse_from(["recheck", "run", "--task", "t", "--concurrency", "0"]).is_err()
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("0.5").unwrap(), Duration::from_millis(500));
+        for bad in ["", "5 parsecs", "-1", "abc", "1e99"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_backoff("10ms..1s").unwrap(),
+            (Duration::from_millis(10), Duration::from_secs(1))
+        );
+        assert!(parse_backoff("1s..10ms").is_err());
+        assert!(parse_backoff("1s").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
+        assert_eq!(parse_size("500KB").unwrap(), 500_000);
+        assert_eq!(parse_size("123").unwrap(), 123);
+        assert!(parse_size("lots").is_err());
+    }
+}

@@ -1,0 +1,311 @@
+//! The commands, wiring the stages together. [`run`] is the only place that knows every
+//! stage: store → feeder → pool → sink → store → summary.
+
+use std::io::{BufRead, Write};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::check::fetch::Fetcher;
+use crate::check::pool;
+use crate::cli::{FailOn, ImportArgs, InitArgs, StatusArgs};
+use crate::config::{RunConfig, store_columns};
+use crate::model::{Item, StatusValue};
+use crate::report::{Format, Summary};
+use crate::shutdown::EXIT_INTERRUPTED;
+use crate::sink;
+use crate::store::{self, Ident, NewItem, OpenMode, Store, StoreOptions, StoreSpec};
+
+/// Items claimed from the store per page.
+pub const CLAIM_BATCH: usize = 1000;
+/// How long in-flight checks may finish after a stop before they are abandoned.
+pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+/// Items imported per transaction.
+const IMPORT_BATCH: usize = 10_000;
+
+/// The exit code for a finished run (SPEC §4).
+pub fn exit_code(summary: &Summary, fail_on: FailOn) -> u8 {
+    if summary.interrupted {
+        EXIT_INTERRUPTED
+    } else if summary.all_ok() || fail_on == FailOn::Never {
+        0
+    } else {
+        1
+    }
+}
+
+/// `recheck run`: checks the task's failed items and writes the verdicts back. `stop`
+/// (signals) makes it take no new item and finish what is in flight. Errors are store or
+/// setup errors (exit 2); item failures are data in the [`Summary`].
+pub async fn run(cfg: RunConfig, stop: CancellationToken) -> Result<Summary> {
+    let started = Instant::now();
+    let store = Arc::new(store::open(&cfg.store, cfg.store_opts.clone(), OpenMode::Run).await?);
+    let client = reqwest::Client::builder()
+        .user_agent(concat!("recheck/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(cfg.connect_timeout)
+        .pool_max_idle_per_host(cfg.concurrency)
+        .tcp_nodelay(true)
+        // Redirects are followed by `fetch`, which drops secret headers across origins.
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .context("cannot build the HTTP client")?;
+    let fetcher = Arc::new(Fetcher::new(client, cfg.fetch.clone(), cfg.concurrency));
+    tracing::info!(task = %cfg.task, store = %cfg.store, concurrency = cfg.concurrency, dry_run = cfg.dry_run, "checking failed items");
+
+    // A store error inside the run halts it like a stop, then surfaces as the error.
+    let halt = stop.child_token();
+    let (item_tx, item_rx) = mpsc::channel::<Item>(CLAIM_BATCH);
+    let (verdict_tx, verdict_rx) = mpsc::channel(sink::BATCH_ROWS.max(cfg.concurrency * 2));
+
+    let feeder = tokio::spawn(feed(Arc::clone(&store), item_tx, cfg.limit, halt.clone()));
+    let summary = Summary::new(&cfg.task, &cfg.store.to_string(), cfg.dry_run);
+    let sink = tokio::spawn(sink::run(
+        Arc::clone(&store),
+        verdict_rx,
+        summary,
+        cfg.dry_run,
+    ));
+    let sink_halt = halt.clone();
+    // Items in progress: every request slot busy, plus as many again waiting out a backoff.
+    let stats = pool::run(
+        fetcher,
+        Arc::new(cfg.urls),
+        item_rx,
+        verdict_tx,
+        cfg.concurrency.saturating_mul(2),
+        halt.clone(),
+        STOP_GRACE,
+    )
+    .await;
+    let fed = feeder.await.context("item feeder task failed")?;
+    let sunk = sink.await.context("store writer task failed")?;
+    drop(sink_halt);
+    let finished = store.finish().await;
+    let mut summary = sunk?;
+    fed?;
+    finished?;
+    summary.duration = started.elapsed();
+    summary.interrupted = stop.is_cancelled();
+    summary.abandoned = stats.abandoned;
+    tracing::info!(
+        checked = summary.checked,
+        ok = summary.ok,
+        duration_ms = summary.duration.as_millis() as u64,
+        "done"
+    );
+    Ok(summary)
+}
+
+/// Claims pages of items and hands them to the pool until none are left, `limit` is
+/// reached or the run halts. A store error halts the run.
+async fn feed<S: Store>(
+    store: Arc<S>,
+    tx: mpsc::Sender<Item>,
+    limit: Option<u64>,
+    halt: CancellationToken,
+) -> Result<()> {
+    let mut sent = 0u64;
+    loop {
+        let want = match limit {
+            Some(l) if sent >= l => return Ok(()),
+            Some(l) => CLAIM_BATCH.min((l - sent) as usize),
+            None => CLAIM_BATCH,
+        };
+        let page = tokio::select! {
+            page = store.claim(want) => page,
+            _ = halt.cancelled() => return Ok(()),
+        };
+        let page = match page {
+            Ok(p) => p,
+            Err(e) => {
+                halt.cancel();
+                return Err(e);
+            }
+        };
+        if page.is_empty() {
+            return Ok(());
+        }
+        for item in page {
+            tokio::select! {
+                r = tx.send(item) => if r.is_err() { return Ok(()) },
+                _ = halt.cancelled() => return Ok(()),
+            }
+            sent += 1;
+        }
+    }
+}
+
+fn plain_opts(
+    task: &str,
+    args: &crate::cli::StoreArgs,
+    failed: &str,
+) -> Result<(StoreSpec, StoreOptions)> {
+    if task.trim().is_empty() {
+        bail!("--task is empty");
+    }
+    let (spec, columns) = store_columns(args)?;
+    Ok((
+        spec,
+        StoreOptions {
+            task: task.to_string(),
+            columns,
+            failed: StatusValue::new(failed),
+            ok: StatusValue::new("ok"),
+            not_found: None,
+            extra_columns: Vec::new(),
+            need_url: false,
+            read_only: false,
+        },
+    ))
+}
+
+/// `recheck status`: counts of the task's items per status.
+pub async fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<()> {
+    let (spec, mut opts) = plain_opts(&args.task, &args.store, "failed")?;
+    opts.read_only = true;
+    let store = store::open(&spec, opts, OpenMode::Status).await?;
+    let counts = store.status_counts().await?;
+    let total: u64 = counts.counts.iter().map(|(_, n)| n).sum();
+    match args.format {
+        Format::Json => {
+            let by_status: serde_json::Map<String, serde_json::Value> = counts
+                .counts
+                .iter()
+                .map(|(s, n)| (s.clone(), (*n).into()))
+                .collect();
+            let j = serde_json::json!({
+                "task": args.task,
+                "store": spec.to_string(),
+                "total": total,
+                "statuses": by_status,
+                "oldest_checked_at": counts.oldest_checked_at,
+                "newest_checked_at": counts.newest_checked_at,
+            });
+            writeln!(out, "{j}")?;
+        }
+        Format::Text => {
+            writeln!(out, "task {} on {spec}", args.task)?;
+            let width = counts
+                .counts
+                .iter()
+                .map(|(s, _)| s.len())
+                .max()
+                .unwrap_or(0)
+                .max(5);
+            for (s, n) in &counts.counts {
+                writeln!(out, "  {s:<width$}  {n:>10}")?;
+            }
+            writeln!(out, "  {:<width$}  {total:>10}", "total")?;
+            if let (Some(a), Some(b)) = (&counts.oldest_checked_at, &counts.newest_checked_at) {
+                writeln!(out, "  checked between {a} and {b}")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `recheck import`: adds (or resets to failed) the items listed in the input.
+pub async fn import(args: &ImportArgs, out: &mut dyn Write) -> Result<()> {
+    let (spec, opts) = plain_opts(&args.task, &args.store, &args.failed_status)?;
+    let input: Box<dyn BufRead + Send> = match args.file.as_deref() {
+        None => Box::new(std::io::BufReader::new(std::io::stdin())),
+        Some(p) if p.as_os_str() == "-" => Box::new(std::io::BufReader::new(std::io::stdin())),
+        Some(p) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(p).with_context(|| format!("{}: cannot open", p.display()))?,
+        )),
+    };
+    let source = args
+        .file
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "stdin".into());
+    // Parse everything first: a bad line must not leave half an import behind.
+    let mut items = Vec::new();
+    for (n, line) in input.lines().enumerate() {
+        let line = line.with_context(|| format!("{source}: cannot read line {}", n + 1))?;
+        if let Some(item) =
+            parse_import_line(&line).map_err(|e| anyhow!("{source}:{}: {e}", n + 1))?
+        {
+            items.push(item);
+        }
+    }
+    let store = store::open(&spec, opts, OpenMode::Create).await?;
+    let mut written = 0;
+    let mut rest = items;
+    while !rest.is_empty() {
+        let tail = rest.split_off(rest.len().min(IMPORT_BATCH));
+        written += store.import(rest).await?;
+        rest = tail;
+    }
+    store.finish().await?;
+    writeln!(
+        out,
+        "imported {written} items into task {} on {spec}",
+        args.task
+    )?;
+    Ok(())
+}
+
+/// One input line: a bare id, or `{"id": .., "url": ..}`. Blank lines are skipped.
+fn parse_import_line(line: &str) -> Result<Option<NewItem>> {
+    let t = line.trim();
+    if t.is_empty() {
+        return Ok(None);
+    }
+    if !t.starts_with('{') {
+        return Ok(Some(NewItem {
+            id: t.to_string(),
+            url: None,
+        }));
+    }
+    let v: serde_json::Value = serde_json::from_str(t).map_err(|e| anyhow!("invalid JSON: {e}"))?;
+    let id = match v.get("id").or_else(|| v.get("item_id")) {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        _ => bail!("expected a non-empty \"id\" (string or number)"),
+    };
+    let url = match v.get("url") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(_) => bail!("\"url\" must be a string"),
+    };
+    Ok(Some(NewItem { id, url }))
+}
+
+/// `recheck init`: creates the default schema.
+pub async fn init(args: &InitArgs, out: &mut dyn Write) -> Result<()> {
+    let spec = StoreSpec::parse(&args.store)?;
+    let table = Ident::new("--table", &args.table)?;
+    let msg = store::init(&spec, &table).await?;
+    writeln!(out, "{msg}")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn import_lines() {
+        assert_eq!(parse_import_line("  ").unwrap(), None);
+        assert_eq!(
+            parse_import_line(" a b ").unwrap(),
+            Some(NewItem {
+                id: "a b".into(),
+                url: None
+            })
+        );
+        assert_eq!(
+            parse_import_line(r#"{"id": 7, "url": "http://x/7"}"#).unwrap(),
+            Some(NewItem {
+                id: "7".into(),
+                url: Some("http://x/7".into())
+            })
+        );
+        assert!(parse_import_line(r#"{"url": "x"}"#).is_err());
+        assert!(parse_import_line("{nope").is_err());
+    }
+}

@@ -1,0 +1,450 @@
+//! Stage "config": layers the sources (flag > `RECHECK_*` env > TOML file > default) and
+//! turns raw flags into a validated [`RunConfig`]. Reads the config file and the environment;
+//! touches no store and no network.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
+use reqwest::header::{
+    AUTHORIZATION, COOKIE, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHORIZATION,
+};
+
+use crate::check::fetch::FetchConfig;
+use crate::check::judge::{ExpectStatus, Expectations, JsonRule};
+use crate::check::pool::UrlSource;
+use crate::check::template::UrlTemplate;
+use crate::cli::{Cli, FailOn, RunArgs, StoreArgs};
+use crate::model::StatusValue;
+use crate::report::Format;
+use crate::store::{Columns, Ident, StoreOptions, StoreSpec};
+
+/// The config file read when `--config` is not given and it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "recheck.toml";
+
+/// Why the command line could not be turned into a [`Cli`].
+#[derive(Debug)]
+pub enum ArgsError {
+    /// clap's own outcome: help, version, or a usage error (clap prints it).
+    Clap(clap::Error),
+    /// A config file problem: one line, exit 2.
+    Config(anyhow::Error),
+}
+
+/// Parses `argv`, filling options that neither a flag nor an environment variable set from
+/// the TOML config file (`--config FILE`, or `./recheck.toml` when present).
+pub fn parse_args(argv: Vec<OsString>) -> Result<Cli, ArgsError> {
+    // First pass, lenient: which command, which config file, which options were given.
+    let lenient = Cli::command()
+        .ignore_errors(true)
+        .try_get_matches_from(argv.clone());
+    let extra = match lenient {
+        Ok(m) => file_args(&m).map_err(ArgsError::Config)?,
+        Err(_) => None,
+    };
+    let (argv, file) = match extra {
+        Some((file, extra)) if !extra.is_empty() => {
+            let mut argv = argv;
+            let at = argv.iter().position(|a| a == "--").unwrap_or(argv.len());
+            let keys: Vec<String> = extra.iter().map(|(k, _)| k.clone()).collect();
+            argv.splice(at..at, extra.into_iter().map(|(_, a)| a));
+            (argv, Some((file, keys)))
+        }
+        _ => (argv, None),
+    };
+    let matches = Cli::command()
+        .try_get_matches_from(argv)
+        .map_err(|e| blame_file(e, file.as_ref()))?;
+    Cli::from_arg_matches(&matches).map_err(ArgsError::Clap)
+}
+
+/// A clap error about a value that came from the config file names the file.
+fn blame_file(e: clap::Error, file: Option<&(PathBuf, Vec<String>)>) -> ArgsError {
+    use clap::error::{ContextKind, ContextValue};
+    if let Some((path, keys)) = file
+        && let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg)
+    {
+        let long = arg
+            .trim_start_matches('-')
+            .split([' ', '='])
+            .next()
+            .unwrap_or("");
+        if keys.iter().any(|k| k == long) {
+            return ArgsError::Config(anyhow!(
+                "{}: option {long:?}: {}",
+                path.display(),
+                one_line(&e)
+            ));
+        }
+    }
+    ArgsError::Clap(e)
+}
+
+/// A clap error as one line, without "error: " and the usage hint.
+pub fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let mut parts = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        if !line.is_empty() {
+            parts.push(line.strip_prefix("error: ").unwrap_or(line));
+        }
+    }
+    parts.join(" ")
+}
+
+/// `--name=value` arguments from the config file for options of the chosen command that no
+/// flag and no environment variable set. `None` when no config file applies.
+fn file_args(m: &clap::ArgMatches) -> Result<Option<(PathBuf, Vec<(String, OsString)>)>> {
+    let Some((sub_name, sub)) = m.subcommand() else {
+        return Ok(None);
+    };
+    if sub_name == "completions" {
+        return Ok(None);
+    }
+    let explicit = m.get_one::<PathBuf>("config").cloned();
+    let path = match explicit {
+        Some(p) => {
+            if !p.exists() {
+                bail!("--config {}: no such file", p.display());
+            }
+            p
+        }
+        None if Path::new(DEFAULT_CONFIG_FILE).exists() => PathBuf::from(DEFAULT_CONFIG_FILE),
+        None => return Ok(None),
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read config file", path.display()))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| {
+        anyhow!(
+            "{}: invalid TOML: {}",
+            path.display(),
+            e.to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+    })?;
+    let cmd = Cli::command();
+    let run_cmd = cmd
+        .find_subcommand("run")
+        .ok_or_else(|| anyhow!("internal: no run command"))?;
+    let this_cmd = cmd
+        .find_subcommand(sub_name)
+        .ok_or_else(|| anyhow!("internal: no {sub_name} command"))?;
+    let mut out = Vec::new();
+    for (key, value) in &table {
+        let long = key.replace('_', "-");
+        if run_cmd.get_arguments().all(|a| a.get_long() != Some(&long)) {
+            bail!(
+                "{}: unknown option {key:?} (keys are the long options of `recheck run`)",
+                path.display()
+            );
+        }
+        let Some(arg) = this_cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(&long))
+        else {
+            continue; // a run option that this command does not take
+        };
+        let id = arg.get_id().as_str();
+        if sub.value_source(id) == Some(ValueSource::CommandLine) {
+            continue;
+        }
+        if arg
+            .get_env()
+            .is_some_and(|var| std::env::var_os(var).is_some())
+        {
+            continue;
+        }
+        let is_flag = matches!(arg.get_action(), clap::ArgAction::SetTrue);
+        let values: Vec<&toml::Value> = match value {
+            toml::Value::Array(items) => items.iter().collect(),
+            v => vec![v],
+        };
+        for v in values {
+            let text = match v {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(n) => n.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) if is_flag => {
+                    if *b {
+                        out.push((long.clone(), OsString::from(format!("--{long}"))));
+                    }
+                    continue;
+                }
+                toml::Value::Boolean(b) => b.to_string(),
+                _ => bail!(
+                    "{}: option {key:?} must be a string, number, boolean or a list of them",
+                    path.display()
+                ),
+            };
+            out.push((long.clone(), OsString::from(format!("--{long}={text}"))));
+        }
+    }
+    Ok(Some((path, out)))
+}
+
+/// Everything `recheck run` needs, validated.
+#[derive(Debug)]
+pub struct RunConfig {
+    /// The task whose failed items are checked.
+    pub task: String,
+    /// The store.
+    pub store: StoreSpec,
+    /// What the store serves and writes.
+    pub store_opts: StoreOptions,
+    /// Where URLs come from.
+    pub urls: UrlSource,
+    /// How each item is fetched and judged.
+    pub fetch: FetchConfig,
+    /// Most requests in flight.
+    pub concurrency: usize,
+    /// Time limit for opening a connection.
+    pub connect_timeout: Duration,
+    /// Most items checked.
+    pub limit: Option<u64>,
+    /// Write nothing.
+    pub dry_run: bool,
+    /// Summary format.
+    pub format: Format,
+    /// When to exit 1.
+    pub fail_on: FailOn,
+}
+
+/// Maps the store flags to a spec and the column names, refusing non-identifiers.
+pub fn store_columns(args: &StoreArgs) -> Result<(StoreSpec, Columns)> {
+    let spec = StoreSpec::parse(&args.store)?;
+    let columns = Columns {
+        table: Ident::new("--table", &args.table)?,
+        task: Ident::new("--task-column", &args.task_column)?,
+        id: Ident::new("--id-column", &args.id_column)?,
+        status: Ident::new("--status-column", &args.status_column)?,
+        url: Ident::new("--url-column", &args.url_column)?,
+    };
+    Ok((spec, columns))
+}
+
+impl RunConfig {
+    /// Validates `run`'s flags. Reads `${VAR}`s of headers from the environment.
+    pub fn from_args(a: &RunArgs) -> Result<RunConfig> {
+        Self::from_args_with_env(a, |k| std::env::var(k).ok())
+    }
+
+    /// [`RunConfig::from_args`] with an injected environment (for tests).
+    pub fn from_args_with_env(
+        a: &RunArgs,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<RunConfig> {
+        if a.task.trim().is_empty() {
+            bail!("--task is empty");
+        }
+        let (store, columns) = store_columns(&a.store)?;
+        let (urls, extra_columns) = match &a.url {
+            Some(t) => {
+                let t = UrlTemplate::parse(t, &a.task)?;
+                let cols = t.columns().to_vec();
+                (UrlSource::Template(t), cols)
+            }
+            None => (UrlSource::ItemColumn, Vec::new()),
+        };
+        let secret_headers = secret_header_names(&a.secret_headers)?;
+        let headers = build_headers(&a.headers, &secret_headers, env)?;
+        let expect = Expectations {
+            status: ExpectStatus::parse(&a.expect_status)?,
+            json: JsonRule::parse_all(&a.expect_json)?,
+        };
+        let store_opts = StoreOptions {
+            task: a.task.clone(),
+            columns,
+            failed: StatusValue::new(&a.failed_status),
+            ok: StatusValue::new(&a.ok_status),
+            not_found: a.not_found_status.as_deref().map(StatusValue::new),
+            extra_columns,
+            need_url: matches!(urls, UrlSource::ItemColumn),
+            read_only: a.dry_run,
+        };
+        if a.failed_status == a.ok_status {
+            bail!(
+                "--failed-status and --ok-status are both {:?}: OK items would be re-checked forever",
+                a.ok_status
+            );
+        }
+        Ok(RunConfig {
+            task: a.task.clone(),
+            store,
+            store_opts,
+            urls,
+            fetch: FetchConfig {
+                timeout: a.timeout,
+                retries: a.retries,
+                backoff_min: a.backoff.0,
+                backoff_max: a.backoff.1,
+                max_body: a.max_body,
+                expect,
+                headers,
+                secret_headers,
+            },
+            concurrency: a.concurrency as usize,
+            connect_timeout: a.connect_timeout,
+            limit: a.limit,
+            dry_run: a.dry_run,
+            format: a.format,
+            fail_on: a.fail_on,
+        })
+    }
+}
+
+/// Authorization, Cookie, Proxy-Authorization, and every `--secret-header`.
+fn secret_header_names(extra: &[String]) -> Result<Vec<HeaderName>> {
+    let mut names = vec![AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION];
+    for n in extra {
+        let name = HeaderName::from_bytes(n.trim().as_bytes())
+            .map_err(|_| anyhow!("--secret-header {n:?} is not a valid header name"))?;
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// Parses `-H 'Name: value'`s, expanding `${VAR}`. Error messages never show a value.
+fn build_headers(
+    specs: &[String],
+    secret: &[HeaderName],
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<HeaderMap> {
+    let mut map = HeaderMap::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let Some((name, value)) = spec.split_once(':') else {
+            bail!("-H #{}: expected 'Name: value' (no ':' found)", i + 1);
+        };
+        let name = name.trim();
+        let hname = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| anyhow!("-H #{}: {name:?} is not a valid header name", i + 1))?;
+        let value = expand_env(value.trim(), &env)
+            .map_err(|var| anyhow!("-H {name}: environment variable {var} is not set"))?;
+        let mut hvalue = HeaderValue::from_str(&value).map_err(|_| {
+            anyhow!("-H {name}: the value has characters a header cannot carry (value not shown)")
+        })?;
+        if secret.contains(&hname) {
+            hvalue.set_sensitive(true);
+        }
+        map.append(hname, hvalue);
+    }
+    Ok(map)
+}
+
+/// Replaces `${VAR}` with its value; `Err(VAR)` when one is unset. A `$` not followed by
+/// `{` is kept.
+fn expand_env(s: &str, env: &impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[at..]);
+            return Ok(out);
+        };
+        let var = &after[..end];
+        out.push_str(&env(var).ok_or_else(|| var.to_string())?);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Command;
+    use clap::Parser;
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        let mut argv = vec!["recheck", "run", "--task", "t"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(r) => *r,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn env_expansion() {
+        let env = |k: &str| (k == "TOKEN").then(|| "s3cret".to_string());
+        assert_eq!(
+            expand_env("Bearer ${TOKEN}", &env).unwrap(),
+            "Bearer s3cret"
+        );
+        assert_eq!(expand_env("a$b ${TOKEN}$", &env).unwrap(), "a$b s3cret$");
+        assert_eq!(expand_env("${NOPE}", &env).unwrap_err(), "NOPE");
+    }
+
+    #[test]
+    fn headers_are_checked_and_secrets_hidden() {
+        let env = |k: &str| (k == "TOKEN").then(|| "s3cret".to_string());
+        let a = run_args(&[
+            "--url",
+            "http://h/{id}",
+            "-H",
+            "Authorization: Bearer ${TOKEN}",
+            "-H",
+            "X-Api-Key: k1",
+            "--secret-header",
+            "x-api-key",
+        ]);
+        let c = RunConfig::from_args_with_env(&a, env).unwrap();
+        assert_eq!(c.fetch.headers["authorization"], "Bearer s3cret");
+        assert!(c.fetch.headers["authorization"].is_sensitive());
+        assert!(c.fetch.headers["x-api-key"].is_sensitive());
+        for (bad, fragment) in [
+            ("Authorization Bearer s3cret", "no ':'"),
+            ("Bad Name: x", "not a valid header name"),
+            ("Authorization: ${MISSING}", "MISSING is not set"),
+            ("Authorization: a\u{7}s3cret", "value not shown"),
+        ] {
+            let a = run_args(&["--url", "http://h/{id}", "-H", bad]);
+            let err = RunConfig::from_args_with_env(&a, env)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(fragment), "{bad}: {err}");
+            assert!(!err.contains("s3cret"), "{err}");
+        }
+    }
+
+    #[test]
+    fn template_columns_go_to_the_store() {
+        let a = run_args(&["--url", "http://h/{content}?t={task}"]);
+        let c = RunConfig::from_args(&a).unwrap();
+        assert_eq!(
+            c.store_opts.extra_columns,
+            [Ident::new("x", "content").unwrap()]
+        );
+        assert!(!c.store_opts.need_url);
+        let c = RunConfig::from_args(&run_args(&[])).unwrap();
+        assert!(c.store_opts.need_url);
+    }
+
+    #[test]
+    fn refuses_bad_identifiers_and_statuses() {
+        for (args, fragment) in [
+            (vec!["--table", "it ems"], "--table"),
+            (vec!["--id-column", "a\"b"], "--id-column"),
+            (vec!["--failed-status", "ok"], "both"),
+            (vec!["--expect-json", "status=done"], "--expect-json"),
+            (vec!["--expect-status", "abc"], "--expect-status"),
+            (vec!["--store", "items.csv"], "--store"),
+        ] {
+            let err = RunConfig::from_args(&run_args(&args))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(fragment), "{args:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! The run's counters and their text and JSON forms (SPEC §4). Counts errors by message,
+//! never keeps anything per item, so it is the same size for ten items or ten million.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::model::{Outcome, Verdict};
+
+/// Distinct error messages counted; later new ones are lumped as "other errors".
+const MAX_DISTINCT_ERRORS: usize = 1000;
+/// Errors listed in the summary.
+const TOP_ERRORS: usize = 5;
+
+/// `--format`: how the summary is printed on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// A small aligned table for people.
+    #[default]
+    Text,
+    /// One JSON object with stable keys, for scripts.
+    Json,
+}
+
+/// Everything the summary says about a run.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// The task checked.
+    pub task: String,
+    /// The store, as shown to users (password redacted).
+    pub store: String,
+    /// Items that got an outcome.
+    pub checked: u64,
+    /// Per outcome.
+    pub ok: u64,
+    /// Expected status, JSON rule failed.
+    pub still_failed: u64,
+    /// 404/410.
+    pub not_found: u64,
+    /// Retries exhausted or final failures.
+    pub errors: u64,
+    /// HTTP attempts made.
+    pub requests: u64,
+    /// Attempts after the first.
+    pub retries: u64,
+    /// Wall time of the run.
+    pub duration: Duration,
+    /// Stopped by a signal.
+    pub interrupted: bool,
+    /// Stopped by `--deadline`.
+    pub deadline_reached: bool,
+    /// Nothing was written.
+    pub dry_run: bool,
+    /// Checks abandoned at a stop (their items keep their status).
+    pub abandoned: u64,
+    latency_ms: Histogram<u64>,
+    error_counts: HashMap<String, u64>,
+    other_errors: u64,
+}
+
+impl Summary {
+    /// An empty summary for `task` on `store`.
+    pub fn new(task: &str, store: &str, dry_run: bool) -> Summary {
+        Summary {
+            task: task.to_string(),
+            store: store.to_string(),
+            checked: 0,
+            ok: 0,
+            still_failed: 0,
+            not_found: 0,
+            errors: 0,
+            requests: 0,
+            retries: 0,
+            duration: Duration::ZERO,
+            interrupted: false,
+            deadline_reached: false,
+            dry_run,
+            abandoned: 0,
+            // 1 ms .. 1 hour at 2 significant figures: a few KiB, fixed.
+            latency_ms: Histogram::new_with_bounds(1, 3_600_000, 2)
+                .expect("static histogram bounds are valid"),
+            error_counts: HashMap::new(),
+            other_errors: 0,
+        }
+    }
+
+    /// Counts one verdict.
+    pub fn add(&mut self, v: &Verdict) {
+        self.checked += 1;
+        match v.outcome {
+            Outcome::Ok => self.ok += 1,
+            Outcome::StillFailed => self.still_failed += 1,
+            Outcome::NotFound => self.not_found += 1,
+            Outcome::Error => self.errors += 1,
+        }
+        self.requests += u64::from(v.attempts);
+        self.retries += u64::from(v.attempts.saturating_sub(1));
+        if v.attempts > 0 {
+            let ms = (v.elapsed.as_millis() as u64).clamp(1, 3_600_000);
+            self.latency_ms.saturating_record(ms);
+        }
+        if v.outcome != Outcome::Ok
+            && let Some(e) = &v.error
+        {
+            if let Some(n) = self.error_counts.get_mut(e) {
+                *n += 1;
+            } else if self.error_counts.len() < MAX_DISTINCT_ERRORS {
+                self.error_counts.insert(e.clone(), 1);
+            } else {
+                self.other_errors += 1;
+            }
+        }
+    }
+
+    /// Whether every checked item is OK (exit 0), or nothing was checked.
+    pub fn all_ok(&self) -> bool {
+        self.ok == self.checked
+    }
+
+    /// Latency percentile in ms (time from first attempt to verdict), 0 without data.
+    pub fn latency_percentile(&self, q: f64) -> u64 {
+        if self.latency_ms.is_empty() {
+            0
+        } else {
+            self.latency_ms.value_at_quantile(q)
+        }
+    }
+
+    /// The most frequent error messages, most frequent first (ties by message).
+    pub fn top_errors(&self, n: usize) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = self
+            .error_counts
+            .iter()
+            .map(|(k, c)| (k.clone(), *c))
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v.truncate(n);
+        if self.other_errors > 0 && v.len() < n {
+            v.push(("(other errors)".into(), self.other_errors));
+        }
+        v
+    }
+
+    /// Prints the summary in `format`.
+    pub fn write(&self, format: Format, out: &mut dyn Write) -> io::Result<()> {
+        match format {
+            Format::Text => self.write_text(out),
+            Format::Json => self.write_json(out),
+        }
+    }
+
+    fn write_json(&self, out: &mut dyn Write) -> io::Result<()> {
+        #[derive(Serialize)]
+        struct Latency {
+            p50: u64,
+            p95: u64,
+            p99: u64,
+        }
+        #[derive(Serialize)]
+        struct TopError<'a> {
+            error: &'a str,
+            count: u64,
+        }
+        #[derive(Serialize)]
+        struct Json<'a> {
+            task: &'a str,
+            store: &'a str,
+            checked: u64,
+            ok: u64,
+            still_failed: u64,
+            not_found: u64,
+            errors: u64,
+            requests: u64,
+            retries: u64,
+            duration_ms: u64,
+            interrupted: bool,
+            deadline_reached: bool,
+            dry_run: bool,
+            latency_ms: Latency,
+            top_errors: Vec<TopError<'a>>,
+        }
+        let top = self.top_errors(TOP_ERRORS);
+        let j = Json {
+            task: &self.task,
+            store: &self.store,
+            checked: self.checked,
+            ok: self.ok,
+            still_failed: self.still_failed,
+            not_found: self.not_found,
+            errors: self.errors,
+            requests: self.requests,
+            retries: self.retries,
+            duration_ms: self.duration.as_millis() as u64,
+            interrupted: self.interrupted,
+            deadline_reached: self.deadline_reached,
+            dry_run: self.dry_run,
+            latency_ms: Latency {
+                p50: self.latency_percentile(0.50),
+                p95: self.latency_percentile(0.95),
+                p99: self.latency_percentile(0.99),
+            },
+            top_errors: top
+                .iter()
+                .map(|(e, c)| TopError {
+                    error: e,
+                    count: *c,
+                })
+                .collect(),
+        };
+        serde_json::to_writer(&mut *out, &j)?;
+        writeln!(out)
+    }
+
+    fn write_text(&self, out: &mut dyn Write) -> io::Result<()> {
+        let mut head = format!("task {} on {}", self.task, self.store);
+        if self.dry_run {
+            head.push_str(" (dry run: nothing written)");
+        }
+        if self.interrupted {
+            head.push_str(" (interrupted)");
+        }
+        if self.deadline_reached {
+            head.push_str(" (deadline reached)");
+        }
+        writeln!(out, "{head}")?;
+        let rows: [(&str, String); 8] = [
+            ("checked", self.checked.to_string()),
+            ("ok", self.ok.to_string()),
+            ("still failed", self.still_failed.to_string()),
+            ("not found", self.not_found.to_string()),
+            ("errors", self.errors.to_string()),
+            ("requests", self.requests.to_string()),
+            ("retries", self.retries.to_string()),
+            ("duration", format_duration(self.duration)),
+        ];
+        for (name, value) in rows {
+            writeln!(out, "  {name:<13}{value:>10}")?;
+        }
+        if self.requests > 0 {
+            writeln!(
+                out,
+                "  {:<13}{:>10}  p95 {}  p99 {}",
+                "latency p50",
+                format!("{}ms", self.latency_percentile(0.50)),
+                format_args!("{}ms", self.latency_percentile(0.95)),
+                format_args!("{}ms", self.latency_percentile(0.99)),
+            )?;
+        }
+        if self.abandoned > 0 {
+            writeln!(
+                out,
+                "  {:<13}{:>10}  (still in flight at the stop; left unchanged)",
+                "abandoned", self.abandoned
+            )?;
+        }
+        let top = self.top_errors(TOP_ERRORS);
+        if !top.is_empty() {
+            writeln!(out, "  most common problems:")?;
+            for (e, n) in top {
+                writeln!(out, "  {n:>8}  {e}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `1.234s`, `2m 03s`: short, and exact enough for a person.
+fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 60_000 {
+        format!("{}.{:03}s", ms / 1000, ms % 1000)
+    } else {
+        let s = d.as_secs();
+        format!("{}m {:02}s", s / 60, s % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    fn v(outcome: Outcome, attempts: u32, error: Option<&str>) -> Verdict {
+        Verdict {
+            key: 0,
+            id: "x".into(),
+            outcome,
+            http_status: None,
+            attempts,
+            error: error.map(Into::into),
+            checked_at: SystemTime::now(),
+            elapsed: Duration::from_millis(20),
+        }
+    }
+
+    #[test]
+    fn folds_counts() {
+        let mut s = Summary::new("t", "sqlite:x.db", false);
+        s.add(&v(Outcome::Ok, 1, None));
+        s.add(&v(Outcome::Ok, 3, None));
+        s.add(&v(Outcome::Error, 6, Some("HTTP 503")));
+        s.add(&v(Outcome::Error, 6, Some("HTTP 503")));
+        s.add(&v(Outcome::NotFound, 1, Some("HTTP 404 Not Found")));
+        s.add(&v(Outcome::Error, 0, Some("item has no url")));
+        assert_eq!((s.checked, s.ok, s.errors, s.not_found), (6, 2, 3, 1));
+        assert_eq!(s.requests, 17);
+        assert_eq!(s.retries, 2 + 5 + 5);
+        assert!(!s.all_ok());
+        assert_eq!(s.top_errors(5)[0], ("HTTP 503".to_string(), 2));
+        assert_eq!(s.latency_percentile(0.5), 20);
+    }
+
+    #[test]
+    fn json_has_the_spec_keys() {
+        let mut s = Summary::new("t", "x", true);
+        s.add(&v(Outcome::StillFailed, 1, Some("nope")));
+        let mut out = Vec::new();
+        s.write(Format::Json, &mut out).unwrap();
+        let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        for key in [
+            "task",
+            "checked",
+            "ok",
+            "still_failed",
+            "not_found",
+            "errors",
+            "requests",
+            "retries",
+            "duration_ms",
+            "interrupted",
+            "dry_run",
+        ] {
+            assert!(j.get(key).is_some(), "missing {key}");
+        }
+        assert_eq!(j["still_failed"], 1);
+        assert_eq!(j["dry_run"], true);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(format_duration(Duration::from_millis(1234)), "1.234s");
+        assert_eq!(format_duration(Duration::from_secs(123)), "2m 03s");
+    }
+}
