@@ -54,8 +54,8 @@ pub struct Fetcher {
 enum Failure {
     /// Worth another attempt (timeout, connection refused or reset).
     Retryable(String),
-    /// Final (body too large, redirect loop, bad redirect).
-    Fatal(String),
+    /// Final (body too large, redirect loop, bad redirect), with the status if one came.
+    Fatal(String, Option<u16>),
 }
 
 /// An answer to one attempt.
@@ -99,7 +99,6 @@ impl Fetcher {
             Err(why) => return Some(verdict(Outcome::Error, None, 0, Some(why))),
         };
         let mut attempts = 0u32;
-        let mut last_status = None;
         loop {
             if cancel.is_cancelled() {
                 return None;
@@ -118,9 +117,9 @@ impl Fetcher {
                     ))),
                 }
             };
-            let (why, retry_after) = match result {
+            let (why, retry_after, last_status) = match result {
                 Ok(answer) => {
-                    last_status = Some(answer.status);
+                    let last_status = Some(answer.status);
                     match judge::judge(answer.status, &answer.body, &self.cfg.expect) {
                         Judgement::Ok => {
                             return Some(verdict(Outcome::Ok, last_status, attempts, None));
@@ -145,16 +144,13 @@ impl Fetcher {
                         Judgement::Error(why) => {
                             return Some(verdict(Outcome::Error, last_status, attempts, Some(why)));
                         }
-                        Judgement::Retry(why) => (why, answer.retry_after),
+                        Judgement::Retry(why) => (why, answer.retry_after, last_status),
                     }
                 }
-                Err(Failure::Fatal(why)) => {
-                    return Some(verdict(Outcome::Error, last_status, attempts, Some(why)));
+                Err(Failure::Fatal(why, status)) => {
+                    return Some(verdict(Outcome::Error, status, attempts, Some(why)));
                 }
-                Err(Failure::Retryable(why)) => {
-                    last_status = None;
-                    (why, None)
-                }
+                Err(Failure::Retryable(why)) => (why, None, None),
             };
             if attempts > self.cfg.retries {
                 let why = if attempts > 1 {
@@ -217,6 +213,7 @@ impl Fetcher {
                 // Read (or count) every byte: the cap applies to answers we judge.
                 read_body(
                     &mut resp,
+                    code,
                     self.cfg.max_body,
                     judge::needs_body(code, &self.cfg.expect),
                 )
@@ -231,9 +228,10 @@ impl Fetcher {
                 retry_after,
             });
         }
-        Err(Failure::Fatal(format!(
-            "too many redirects (more than {MAX_REDIRECTS})"
-        )))
+        Err(Failure::Fatal(
+            format!("too many redirects (more than {MAX_REDIRECTS})"),
+            None,
+        ))
     }
 }
 
@@ -247,22 +245,32 @@ fn redirect_target(resp: &Response, base: &Url) -> Result<Option<Url>, Failure> 
     };
     let loc = loc
         .to_str()
-        .map_err(|_| Failure::Fatal("redirect Location is not text".into()))?;
+        .map_err(|_| Failure::Fatal("redirect Location is not text".into(), None))?;
     let next = base
         .join(loc)
-        .map_err(|e| Failure::Fatal(format!("bad redirect Location: {e}")))?;
+        .map_err(|e| Failure::Fatal(format!("bad redirect Location: {e}"), None))?;
     if !matches!(next.scheme(), "http" | "https") {
-        return Err(Failure::Fatal(format!(
-            "redirect to a {} URL refused",
-            next.scheme()
-        )));
+        return Err(Failure::Fatal(
+            format!("redirect to a {} URL refused", next.scheme()),
+            None,
+        ));
     }
     Ok(Some(next))
 }
 
-/// Reads the body up to `max` bytes, keeping it only when `keep`.
-async fn read_body(resp: &mut Response, max: u64, keep: bool) -> Result<Vec<u8>, Failure> {
-    let too_large = || Failure::Fatal(format!("body larger than --max-body ({max} bytes)"));
+/// Reads the body of a `status` answer up to `max` bytes, keeping it only when `keep`.
+async fn read_body(
+    resp: &mut Response,
+    status: u16,
+    max: u64,
+    keep: bool,
+) -> Result<Vec<u8>, Failure> {
+    let too_large = || {
+        Failure::Fatal(
+            format!("body larger than --max-body ({max} bytes)"),
+            Some(status),
+        )
+    };
     if resp.content_length().is_some_and(|n| n > max) {
         return Err(too_large());
     }
@@ -333,7 +341,7 @@ fn classify(e: reqwest::Error) -> Failure {
     if retryable && !fatal {
         Failure::Retryable(msg)
     } else {
-        Failure::Fatal(msg)
+        Failure::Fatal(msg, None)
     }
 }
 

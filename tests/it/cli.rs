@@ -1,0 +1,179 @@
+//! The other commands, and where options come from: flag > env > config file > default.
+
+use crate::support::{self, Sandbox};
+
+#[test]
+fn precedence_flag_env_file_default() {
+    let server = support::default_server();
+    let sb = Sandbox::new();
+    support::sqlite_store(&sb.path("s.db"), "t", &["ok-1"]);
+    std::fs::write(
+        sb.path("recheck.toml"),
+        format!(
+            "format = \"json\"\nstore = \"s.db\"\nurl = \"{}\"\n",
+            server.item_url_template()
+        ),
+    )
+    .unwrap();
+    let run = |env: Option<&str>, flag: Option<&str>| {
+        let mut cmd = sb.cmd();
+        cmd.args(["run", "--task", "t"]);
+        if let Some(v) = env {
+            cmd.env("RECHECK_FORMAT", v);
+        }
+        if let Some(v) = flag {
+            cmd.args(["--format", v]);
+        }
+        String::from_utf8(cmd.output().unwrap().stdout).unwrap()
+    };
+    assert!(run(None, None).starts_with('{'), "file should give json");
+    assert!(
+        run(Some("text"), None).starts_with("task t"),
+        "env beats file"
+    );
+    assert!(
+        run(Some("text"), Some("json")).starts_with('{'),
+        "flag beats env"
+    );
+    // Default when nothing says otherwise (another dir, no file).
+    let other = Sandbox::new();
+    support::sqlite_store(&other.path("recheck.db"), "t", &["ok-1"]);
+    let out = other.run(&server, "t", "recheck.db").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("task t on sqlite:recheck.db"));
+}
+
+#[test]
+fn explicit_config_file_and_lists() {
+    let server = support::default_server();
+    let sb = Sandbox::new();
+    support::sqlite_store(&sb.path("s.db"), "t", &["fail-1", "ok-1"]);
+    std::fs::write(
+        sb.path("cfg.toml"),
+        format!(
+            "store = \"s.db\"\nurl = \"{}\"\nexpect_json = [\"/status=done\", \"/status=processing\"]\nretries = 0\ndry_run = true\n",
+            server.item_url_template()
+        ),
+    )
+    .unwrap();
+    let out = sb
+        .cmd()
+        .args([
+            "run", "--task", "t", "--config", "cfg.toml", "--format", "json",
+        ])
+        .output()
+        .unwrap();
+    let s = support::summary(&out);
+    assert_eq!(s["ok"], 2, "both values of the list apply");
+    assert_eq!(s["dry_run"], true);
+    sb.cmd()
+        .args(["run", "--task", "t", "--config", "nope.toml"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("nope.toml"));
+}
+
+#[test]
+fn init_import_status() {
+    let sb = Sandbox::new();
+    sb.cmd()
+        .args(["init"])
+        .assert()
+        .success()
+        .stdout("created table items in recheck.db\n");
+    sb.cmd()
+        .args(["init"])
+        .assert()
+        .success()
+        .stdout("table items already exists in recheck.db\n");
+    sb.cmd()
+        .args(["import", "--task", "t"])
+        .write_stdin("a\n\nb\n{\"id\": \"c\", \"url\": \"http://127.0.0.1:9/c\"}\n{\"id\": 4}\n")
+        .assert()
+        .success()
+        .stdout("imported 4 items into task t on sqlite:recheck.db\n");
+    let row = support::sqlite_row(&sb.path("recheck.db"), "t", "4");
+    assert_eq!(row.status, "failed");
+    let out = sb
+        .cmd()
+        .args(["status", "--task", "t", "--format", "json"])
+        .output()
+        .unwrap();
+    let s = support::summary(&out);
+    assert_eq!(s["total"], 4);
+    assert_eq!(s["statuses"]["failed"], 4);
+    let text = sb
+        .cmd()
+        .args(["status", "--task", "t"])
+        .output()
+        .unwrap()
+        .stdout;
+    assert_eq!(
+        String::from_utf8(text).unwrap(),
+        "task t on sqlite:recheck.db\n  failed           4\n  total            4\n"
+    );
+    // A bad line imports nothing.
+    sb.cmd()
+        .args(["import", "--task", "u"])
+        .write_stdin("x\n{bad\n")
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("stdin:2"));
+    let out = sb
+        .cmd()
+        .args(["status", "--task", "u", "--format", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(support::summary(&out)["total"], 0);
+    // status of a store that does not exist is an error, and creates nothing.
+    sb.cmd()
+        .args(["status", "--task", "t", "--store", "none.db"])
+        .assert()
+        .code(2);
+    assert!(!sb.path("none.db").exists());
+}
+
+#[test]
+fn run_creates_a_new_sqlite_store() {
+    let sb = Sandbox::new();
+    let out = sb
+        .cmd()
+        .args([
+            "run",
+            "--task",
+            "t",
+            "--url",
+            "http://127.0.0.1:9/{id}",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(support::summary(&out)["checked"], 0);
+    assert!(sb.path("recheck.db").exists());
+}
+
+#[test]
+fn completions_and_help() {
+    let sb = Sandbox::new();
+    for shell in ["bash", "zsh", "fish", "powershell", "elvish"] {
+        let out = sb.cmd().args(["completions", shell]).output().unwrap();
+        assert!(out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("recheck"),
+            "{shell}"
+        );
+    }
+    let help = sb.cmd().args(["run", "--help"]).output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    for needle in [
+        "--concurrency <N>",
+        "[default: 100]",
+        "[default: 5s]",
+        "[default: 200ms..30s]",
+        "[env: RECHECK_TIMEOUT=]",
+        "--expect-json",
+    ] {
+        assert!(help.contains(needle), "help lacks {needle}");
+    }
+}

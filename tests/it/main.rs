@@ -1,0 +1,13 @@
+//! Integration tests: the real `recheck` binary against the repo's mock server on 127.0.0.1.
+//! One test binary (fast to link); modules by topic.
+
+mod support;
+
+mod bad_input;
+mod cli;
+mod concurrency;
+mod encoding;
+mod outcomes;
+mod retries;
+mod secrets;
+mod seed_shape;

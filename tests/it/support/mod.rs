@@ -1,0 +1,151 @@
+//! Test helpers: a mock server on its own runtime, a temp dir per test, a `recheck` command
+//! pointing at both, and store fixtures.
+#![allow(dead_code)]
+
+#[path = "../../support/mock_server.rs"]
+pub mod mock_server;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+pub use mock_server::{Behavior, MockConfig, MockServer};
+
+/// One multi-threaded runtime for every mock server of the test binary, so tests can be
+/// plain `#[test]`s that block on the binary while the server keeps serving.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("test runtime")
+    })
+}
+
+/// Starts a mock server (on 127.0.0.1:0).
+pub fn server(config: MockConfig) -> MockServer {
+    runtime().block_on(MockServer::start(config))
+}
+
+/// A mock server with default behaviour.
+pub fn default_server() -> MockServer {
+    server(MockConfig::default())
+}
+
+/// A temp dir for one test.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        Sandbox {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `recheck` with the sandbox as working directory and no inherited RECHECK_* or
+    /// RUST_LOG variables.
+    pub fn cmd(&self) -> assert_cmd::Command {
+        let mut cmd = assert_cmd::Command::cargo_bin("recheck").expect("recheck binary");
+        cmd.current_dir(self.dir.path());
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("RECHECK_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env_remove("RUST_LOG");
+        cmd.timeout(std::time::Duration::from_secs(120));
+        cmd
+    }
+
+    /// `recheck run --task T --store S --url <server template>` plus fast retry settings.
+    pub fn run(&self, server: &MockServer, task: &str, store: &str) -> assert_cmd::Command {
+        let mut cmd = self.cmd();
+        cmd.args(["run", "--task", task, "--store", store, "--url"])
+            .arg(server.item_url_template())
+            .args(["--backoff", "5ms..20ms"]);
+        cmd
+    }
+}
+
+/// A SQLite store with the default schema holding `ids` as failed items of `task`.
+pub fn sqlite_store(path: &Path, task: &str, ids: &[&str]) {
+    let conn = rusqlite::Connection::open(path).expect("open sqlite");
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS items(task_id TEXT NOT NULL, item_id TEXT NOT NULL,
+            status TEXT NOT NULL, url TEXT NULL, http_status INTEGER NULL,
+            attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT NULL, checked_at TEXT NULL,
+            lease_owner TEXT NULL, lease_until TEXT NULL, PRIMARY KEY (task_id, item_id));",
+    )
+    .expect("schema");
+    let tx = conn.unchecked_transaction().expect("tx");
+    {
+        let mut st = tx
+            .prepare("INSERT INTO items(task_id, item_id, status) VALUES (?1, ?2, 'failed')")
+            .expect("prepare");
+        for id in ids {
+            st.execute([task, id]).expect("insert");
+        }
+    }
+    tx.commit().expect("commit");
+}
+
+/// One row of the default schema, as the tests look at it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub status: String,
+    pub http_status: Option<i64>,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub checked_at: Option<String>,
+}
+
+/// Reads item `id` of `task` from a default-schema SQLite store.
+pub fn sqlite_row(path: &Path, task: &str, id: &str) -> Row {
+    let conn = rusqlite::Connection::open(path).expect("open sqlite");
+    conn.query_row(
+        "SELECT status, http_status, attempts, last_error, checked_at FROM items
+         WHERE task_id = ?1 AND item_id = ?2",
+        [task, id],
+        |r| {
+            Ok(Row {
+                status: r.get(0)?,
+                http_status: r.get(1)?,
+                attempts: r.get(2)?,
+                last_error: r.get(3)?,
+                checked_at: r.get(4)?,
+            })
+        },
+    )
+    .unwrap_or_else(|e| panic!("row {task}/{id}: {e}"))
+}
+
+/// Every byte of a file and its SQLite side files, to prove a refused run wrote nothing.
+pub fn snapshot(path: &Path) -> Vec<(String, Option<Vec<u8>>)> {
+    ["", "-wal", "-shm", "-journal", ".lock"]
+        .iter()
+        .map(|suffix| {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            let p = PathBuf::from(p);
+            (p.display().to_string(), std::fs::read(&p).ok())
+        })
+        .collect()
+}
+
+/// The JSON summary printed by `--format json`.
+pub fn summary(out: &std::process::Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "summary is not JSON ({e}): {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
