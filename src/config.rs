@@ -98,9 +98,12 @@ pub fn one_line(e: &clap::Error) -> String {
     parts.join(" ")
 }
 
+/// The config file used, and `(long option name, "--name=value")` pairs taken from it.
+type FileArgs = (PathBuf, Vec<(String, OsString)>);
+
 /// `--name=value` arguments from the config file for options of the chosen command that no
 /// flag and no environment variable set. `None` when no config file applies.
-fn file_args(m: &clap::ArgMatches) -> Result<Option<(PathBuf, Vec<(String, OsString)>)>> {
+fn file_args(m: &clap::ArgMatches) -> Result<Option<FileArgs>> {
     let Some((sub_name, sub)) = m.subcommand() else {
         return Ok(None);
     };

@@ -5,9 +5,11 @@ use serde_json::Value;
 
 use crate::support::{self, Sandbox, sqlite_row};
 
-/// Ids whose mock behaviour covers every outcome row, with the expected
-/// (status, http_status, attempts, last_error fragment) after the run below.
-const CASES: &[(&str, &str, Option<i64>, i64, Option<&str>)] = &[
+/// (id, status, http_status, attempts, last_error fragment) expected after the run below.
+type Expected = (&'static str, &'static str, Option<i64>, i64, Option<&'static str>);
+
+/// Ids whose mock behaviour covers every outcome row.
+const CASES: &[Expected] = &[
     ("ok-1", "ok", Some(200), 1, None),
     ("503x2-1", "ok", Some(200), 3, None),
     (

@@ -1,0 +1,138 @@
+//! Standalone mock item-status server (the one the integration tests use), for the demo and
+//! the benchmarks.
+//!
+//! ```text
+//! cargo run --release --example mock_server -- [--addr 127.0.0.1:0] [--latency 20ms]
+//!     [--default ok|fail|404|410|s<code>|<code>x<n>|ra<secs>x<n>|hang|garbage|huge[<bytes>]|slow<ms>]
+//!     [--require-header NAME:VALUE]
+//! ```
+//!
+//! On start it prints exactly one line, `listening on http://ADDR`, to stdout (flushed, so a
+//! parent process can read the port) and then serves until killed (or Ctrl-C). Besides
+//! `GET /items/{id}` and `GET /q?id={id}` it serves `GET /_stats` (`?ids=1` for the per-id
+//! counts) and `POST /_reset`. See `tests/support/mock_server.rs` for the id prefixes.
+//!
+//! It runs on a multi-threaded runtime: benchmarks drive hundreds of thousands of requests
+//! through it from many connections, and one thread would make the server the bottleneck
+//! being measured. Connections are HTTP/1.1 keep-alive (hyper's default).
+
+#[path = "../tests/support/mock_server.rs"]
+mod mock_server;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use mock_server::{Behavior, MockConfig, MockServer};
+
+const USAGE: &str = "\
+usage: mock_server [--addr ADDR] [--latency DURATION] [--default BEHAVIOUR] [--require-header NAME:VALUE]
+
+  --addr ADDR                  address to bind (default 127.0.0.1:0)
+  --latency DURATION           fixed delay before every item answer, e.g. 20ms, 1s (default 0)
+  --default BEHAVIOUR          behaviour for ids without a recognised prefix (default ok):
+                               ok, fail, 404, 410, s<code>, <code>x<times>, ra<secs>x<times>,
+                               hang, garbage, huge[<bytes>], slow<ms>
+  --require-header NAME:VALUE  answer 401 to item requests without this exact header
+";
+
+struct Args {
+    addr: SocketAddr,
+    config: MockConfig,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {s:?} (expected e.g. 20ms or 2s)");
+    let (num, unit): (&str, fn(u64) -> Duration) = if let Some(n) = s.strip_suffix("ms") {
+        (n, Duration::from_millis)
+    } else if let Some(n) = s.strip_suffix("us") {
+        (n, Duration::from_micros)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, Duration::from_secs)
+    } else if s == "0" {
+        return Ok(Duration::ZERO);
+    } else {
+        return Err(bad());
+    };
+    if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    num.parse().map(unit).map_err(|_| bad())
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        config: MockConfig::default(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        if flag == "-h" || flag == "--help" {
+            print!("{USAGE}");
+            std::process::exit(0);
+        }
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--addr" => {
+                let v = value()?;
+                args.addr = v
+                    .parse()
+                    .map_err(|e| format!("invalid --addr {v:?}: {e}"))?;
+            }
+            "--latency" => args.config.latency = parse_duration(&value()?)?,
+            "--default" => args.config.default = value()?.parse::<Behavior>()?,
+            "--require-header" => {
+                let v = value()?;
+                let (name, val) = v
+                    .split_once(':')
+                    .ok_or_else(|| format!("invalid --require-header {v:?} (NAME:VALUE)"))?;
+                args.config.require_header = Some((name.trim().to_owned(), val.trim().to_owned()));
+            }
+            _ => return Err(format!("unknown argument {arg:?}")),
+        }
+    }
+    Ok(args)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("mock_server: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let server = match MockServer::bind(args.addr, args.config).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("mock_server: cannot bind {}: {e}", args.addr);
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    // A parent process reads this one line to learn the port; flush so it is not buffered.
+    if writeln!(out, "listening on {}", server.url())
+        .and_then(|()| out.flush())
+        .is_err()
+    {
+        return ExitCode::FAILURE;
+    }
+    drop(out);
+    if tokio::signal::ctrl_c().await.is_err() {
+        // No signal handling available: just serve until killed.
+        std::future::pending::<()>().await;
+    }
+    drop(server);
+    ExitCode::SUCCESS
+}

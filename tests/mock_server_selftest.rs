@@ -1,0 +1,385 @@
+//! Self-test of the mock status server other tests, the demo and the benchmarks rely on.
+//!
+//! Uses a tiny raw HTTP/1.1 client over `TcpStream` so that paths reach the server exactly
+//! as written (no client-side normalisation) and so a test can abandon a request by just
+//! dropping the socket.
+
+#[path = "support/mock_server.rs"]
+mod mock_server;
+
+use std::time::{Duration, Instant};
+
+use mock_server::{Behavior, MockConfig, MockServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).expect("utf-8 body")
+    }
+}
+
+/// `GET path` on a fresh connection with `Connection: close`; reads the whole answer.
+async fn get(server: &MockServer, path: &str) -> Reply {
+    get_with(server, path, &[]).await
+}
+
+async fn get_with(server: &MockServer, path: &str, extra: &[(&str, &str)]) -> Reply {
+    let mut stream = TcpStream::connect(server.addr()).await.expect("connect");
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n", server.addr());
+    for (name, value) in extra {
+        req.push_str(name);
+        req.push_str(": ");
+        req.push_str(value);
+        req.push_str("\r\n");
+    }
+    req.push_str("Connection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.expect("read");
+    parse_reply(&raw)
+}
+
+fn parse_reply(raw: &[u8]) -> Reply {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("end of headers");
+    let head = std::str::from_utf8(&raw[..end]).expect("ascii head");
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers = lines
+        .map(|l| {
+            let (n, v) = l.split_once(':').expect("header line");
+            (n.trim().to_ascii_lowercase(), v.trim().to_owned())
+        })
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: raw[end + 4..].to_vec(),
+    }
+}
+
+#[tokio::test]
+async fn prefixes_choose_behaviours() {
+    let server = MockServer::start(MockConfig::default()).await;
+
+    let r = get(&server, "/items/ok-17").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.text(), r#"{"id":"ok-17","status":"done","ok":true}"#);
+
+    let r = get(&server, "/items/fail-3").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.text(),
+        r#"{"id":"fail-3","status":"processing","ok":false}"#
+    );
+
+    let r = get(&server, "/items/404-1").await;
+    assert_eq!((r.status, r.text()), (404, r#"{"error":"not found"}"#));
+    assert_eq!(get(&server, "/items/410-1").await.status, 410);
+    let r = get(&server, "/items/s418-1").await;
+    assert_eq!((r.status, r.text()), (418, r#"{"error":"status 418"}"#));
+
+    // 503x2: 503, 503, then Ok; never a Retry-After.
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let r = get(&server, "/items/503x2-9").await;
+        assert_eq!(r.header("retry-after"), None);
+        seen.push(r.status);
+    }
+    assert_eq!(seen, [503, 503, 200]);
+    assert_eq!(server.requests("503x2-9"), 3);
+
+    // ra1x1: one 429 with Retry-After: 1, then Ok.
+    let r = get(&server, "/items/ra1x1-1").await;
+    assert_eq!((r.status, r.header("retry-after")), (429, Some("1")));
+    let r = get(&server, "/items/ra1x1-1").await;
+    assert_eq!((r.status, r.header("retry-after")), (200, None));
+
+    let r = get(&server, "/items/garbage-1").await;
+    assert_eq!(r.status, 200);
+    assert!(serde_json::from_slice::<serde_json::Value>(&r.body).is_err());
+
+    // No `-`: no prefix, so the default (Ok), even for a numeric id like 404.
+    assert_eq!(get(&server, "/items/404").await.status, 200);
+    assert_eq!(get(&server, "/items/item-1").await.status, 200);
+
+    // JSON escaping of the id; the query is ignored for behaviour.
+    let r = get(&server, "/items/%22q%22?x=fail-1").await;
+    assert_eq!(r.text(), r#"{"id":"\"q\"","status":"done","ok":true}"#);
+
+    // The id in the query.
+    let r = get(&server, "/q?x=1&id=fail-2%2B").await;
+    assert_eq!(
+        r.text(),
+        r#"{"id":"fail-2+","status":"processing","ok":false}"#
+    );
+
+    // Override wins over the prefix; reset keeps it but clears counters.
+    server.set("ok-5", Behavior::Status(500));
+    assert_eq!(get(&server, "/items/ok-5").await.status, 500);
+    server.set(
+        "r-1",
+        Behavior::Redirect {
+            to: "/items/ok-1".into(),
+        },
+    );
+    let r = get(&server, "/items/r-1").await;
+    assert_eq!((r.status, r.header("location")), (302, Some("/items/ok-1")));
+
+    let r = get(&server, "/elsewhere").await;
+    assert_eq!((r.status, r.text()), (404, r#"{"error":"no route"}"#));
+    assert_eq!(server.requests("/elsewhere"), 0);
+
+    let answered = server.answered();
+    assert_eq!(
+        answered.first().map(|a| (a.0.as_str(), a.1)),
+        Some(("ok-17", 200))
+    );
+    assert!(answered.windows(2).all(|w| w[0].2 <= w[1].2));
+
+    let stats: serde_json::Value =
+        serde_json::from_slice(&get(&server, "/_stats?ids=1").await.body).unwrap();
+    assert_eq!(stats["total_requests"], server.total_requests());
+    assert_eq!(stats["per_id_max"], 3);
+    assert_eq!(stats["requests"]["503x2-9"], 3);
+
+    server.reset();
+    assert_eq!(server.total_requests(), 0);
+    assert!(server.all_requests().is_empty());
+    assert!(server.raw_paths().is_empty() && server.answered().is_empty());
+    assert_eq!(get(&server, "/items/ok-5").await.status, 500);
+    // FailThenOk state restarts with the counters.
+    assert_eq!(get(&server, "/items/503x2-9").await.status, 503);
+}
+
+#[test]
+fn prefix_parsing() {
+    use Behavior as B;
+    let cases = [
+        ("ok", Some(B::Ok)),
+        ("fail", Some(B::StillFailed)),
+        ("404", Some(B::NotFound)),
+        ("410", Some(B::Gone)),
+        ("s500", Some(B::Status(500))),
+        ("s99", None),
+        (
+            "503x2",
+            Some(B::FailThenOk {
+                status: 503,
+                times: 2,
+            }),
+        ),
+        (
+            "429x3",
+            Some(B::FailThenOk {
+                status: 429,
+                times: 3,
+            }),
+        ),
+        ("ra1x1", Some(B::RetryAfter { secs: 1, times: 1 })),
+        ("hang", Some(B::Hang)),
+        ("garbage", Some(B::Garbage)),
+        (
+            "huge",
+            Some(B::Huge {
+                bytes: mock_server::DEFAULT_HUGE_BYTES,
+            }),
+        ),
+        ("huge1000", Some(B::Huge { bytes: 1000 })),
+        (
+            "slow300",
+            Some(B::Slow {
+                delay: Duration::from_millis(300),
+            }),
+        ),
+        ("slow", None),
+        ("item", None),
+        ("+503x2", None),
+        ("", None),
+    ];
+    for (prefix, want) in cases {
+        assert_eq!(Behavior::from_prefix(prefix), want, "prefix {prefix:?}");
+    }
+    assert_eq!(Behavior::for_id("hang"), None);
+    assert_eq!(Behavior::for_id("hang-1-2"), Some(B::Hang));
+}
+
+#[tokio::test]
+async fn id_is_one_decoded_path_segment() {
+    let server = MockServer::start(MockConfig::default()).await;
+
+    let r = get(&server, "/items/a%2Fb").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), r#"{"id":"a/b","status":"done","ok":true}"#);
+    assert_eq!(server.requests("a/b"), 1);
+
+    let r = get(&server, "/items/a/b").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.text(), r#"{"error":"id must be one path segment"}"#);
+    assert_eq!(
+        server.requests("a/b"),
+        1,
+        "two segments must not count as a/b"
+    );
+    assert_eq!(get(&server, "/items/").await.status, 400);
+
+    let r = get(&server, "/items/caf%C3%A9%20x").await;
+    assert_eq!(r.text(), r#"{"id":"café x","status":"done","ok":true}"#);
+
+    assert_eq!(
+        server.raw_paths(),
+        [
+            "/items/a%2Fb",
+            "/items/a/b",
+            "/items/",
+            "/items/caf%C3%A9%20x"
+        ]
+    );
+    assert_eq!(server.total_requests(), 4);
+}
+
+#[tokio::test]
+async fn required_header_and_headers_seen() {
+    let server = MockServer::start(MockConfig {
+        require_header: Some(("Authorization".into(), "Bearer t0k".into())),
+        ..MockConfig::default()
+    })
+    .await;
+    assert_eq!(get(&server, "/items/ok-1").await.status, 401);
+    let r = get_with(
+        &server,
+        "/items/ok-1",
+        &[("Authorization", "Bearer t0k"), ("X-Trace", "7")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(server.requests("ok-1"), 2);
+    let headers = server.headers_seen("ok-1");
+    assert!(headers.contains(&("authorization".into(), "Bearer t0k".into())));
+    assert!(headers.contains(&("x-trace".into(), "7".into())));
+    let statuses: Vec<u16> = server.answered().iter().map(|a| a.1).collect();
+    assert_eq!(statuses, [401, 200]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn high_water_counts_concurrent_requests() {
+    let server = MockServer::start(MockConfig::default()).await;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let addr = server.addr();
+        tasks.spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let req =
+                format!("GET /items/slow200-{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut raw = Vec::new();
+            s.read_to_end(&mut raw).await.unwrap();
+            parse_reply(&raw).status
+        });
+    }
+    while let Some(status) = tasks.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    let hw = server.high_water();
+    assert!((15..=20).contains(&hw), "high_water {hw}");
+    assert_eq!(server.in_flight(), 0);
+    assert_eq!(server.total_requests(), 20);
+    assert_eq!(server.all_requests().len(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_hanging_request_leaves_in_flight() {
+    let server = MockServer::start(MockConfig::default()).await;
+    let mut s = TcpStream::connect(server.addr()).await.unwrap();
+    s.write_all(b"GET /items/hang-1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while server.in_flight() != 1 {
+        assert!(Instant::now() < deadline, "hang request never arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(server.requests("hang-1"), 1);
+    // Other requests are not blocked by the hanging one.
+    assert_eq!(get(&server, "/items/ok-1").await.status, 200);
+
+    drop(s);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while server.in_flight() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "in_flight stuck at {}",
+            server.in_flight()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(server.answered().iter().all(|a| a.0 != "hang-1"));
+    assert_eq!(server.high_water(), 2);
+}
+
+#[tokio::test]
+async fn huge_body_is_streamed_with_content_length() {
+    let server = MockServer::start(MockConfig::default()).await;
+    let r = get(&server, "/items/huge1000000-1").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("1000000"));
+    assert_eq!(r.body.len(), 1_000_000);
+    assert!(r.body.starts_with(br#"{"pad":"aaa"#) && r.body.ends_with(br#"aaa"}"#));
+    serde_json::from_slice::<serde_json::Value>(&r.body).expect("valid JSON");
+
+    let r = get(&server, "/items/huge-1").await;
+    assert_eq!(r.body.len() as u64, mock_server::DEFAULT_HUGE_BYTES);
+    assert_eq!(r.header("content-length"), Some("8388608"));
+
+    assert_eq!(get(&server, "/items/huge5-1").await.body, b"aaaaa");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keep_alive_client_and_latency() {
+    let server = MockServer::start(MockConfig {
+        latency: Duration::from_millis(20),
+        default: Behavior::StillFailed,
+        require_header: None,
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..500 {
+        let (client, url) = (client.clone(), format!("{}/items/x{i}", server.url()));
+        tasks.spawn(async move { client.get(url).send().await.unwrap().text().await.unwrap() });
+    }
+    while let Some(body) = tasks.join_next().await {
+        assert!(body.unwrap().contains(r#""status":"processing""#));
+    }
+    assert!(started.elapsed() >= Duration::from_millis(20));
+    assert_eq!(server.total_requests(), 500);
+    assert_eq!(server.in_flight(), 0);
+    assert_eq!(
+        server.item_url_template(),
+        format!("http://127.0.0.1:{}/items/{{id}}", server.addr().port())
+    );
+}

@@ -1,0 +1,886 @@
+//! A mock "item status" HTTP server for integration tests, the demo and the benchmarks.
+//!
+//! The server answers `GET /items/{id}` (and `GET /q?id={id}`) with a behaviour chosen per
+//! id, so one run of `recheck` can exercise successes, still-failed items, HTTP errors,
+//! retries, hangs, garbage and huge bodies at once, just by how the ids are named:
+//!
+//! | id prefix (before the first `-`) | behaviour                                              |
+//! |----------------------------------|--------------------------------------------------------|
+//! | `ok`                             | [`Behavior::Ok`]: 200 `{"id":..,"status":"done","ok":true}` |
+//! | `fail`                           | [`Behavior::StillFailed`]: 200 `{"id":..,"status":"processing","ok":false}` |
+//! | `404` / `410`                    | [`Behavior::NotFound`] / [`Behavior::Gone`]             |
+//! | `s<code>` (`s500`, `s418`)       | [`Behavior::Status`]: that status, `{"error":"status N"}` |
+//! | `<code>x<n>` (`503x2`, `429x3`)  | [`Behavior::FailThenOk`]: `code` for the first `n` requests of the id, then Ok |
+//! | `ra<secs>x<n>` (`ra1x1`)         | [`Behavior::RetryAfter`]: 429 + `Retry-After: secs` `n` times, then Ok |
+//! | `hang`                           | [`Behavior::Hang`]: never answers                      |
+//! | `garbage`                        | [`Behavior::Garbage`]: 200 with a body that is not JSON |
+//! | `huge` / `huge<bytes>`           | [`Behavior::Huge`]: 200 with a streamed body (default 8 MiB) |
+//! | `slow<ms>` (`slow300`)           | [`Behavior::Slow`]: extra delay, then Ok               |
+//!
+//! An id without a `-` has no prefix (so purely numeric ids such as `404` are *not*
+//! "not found"); ids without a recognised prefix get [`MockConfig::default`]. A per-id
+//! override set with [`MockServer::set`] wins over the prefix (and is the only way to get
+//! [`Behavior::Redirect`]).
+//!
+//! Besides the item routes the server answers `GET /_stats` (JSON counters, add `?ids=1` for
+//! the per-id map) and `POST /_reset`; those two are control endpoints and are not counted.
+//! Every other path gets 404 `{"error":"no route"}`.
+//!
+//! The module is self-contained (no `recheck` imports) so it can be `#[path]`-included by
+//! integration tests, examples and benches alike.
+//!
+//! Performance notes: benchmarks push hundreds of thousands of requests through this, from
+//! many connections at once, so the per-request bookkeeping is a handful of atomics plus
+//! three short critical sections (a sharded per-id map, and two append-only logs that grow
+//! in fixed-size chunks so no push ever copies the whole log while holding the lock).
+//! Nothing slow (allocation of big buffers, sleeping, JSON building) happens under a lock.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::fmt;
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::Response;
+use axum::serve::ListenerExt;
+
+/// Default size of a `huge` body without an explicit byte count.
+pub const DEFAULT_HUGE_BYTES: u64 = 8 * 1024 * 1024;
+/// How many raw request paths [`MockServer::raw_paths`] keeps (the first ones win).
+pub const RAW_PATHS_CAP: usize = 100_000;
+/// How many entries [`MockServer::answered`] keeps (the first ones win).
+pub const ANSWERED_CAP: usize = 1_000_000;
+
+/// What the server does for one id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Behavior {
+    /// 200 `{"id":"<id>","status":"done","ok":true}`.
+    Ok,
+    /// 200 `{"id":"<id>","status":"processing","ok":false}`.
+    StillFailed,
+    /// 404 `{"error":"not found"}`.
+    NotFound,
+    /// 410 `{"error":"gone"}`.
+    Gone,
+    /// That status with body `{"error":"status N"}` (an invalid code gives 500).
+    Status(u16),
+    /// `status` for the first `times` requests of the id, then the Ok answer. No `Retry-After`.
+    FailThenOk { status: u16, times: u32 },
+    /// 429 with `Retry-After: <secs>` for the first `times` requests of the id, then Ok.
+    RetryAfter { secs: u64, times: u32 },
+    /// Accept the request and never answer (the handler sleeps an hour; other requests are
+    /// unaffected). Dropping the connection ends it.
+    Hang,
+    /// 200, `application/json`, body `{"id": not json at all <<<`.
+    Garbage,
+    /// 200 with a streamed body of exactly `bytes` bytes (`{"pad":"aaaa…"}`, or just `a`s when
+    /// shorter than 10 bytes), produced lazily in 64 KiB static chunks, with Content-Length.
+    Huge { bytes: u64 },
+    /// Sleep `delay` (on top of [`MockConfig::latency`]), then the Ok answer.
+    Slow { delay: Duration },
+    /// 302 with `Location: <to>` (only via [`MockServer::set`]).
+    Redirect { to: String },
+}
+
+impl Behavior {
+    /// The behaviour spelled by a prefix (`ok`, `fail`, `404`, `410`, `s500`, `503x2`,
+    /// `ra1x1`, `hang`, `garbage`, `huge`, `huge1000`, `slow300`), or `None`.
+    pub fn from_prefix(prefix: &str) -> Option<Behavior> {
+        match prefix {
+            "ok" => return Some(Behavior::Ok),
+            "fail" => return Some(Behavior::StillFailed),
+            "404" => return Some(Behavior::NotFound),
+            "410" => return Some(Behavior::Gone),
+            "hang" => return Some(Behavior::Hang),
+            "garbage" => return Some(Behavior::Garbage),
+            "huge" => {
+                return Some(Behavior::Huge {
+                    bytes: DEFAULT_HUGE_BYTES,
+                });
+            }
+            _ => {}
+        }
+        if let Some(ms) = prefix.strip_prefix("slow") {
+            return Some(Behavior::Slow {
+                delay: Duration::from_millis(digits(ms)?),
+            });
+        }
+        if let Some(n) = prefix.strip_prefix("huge") {
+            return Some(Behavior::Huge { bytes: digits(n)? });
+        }
+        if let Some(rest) = prefix.strip_prefix("ra") {
+            let (secs, times) = rest.split_once('x')?;
+            return Some(Behavior::RetryAfter {
+                secs: digits(secs)?,
+                times: digits(times)?,
+            });
+        }
+        if let Some(code) = prefix.strip_prefix('s') {
+            return Some(Behavior::Status(status_code(code)?));
+        }
+        let (status, times) = prefix.split_once('x')?;
+        Some(Behavior::FailThenOk {
+            status: status_code(status)?,
+            times: digits(times)?,
+        })
+    }
+
+    /// The behaviour chosen by an id's prefix (the part before the first `-`), if any.
+    /// An id without `-` has no prefix.
+    pub fn for_id(id: &str) -> Option<Behavior> {
+        let (prefix, _) = id.split_once('-')?;
+        Behavior::from_prefix(prefix)
+    }
+}
+
+/// Parses the prefix spellings of [`Behavior::from_prefix`] (used by `--default`).
+impl FromStr for Behavior {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Behavior::from_prefix(s).ok_or_else(|| {
+            format!(
+                "unknown behaviour {s:?}; expected one of ok, fail, 404, 410, s<code>, \
+                 <code>x<times>, ra<secs>x<times>, hang, garbage, huge[<bytes>], slow<ms>"
+            )
+        })
+    }
+}
+
+/// All-ASCII-digit number (`str::parse` alone would also take a leading `+`).
+fn digits<T: FromStr>(s: &str) -> Option<T> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// A status code `http` accepts (100..=999).
+fn status_code(s: &str) -> Option<u16> {
+    digits::<u16>(s).filter(|c| (100..=999).contains(c))
+}
+
+/// Server configuration.
+#[derive(Clone, Debug)]
+pub struct MockConfig {
+    /// Fixed sleep applied to every id request after it is counted, before it is answered.
+    pub latency: Duration,
+    /// Behaviour for ids with no override and no recognised prefix.
+    pub default: Behavior,
+    /// If set, every id request without exactly this header value gets 401
+    /// `{"error":"unauthorized"}` (the request is still counted). The name is matched
+    /// case-insensitively, the value exactly.
+    pub require_header: Option<(String, String)>,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        MockConfig {
+            latency: Duration::ZERO,
+            default: Behavior::Ok,
+            require_header: None,
+        }
+    }
+}
+
+/// A running mock server. It serves on the tokio runtime it was started on until this
+/// handle is dropped (then it stops accepting and closes idle connections), so keep it alive
+/// for as long as the test needs the server.
+pub struct MockServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    /// Dropping this sender triggers the graceful shutdown of the serve task.
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+impl fmt::Debug for MockServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MockServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MockServer {
+    /// Binds `127.0.0.1:0` and spawns the server on the current tokio runtime (either flavour).
+    ///
+    /// # Panics
+    /// If the loopback port cannot be bound.
+    pub async fn start(config: MockConfig) -> MockServer {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        MockServer::bind(addr, config)
+            .await
+            .expect("mock server: bind 127.0.0.1:0")
+    }
+
+    /// Like [`MockServer::start`] on a chosen address (the standalone binary's `--addr`).
+    pub async fn bind(addr: SocketAddr, config: MockConfig) -> std::io::Result<MockServer> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        // Small responses are written in one go, but without NODELAY Nagle's algorithm can
+        // still delay a response behind the peer's delayed ACK (~40 ms) and wreck latencies.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let shared = Arc::new(Shared::new(config));
+        let app = Router::new()
+            .fallback(handle)
+            .with_state(Arc::clone(&shared));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        // axum::serve uses hyper's auto builder: HTTP/1.1 with keep-alive by default (so a
+        // pooling client reuses connections instead of burning an ephemeral port per
+        // request, which matters at 200k requests) and HTTP/2 with prior knowledge.
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = rx.await;
+        });
+        tokio::spawn(serve.into_future());
+        Ok(MockServer {
+            addr,
+            shared,
+            _shutdown: tx,
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT/items/{id}`.
+    pub fn item_url_template(&self) -> String {
+        format!("http://{}/items/{{id}}", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT/q?id={id}` (the id in the query).
+    pub fn query_url_template(&self) -> String {
+        format!("http://{}/q?id={{id}}", self.addr)
+    }
+
+    /// Per-id override; wins over the prefix rule. Survives [`MockServer::reset`].
+    pub fn set(&self, id: &str, behavior: Behavior) {
+        let mut shard = self.shared.shard(id);
+        match shard.get_mut(id) {
+            Some(e) => e.behavior = Some(behavior),
+            None => {
+                shard.insert(
+                    id.to_owned(),
+                    IdEntry {
+                        behavior: Some(behavior),
+                        ..IdEntry::default()
+                    },
+                );
+            }
+        }
+    }
+
+    /// How many requests arrived for this (decoded) id.
+    pub fn requests(&self, id: &str) -> u64 {
+        self.shared.shard(id).get(id).map_or(0, |e| e.count)
+    }
+
+    /// Request count per (decoded) id, for every id requested at least once.
+    pub fn all_requests(&self) -> HashMap<String, u64> {
+        let mut all = HashMap::new();
+        for shard in &self.shared.shards {
+            let shard = lock(shard);
+            all.extend(
+                shard
+                    .iter()
+                    .filter(|(_, e)| e.count > 0)
+                    .map(|(id, e)| (id.clone(), e.count)),
+            );
+        }
+        all
+    }
+
+    /// Every request the server got except the control endpoints (`/_stats`, `/_reset`),
+    /// including ones answered 400/404/405.
+    pub fn total_requests(&self) -> u64 {
+        self.shared.total.load(Ordering::Relaxed)
+    }
+
+    /// The most requests ever in flight at once (since start or the last reset).
+    pub fn high_water(&self) -> u64 {
+        self.shared.high_water.load(Ordering::Relaxed)
+    }
+
+    /// Requests currently being handled (a dropped client connection ends its request).
+    pub fn in_flight(&self) -> u64 {
+        self.shared.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The highest request count of any single id (since start or the last reset).
+    pub fn per_id_max(&self) -> u64 {
+        self.shared.per_id_max.load(Ordering::Relaxed)
+    }
+
+    /// Raw request path + query of every counted request, as received (not decoded), in
+    /// arrival order; only the first [`RAW_PATHS_CAP`] are kept.
+    pub fn raw_paths(&self) -> Vec<String> {
+        lock(&self.shared.raw_paths).to_vec()
+    }
+
+    /// Headers of the last request for this id (names lowercased), in received order.
+    pub fn headers_seen(&self, id: &str) -> Vec<(String, String)> {
+        let shard = self.shared.shard(id);
+        shard
+            .get(id)
+            .and_then(|e| e.headers.as_deref())
+            .map_or_else(Vec::new, unpack_headers)
+    }
+
+    /// One entry per completed id response: decoded id, status sent, and when the handler
+    /// handed the response (headers) to hyper, which is when the headers go on the wire.
+    /// Requests that never got an answer (hung, or abandoned by the client before the answer)
+    /// are absent. Only the first [`ANSWERED_CAP`] are kept.
+    pub fn answered(&self) -> Vec<(String, u16, Instant)> {
+        lock(&self.shared.answered).to_vec()
+    }
+
+    /// Clears the counters and logs (request counts, last headers, raw paths, answered,
+    /// totals; `high_water` restarts from the current in-flight count). Overrides stay,
+    /// and `in_flight` is a live gauge, so it is not touched.
+    pub fn reset(&self) {
+        self.shared.reset();
+    }
+
+    /// The `/_stats` JSON document.
+    pub fn stats_json(&self, with_ids: bool) -> String {
+        self.shared.stats_json(with_ids)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// shared state
+
+/// Number of per-id map shards (a power of two). Sharding keeps a multi-threaded runtime's
+/// workers from queueing on one mutex at high request rates.
+const SHARDS: usize = 32;
+
+#[derive(Default)]
+struct IdEntry {
+    count: u64,
+    /// The last request's headers, packed (see [`pack_headers`]).
+    headers: Option<Box<[u8]>>,
+    behavior: Option<Behavior>,
+}
+
+/// Packs headers as `name\0value\0…` in one allocation. Keeping hyper's `HeaderMap` instead
+/// would pin each request's whole read buffer (its values are slices of it): about 1 GB
+/// for 200k ids instead of a few tens of MB.
+fn pack_headers(headers: &HeaderMap) -> Box<[u8]> {
+    let len = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 2)
+        .sum();
+    let mut out = Vec::with_capacity(len);
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.push(0);
+        out.extend_from_slice(value.as_bytes());
+        out.push(0);
+    }
+    out.into_boxed_slice()
+}
+
+/// Inverse of [`pack_headers`] (a header value never contains NUL, `http` rejects it).
+fn unpack_headers(packed: &[u8]) -> Vec<(String, String)> {
+    let mut parts = packed.split(|&b| b == 0);
+    let mut out = Vec::new();
+    while let (Some(name), Some(value)) = (parts.next(), parts.next()) {
+        out.push((
+            String::from_utf8_lossy(name).into_owned(),
+            String::from_utf8_lossy(value).into_owned(),
+        ));
+    }
+    out
+}
+
+struct Shared {
+    config: MockConfig,
+    shards: Box<[Mutex<HashMap<String, IdEntry>>]>,
+    total: AtomicU64,
+    in_flight: AtomicU64,
+    high_water: AtomicU64,
+    per_id_max: AtomicU64,
+    raw_paths: Mutex<CappedLog<String>>,
+    answered: Mutex<CappedLog<(String, u16, Instant)>>,
+}
+
+/// Locks, ignoring poisoning (a panicking test thread must not take every later check down).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    fn new(config: MockConfig) -> Shared {
+        Shared {
+            config,
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            total: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            high_water: AtomicU64::new(0),
+            per_id_max: AtomicU64::new(0),
+            raw_paths: Mutex::new(CappedLog::new(RAW_PATHS_CAP)),
+            answered: Mutex::new(CappedLog::new(ANSWERED_CAP)),
+        }
+    }
+
+    fn shard(&self, id: &str) -> MutexGuard<'_, HashMap<String, IdEntry>> {
+        // FNV-1a: cheap, and only needs to spread ids over a few shards.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in id.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        lock(&self.shards[(h % SHARDS as u64) as usize])
+    }
+
+    /// Counts an arriving request; the guard un-counts it from `in_flight` when dropped,
+    /// including when hyper drops the handler future because the client went away.
+    fn arrive(&self, raw_path: String) -> InFlight<'_> {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.high_water.fetch_max(now, Ordering::Relaxed);
+        lock(&self.raw_paths).push(raw_path);
+        InFlight(self)
+    }
+
+    /// Counts a request for `id`, stores its headers, and returns its 1-based ordinal for
+    /// that id together with the behaviour to apply.
+    fn count_id(&self, id: &str, headers: Box<[u8]>) -> (u64, Behavior) {
+        let (n, behavior, old_headers) = {
+            let mut shard = self.shard(id);
+            if !shard.contains_key(id) {
+                shard.insert(id.to_owned(), IdEntry::default());
+            }
+            let e = shard.get_mut(id).expect("just inserted");
+            e.count += 1;
+            (e.count, e.behavior.clone(), e.headers.replace(headers))
+        };
+        drop(old_headers); // freed outside the lock
+        self.per_id_max.fetch_max(n, Ordering::Relaxed);
+        let behavior = behavior
+            .or_else(|| Behavior::for_id(id))
+            .unwrap_or_else(|| self.config.default.clone());
+        (n, behavior)
+    }
+
+    fn reset(&self) {
+        for shard in &self.shards {
+            // Entries with an override stay (zeroed); the rest go.
+            let mut shard = lock(shard);
+            shard.retain(|_, e| e.behavior.is_some());
+            for e in shard.values_mut() {
+                e.count = 0;
+                e.headers = None;
+            }
+        }
+        let paths = std::mem::replace(&mut *lock(&self.raw_paths), CappedLog::new(RAW_PATHS_CAP));
+        let answered = std::mem::replace(&mut *lock(&self.answered), CappedLog::new(ANSWERED_CAP));
+        drop((paths, answered));
+        self.total.store(0, Ordering::Relaxed);
+        self.per_id_max.store(0, Ordering::Relaxed);
+        self.high_water
+            .store(self.in_flight.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    fn stats_json(&self, with_ids: bool) -> String {
+        let mut ids = 0u64;
+        let mut requests = serde_json::Map::new();
+        for shard in &self.shards {
+            let shard = lock(shard);
+            for (id, e) in shard.iter().filter(|(_, e)| e.count > 0) {
+                ids += 1;
+                if with_ids {
+                    requests.insert(id.clone(), e.count.into());
+                }
+            }
+        }
+        // Written by hand to keep the documented key order (serde_json's map sorts keys).
+        let mut doc = format!(
+            r#"{{"total_requests":{},"high_water":{},"in_flight":{},"per_id_max":{},"ids":{ids}"#,
+            self.total.load(Ordering::Relaxed),
+            self.high_water.load(Ordering::Relaxed),
+            self.in_flight.load(Ordering::Relaxed),
+            self.per_id_max.load(Ordering::Relaxed),
+        );
+        if with_ids {
+            doc.push_str(r#","requests":"#);
+            doc.push_str(&serde_json::Value::Object(requests).to_string());
+        }
+        doc.push('}');
+        doc
+    }
+}
+
+struct InFlight<'a>(&'a Shared);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Append-only log keeping the first `cap` entries. Stored in fixed-size chunks so a push
+/// (done under a mutex) never reallocates and copies everything logged so far.
+struct CappedLog<T> {
+    chunks: Vec<Vec<T>>,
+    len: usize,
+    cap: usize,
+}
+
+const LOG_CHUNK: usize = 4096;
+
+impl<T: Clone> CappedLog<T> {
+    fn new(cap: usize) -> Self {
+        CappedLog {
+            chunks: Vec::new(),
+            len: 0,
+            cap,
+        }
+    }
+
+    fn push(&mut self, value: T) {
+        if self.len >= self.cap {
+            return;
+        }
+        match self.chunks.last_mut() {
+            Some(chunk) if chunk.len() < LOG_CHUNK => chunk.push(value),
+            _ => {
+                let mut chunk = Vec::with_capacity(LOG_CHUNK);
+                chunk.push(value);
+                self.chunks.push(chunk);
+            }
+        }
+        self.len += 1;
+    }
+
+    fn to_vec(&self) -> Vec<T> {
+        let mut out = Vec::with_capacity(self.len);
+        for chunk in &self.chunks {
+            out.extend_from_slice(chunk);
+        }
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// request handling
+
+/// Where a request goes, decided on the raw (undecoded) URI.
+enum Route {
+    Id(String),
+    NotOneSegment,
+    MissingId,
+    Unrouted,
+}
+
+fn route(uri: &Uri) -> Route {
+    let path = uri.path();
+    if let Some(seg) = path.strip_prefix("/items/") {
+        // Split on the raw path: `/items/a%2Fb` is the one segment `a/b`, while
+        // `/items/a/b` is two segments and must not be read as the id `a/b`.
+        if seg.is_empty() || seg.contains('/') {
+            return Route::NotOneSegment;
+        }
+        return Route::Id(percent_decode(seg));
+    }
+    if path == "/q" {
+        // Percent-decoding only: a literal `+` stays `+` (ids are not form-encoded).
+        let id = uri.query().and_then(|q| {
+            q.split('&')
+                .find_map(|pair| pair.strip_prefix("id="))
+                .map(percent_decode)
+        });
+        return match id {
+            Some(id) if !id.is_empty() => Route::Id(id),
+            _ => Route::MissingId,
+        };
+    }
+    Route::Unrouted
+}
+
+fn percent_decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            b'A'..=b'F' => Some(b - b'A' + 10),
+            _ => None,
+        }
+    }
+    if !s.contains('%') {
+        return s.to_owned();
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push((h << 4) | l);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    match String::from_utf8(out) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }
+}
+
+async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+    let (parts, _body) = req.into_parts();
+    match parts.uri.path() {
+        "/_stats" if parts.method == Method::GET => {
+            let with_ids = parts
+                .uri
+                .query()
+                .is_some_and(|q| q.split('&').any(|p| p == "ids=1" || p == "ids=true"));
+            return json(StatusCode::OK, shared.stats_json(with_ids));
+        }
+        "/_reset" if parts.method == Method::POST => {
+            shared.reset();
+            return json(StatusCode::OK, r#"{"reset":true}"#);
+        }
+        "/_stats" | "/_reset" => return method_not_allowed(),
+        _ => {}
+    }
+
+    let raw = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
+    let _in_flight = shared.arrive(raw);
+
+    let id = match route(&parts.uri) {
+        Route::Id(id) => id,
+        Route::NotOneSegment => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                r#"{"error":"id must be one path segment"}"#,
+            );
+        }
+        Route::MissingId => return json(StatusCode::BAD_REQUEST, r#"{"error":"missing id"}"#),
+        Route::Unrouted => return json(StatusCode::NOT_FOUND, r#"{"error":"no route"}"#),
+    };
+    if parts.method != Method::GET {
+        return method_not_allowed();
+    }
+
+    let authorized = match &shared.config.require_header {
+        None => true,
+        Some((name, value)) => parts
+            .headers
+            .get(name.as_str())
+            .is_some_and(|v| v.as_bytes() == value.as_bytes()),
+    };
+    let (ordinal, behavior) = shared.count_id(&id, pack_headers(&parts.headers));
+    if !shared.config.latency.is_zero() {
+        tokio::time::sleep(shared.config.latency).await;
+    }
+    let response = if authorized {
+        respond(&id, ordinal, behavior).await
+    } else {
+        json(StatusCode::UNAUTHORIZED, r#"{"error":"unauthorized"}"#)
+    };
+    let status = response.status().as_u16();
+    lock(&shared.answered).push((id, status, Instant::now()));
+    response
+}
+
+async fn respond(id: &str, ordinal: u64, behavior: Behavior) -> Response {
+    match behavior {
+        Behavior::Ok => ok(id),
+        Behavior::StillFailed => json(
+            StatusCode::OK,
+            format!(
+                r#"{{"id":{},"status":"processing","ok":false}}"#,
+                json_string(id)
+            ),
+        ),
+        Behavior::NotFound => json(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#),
+        Behavior::Gone => json(StatusCode::GONE, r#"{"error":"gone"}"#),
+        Behavior::Status(code) => status(code),
+        Behavior::FailThenOk {
+            status: code,
+            times,
+        } => {
+            if ordinal <= u64::from(times) {
+                status(code)
+            } else {
+                ok(id)
+            }
+        }
+        Behavior::RetryAfter { secs, times } => {
+            if ordinal <= u64::from(times) {
+                let mut r = status(429);
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                r
+            } else {
+                ok(id)
+            }
+        }
+        Behavior::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            json(StatusCode::GATEWAY_TIMEOUT, r#"{"error":"hang elapsed"}"#)
+        }
+        Behavior::Garbage => json(StatusCode::OK, r#"{"id": not json at all <<<"#),
+        Behavior::Huge { bytes } => {
+            let mut r = Response::new(Body::new(HugeBody::new(bytes)));
+            let headers = r.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes));
+            r
+        }
+        Behavior::Slow { delay } => {
+            tokio::time::sleep(delay).await;
+            ok(id)
+        }
+        Behavior::Redirect { to } => match HeaderValue::try_from(to) {
+            Ok(location) => {
+                let mut r = Response::new(Body::empty());
+                *r.status_mut() = StatusCode::FOUND;
+                r.headers_mut().insert(header::LOCATION, location);
+                r
+            }
+            Err(_) => json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                r#"{"error":"invalid redirect target"}"#,
+            ),
+        },
+    }
+}
+
+fn ok(id: &str) -> Response {
+    json(
+        StatusCode::OK,
+        format!(r#"{{"id":{},"status":"done","ok":true}}"#, json_string(id)),
+    )
+}
+
+fn status(code: u16) -> Response {
+    match StatusCode::from_u16(code) {
+        Ok(s) => json(s, format!(r#"{{"error":"status {code}"}}"#)),
+        Err(_) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(r#"{{"error":"invalid status {code} in Behavior"}}"#),
+        ),
+    }
+}
+
+fn method_not_allowed() -> Response {
+    let mut r = json(
+        StatusCode::METHOD_NOT_ALLOWED,
+        r#"{"error":"method not allowed"}"#,
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET"));
+    r
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).expect("a str always serialises")
+}
+
+fn json(status: StatusCode, body: impl Into<Body>) -> Response {
+    let mut r = Response::new(body.into());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// 64 KiB of `a`: every `huge` chunk is a zero-copy slice of this.
+static PAD: [u8; 64 * 1024] = [b'a'; 64 * 1024];
+
+/// The `huge` body: `{"pad":"` + `a`×(n−10) + `"}`, streamed, never allocated whole.
+/// Its exact size hint lets hyper frame it with Content-Length.
+struct HugeBody {
+    prefix: &'static [u8],
+    pad: u64,
+    suffix: &'static [u8],
+}
+
+impl HugeBody {
+    fn new(bytes: u64) -> HugeBody {
+        const PREFIX: &[u8] = br#"{"pad":""#;
+        const SUFFIX: &[u8] = br#""}"#;
+        let frame = (PREFIX.len() + SUFFIX.len()) as u64;
+        if bytes >= frame {
+            HugeBody {
+                prefix: PREFIX,
+                pad: bytes - frame,
+                suffix: SUFFIX,
+            }
+        } else {
+            HugeBody {
+                prefix: b"",
+                pad: bytes,
+                suffix: b"",
+            }
+        }
+    }
+
+    fn remaining(&self) -> u64 {
+        self.prefix.len() as u64 + self.pad + self.suffix.len() as u64
+    }
+}
+
+impl HttpBody for HugeBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        let this = &mut *self;
+        let chunk = if !this.prefix.is_empty() {
+            Bytes::from_static(std::mem::take(&mut this.prefix))
+        } else if this.pad > 0 {
+            let n = usize::try_from(this.pad).map_or(PAD.len(), |p| p.min(PAD.len()));
+            this.pad -= n as u64;
+            Bytes::from_static(&PAD[..n])
+        } else if !this.suffix.is_empty() {
+            Bytes::from_static(std::mem::take(&mut this.suffix))
+        } else {
+            return Poll::Ready(None);
+        };
+        Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining() == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining())
+    }
+}
