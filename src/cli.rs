@@ -2,6 +2,9 @@
 //! Value parsers sit next to the flags they serve, with unit tests. No I/O, no validation
 //! that needs more than one flag: that is `config`'s job.
 
+// The doc comments are `--help` text, printed as written: URLs in them stay bare.
+#![allow(rustdoc::bare_urls)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -43,7 +43,8 @@ pub async fn run<S: Store>(
                 }
                 None => break,
             },
-            _ = tick.tick() => !batch.is_empty(),
+            // An empty save still lets file stores checkpoint what they hold in memory.
+            _ = tick.tick() => saving.as_ref().is_none_or(JoinHandle::is_finished),
         };
         if flush {
             // At most one save in flight: wait for the previous one, then start this one.
