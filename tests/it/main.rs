@@ -7,6 +7,7 @@ mod bad_input;
 mod cli;
 mod concurrency;
 mod encoding;
+mod json_store;
 mod outcomes;
 mod retries;
 mod secrets;

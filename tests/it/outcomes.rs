@@ -6,7 +6,13 @@ use serde_json::Value;
 use crate::support::{self, Sandbox, sqlite_row};
 
 /// (id, status, http_status, attempts, last_error fragment) expected after the run below.
-type Expected = (&'static str, &'static str, Option<i64>, i64, Option<&'static str>);
+type Expected = (
+    &'static str,
+    &'static str,
+    Option<i64>,
+    i64,
+    Option<&'static str>,
+);
 
 /// Ids whose mock behaviour covers every outcome row.
 const CASES: &[Expected] = &[
