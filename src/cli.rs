@@ -36,7 +36,7 @@ pub const DEFAULT_MAX_BODY: &str = "1MiB";
 )]
 #[command(
     after_help = "Exit codes: 0 all checked items OK (or nothing to check), 1 some items \
-    not OK, 2 usage/config/store error, 130 interrupted.\nOptions also come from RECHECK_<OPTION> \
+    not OK, 2 usage/config/store error, 3 --deadline reached, 130 interrupted.\nOptions also come from RECHECK_<OPTION> \
     environment variables and a TOML file (--config, or ./recheck.toml); precedence: flag > env > \
     file > default."
 )]
@@ -221,6 +221,14 @@ pub struct RunArgs {
     /// Larger answers are an error for the item, never read into memory whole (1MiB, 500KB).
     #[arg(long, value_name = "SIZE", default_value = DEFAULT_MAX_BODY, value_parser = parse_size, env = "RECHECK_MAX_BODY")]
     pub max_body: u64,
+    /// Stop starting new checks after this long, write back what was answered, exit 3 (a cron
+    /// run must not overlap the next).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, env = "RECHECK_DEADLINE")]
+    pub deadline: Option<Duration>,
+    /// On a store shared by several workers, how long a claim on an item lasts before another
+    /// worker may take it over; renewed while the worker is alive.
+    #[arg(long, value_name = "DUR", default_value = crate::store::DEFAULT_LEASE, value_parser = parse_duration, env = "RECHECK_LEASE")]
+    pub lease: Duration,
     /// Check at most N items.
     #[arg(long, value_name = "N", env = "RECHECK_LIMIT")]
     pub limit: Option<u64>,

@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, Write};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -19,6 +20,8 @@ use crate::shutdown::EXIT_INTERRUPTED;
 use crate::sink;
 use crate::store::{self, Ident, NewItem, OpenMode, Store, StoreOptions, StoreSpec};
 
+/// Exit code of a run stopped by `--deadline`.
+pub const EXIT_DEADLINE: u8 = 3;
 /// Items claimed from the store per page.
 pub const CLAIM_BATCH: usize = 1000;
 /// How long in-flight checks may finish after a stop before they are abandoned.
@@ -30,6 +33,8 @@ const IMPORT_BATCH: usize = 10_000;
 pub fn exit_code(summary: &Summary, fail_on: FailOn) -> u8 {
     if summary.interrupted {
         EXIT_INTERRUPTED
+    } else if summary.deadline_reached {
+        EXIT_DEADLINE
     } else if summary.all_ok() || fail_on == FailOn::Never {
         0
     } else {
@@ -42,6 +47,7 @@ pub fn exit_code(summary: &Summary, fail_on: FailOn) -> u8 {
 /// setup errors (exit 2); item failures are data in the [`Summary`].
 pub async fn run(cfg: RunConfig, stop: CancellationToken) -> Result<Summary> {
     let started = Instant::now();
+    crate::limits::ensure_open_files(cfg.concurrency)?;
     let store = Arc::new(store::open(&cfg.store, cfg.store_opts.clone(), OpenMode::Run).await?);
     let client = reqwest::Client::builder()
         .user_agent(concat!("recheck/", env!("CARGO_PKG_VERSION")))
@@ -55,8 +61,22 @@ pub async fn run(cfg: RunConfig, stop: CancellationToken) -> Result<Summary> {
     let fetcher = Arc::new(Fetcher::new(client, cfg.fetch.clone(), cfg.concurrency));
     tracing::info!(task = %cfg.task, store = %cfg.store, concurrency = cfg.concurrency, dry_run = cfg.dry_run, "checking failed items");
 
-    // A store error inside the run halts it like a stop, then surfaces as the error.
+    // One token halts the run: a signal (`stop`), the deadline, or a store error.
     let halt = stop.child_token();
+    let deadline_hit = Arc::new(AtomicBool::new(false));
+    if let Some(after) = cfg.deadline {
+        let (halt, hit) = (halt.clone(), Arc::clone(&deadline_hit));
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(after) => {
+                    tracing::warn!("--deadline reached: no new checks; writing the answers already received");
+                    hit.store(true, Ordering::SeqCst);
+                    halt.cancel();
+                }
+                _ = halt.cancelled() => {}
+            }
+        });
+    }
     let (item_tx, item_rx) = mpsc::channel::<Item>(CLAIM_BATCH);
     let (verdict_tx, verdict_rx) = mpsc::channel(sink::BATCH_ROWS.max(cfg.concurrency * 2));
 
@@ -68,11 +88,37 @@ pub async fn run(cfg: RunConfig, stop: CancellationToken) -> Result<Summary> {
         summary,
         cfg.dry_run,
     ));
-    let sink_halt = halt.clone();
+    // Claims of a shared store are renewed while the pool works, three times per lease.
+    let renewing = CancellationToken::new();
+    let renewer = {
+        let (store, renewing) = (Arc::clone(&store), renewing.clone());
+        let every = cfg.store_opts.lease / 3;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = renewing.cancelled() => return,
+                }
+                if let Err(e) = store.renew().await {
+                    tracing::warn!("cannot renew leases: {e:#}");
+                }
+            }
+        })
+    };
+    let urls = Arc::new(cfg.urls);
+    let check = {
+        let halt = halt.clone();
+        move |item: Item| {
+            let (fetcher, urls, halt) = (Arc::clone(&fetcher), Arc::clone(&urls), halt.clone());
+            async move {
+                let url = urls.url_for(&item);
+                fetcher.check(&item, url, &halt).await
+            }
+        }
+    };
     // Items in progress: every request slot busy, plus as many again waiting out a backoff.
     let stats = pool::run(
-        fetcher,
-        Arc::new(cfg.urls),
+        Arc::new(check),
         item_rx,
         verdict_tx,
         cfg.concurrency.saturating_mul(2),
@@ -82,13 +128,16 @@ pub async fn run(cfg: RunConfig, stop: CancellationToken) -> Result<Summary> {
     .await;
     let fed = feeder.await.context("item feeder task failed")?;
     let sunk = sink.await.context("store writer task failed")?;
-    drop(sink_halt);
+    renewing.cancel();
+    let _ = renewer.await;
     let finished = store.finish().await;
+    halt.cancel(); // ends the deadline timer
     let mut summary = sunk?;
     fed?;
     finished?;
     summary.duration = started.elapsed();
     summary.interrupted = stop.is_cancelled();
+    summary.deadline_reached = deadline_hit.load(Ordering::SeqCst) && !summary.interrupted;
     summary.abandoned = stats.abandoned;
     tracing::info!(
         checked = summary.checked,
@@ -158,6 +207,9 @@ fn plain_opts(
             extra_columns: Vec::new(),
             need_url: false,
             read_only: false,
+            lease: std::time::Duration::from_secs(120),
+            owner: crate::store::owner_name(std::time::SystemTime::now()),
+            started: std::time::SystemTime::now(),
         },
     ))
 }

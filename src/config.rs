@@ -212,6 +212,8 @@ pub struct RunConfig {
     pub connect_timeout: Duration,
     /// Most items checked.
     pub limit: Option<u64>,
+    /// Stop starting new checks after this long.
+    pub deadline: Option<Duration>,
     /// Write nothing.
     pub dry_run: bool,
     /// Summary format.
@@ -256,6 +258,7 @@ impl RunConfig {
             }
             None => (UrlSource::ItemColumn, Vec::new()),
         };
+        let started = std::time::SystemTime::now();
         let secret_headers = secret_header_names(&a.secret_headers)?;
         let headers = build_headers(&a.headers, &secret_headers, env)?;
         let expect = Expectations {
@@ -271,7 +274,16 @@ impl RunConfig {
             extra_columns,
             need_url: matches!(urls, UrlSource::ItemColumn),
             read_only: a.dry_run,
+            lease: a.lease,
+            owner: crate::store::owner_name(started),
+            started,
         };
+        if a.lease < Duration::from_secs(1) {
+            bail!(
+                "--lease must be at least 1s (got {})",
+                humantime::format_duration(a.lease)
+            );
+        }
         if a.failed_status == a.ok_status {
             bail!(
                 "--failed-status and --ok-status are both {:?}: OK items would be re-checked forever",
@@ -296,6 +308,7 @@ impl RunConfig {
             concurrency: a.concurrency as usize,
             connect_timeout: a.connect_timeout,
             limit: a.limit,
+            deadline: a.deadline,
             dry_run: a.dry_run,
             format: a.format,
             fail_on: a.fail_on,

@@ -22,6 +22,7 @@ pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod limits;
 pub mod model;
 pub mod report;
 pub mod shutdown;

@@ -6,6 +6,7 @@
 //! the store.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -13,7 +14,6 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::fetch::Fetcher;
 use super::template::{self, UrlTemplate};
 use crate::model::{Item, ItemKey, Outcome, Verdict};
 
@@ -26,6 +26,16 @@ pub enum UrlSource {
     ItemColumn,
 }
 
+impl UrlSource {
+    /// The item's URL, or why it has none (an item error).
+    pub fn url_for(&self, item: &Item) -> Result<url::Url, String> {
+        match self {
+            UrlSource::Template(t) => t.render(item),
+            UrlSource::ItemColumn => template::item_url(item),
+        }
+    }
+}
+
 /// What the pool did, for the summary.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolStats {
@@ -33,20 +43,24 @@ pub struct PoolStats {
     pub abandoned: u64,
 }
 
-/// Runs checks until `items` is closed, or `stop` fires.
+/// Runs `check` on every item until `items` is closed, or `stop` fires. `check` returns
+/// `None` when it gave up because of the stop (the item then keeps its status).
 ///
 /// `max_in_progress` bounds the items being checked at once, sleeping retries included;
 /// it is larger than the request bound so retries waiting out a backoff leave the request
 /// slots to other items.
-pub async fn run(
-    fetcher: Arc<Fetcher>,
-    urls: Arc<UrlSource>,
+pub async fn run<C, F>(
+    check: Arc<C>,
     mut items: mpsc::Receiver<Item>,
     verdicts: mpsc::Sender<Verdict>,
     max_in_progress: usize,
     stop: CancellationToken,
     grace: Duration,
-) -> PoolStats {
+) -> PoolStats
+where
+    C: Fn(Item) -> F + Send + Sync + 'static,
+    F: Future<Output = Option<Verdict>> + Send + 'static,
+{
     let slots = Arc::new(Semaphore::new(max_in_progress.max(1)));
     let mut tasks = JoinSet::new();
     let mut running: HashMap<tokio::task::Id, (ItemKey, String)> = HashMap::new();
@@ -69,16 +83,10 @@ pub async fn run(
             },
         };
         let (key, id) = (item.key, item.id.clone());
-        let fetcher = Arc::clone(&fetcher);
-        let urls = Arc::clone(&urls);
+        let fut = check(item);
         let tx = verdicts.clone();
-        let stop = stop.clone();
         let handle = tasks.spawn(async move {
-            let url = match &*urls {
-                UrlSource::Template(t) => t.render(&item),
-                UrlSource::ItemColumn => template::item_url(&item),
-            };
-            if let Some(v) = fetcher.check(&item, url, &stop).await {
+            if let Some(v) = fut.await {
                 // The sink only goes away when the run is failing anyway.
                 let _ = tx.send(v).await;
             }
@@ -167,5 +175,147 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
         s.clone()
     } else {
         "non-text panic payload".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn item(i: i64) -> Item {
+        Item {
+            key: i,
+            id: format!("i{i}"),
+            url: None,
+            fields: vec![],
+        }
+    }
+
+    fn ok(item: &Item) -> Verdict {
+        Verdict {
+            key: item.key,
+            id: item.id.clone(),
+            outcome: Outcome::Ok,
+            http_status: Some(200),
+            attempts: 1,
+            error: None,
+            checked_at: SystemTime::now(),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    async fn feed(n: i64) -> mpsc::Receiver<Item> {
+        let (tx, rx) = mpsc::channel(n.max(1) as usize);
+        for i in 0..n {
+            tx.send(item(i)).await.unwrap();
+        }
+        rx
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_that_items_error_and_the_rest_go_on() {
+        let check = Arc::new(|item: Item| async move {
+            if item.key == 3 {
+                panic!("boom on {}", item.id);
+            }
+            Some(ok(&item))
+        });
+        let (vtx, mut vrx) = mpsc::channel(100);
+        let stats = run(
+            check,
+            feed(10).await,
+            vtx,
+            4,
+            CancellationToken::new(),
+            Duration::from_secs(1),
+        )
+        .await;
+        assert_eq!(stats, PoolStats::default());
+        let mut got = Vec::new();
+        while let Some(v) = vrx.recv().await {
+            got.push(v);
+        }
+        assert_eq!(got.len(), 10);
+        let bad: Vec<_> = got.iter().filter(|v| v.outcome == Outcome::Error).collect();
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].id, "i3");
+        assert!(
+            bad[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("panicked: boom on i3")
+        );
+    }
+
+    #[tokio::test]
+    async fn in_progress_is_bounded() {
+        let now = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let (n, p) = (Arc::clone(&now), Arc::clone(&peak));
+        let check = Arc::new(move |item: Item| {
+            let (n, p) = (Arc::clone(&n), Arc::clone(&p));
+            async move {
+                let cur = n.fetch_add(1, Ordering::SeqCst) + 1;
+                p.fetch_max(cur, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                n.fetch_sub(1, Ordering::SeqCst);
+                Some(ok(&item))
+            }
+        });
+        let (vtx, mut vrx) = mpsc::channel(1000);
+        run(
+            check,
+            feed(200).await,
+            vtx,
+            5,
+            CancellationToken::new(),
+            Duration::from_secs(1),
+        )
+        .await;
+        let mut count = 0;
+        while vrx.recv().await.is_some() {
+            count += 1;
+        }
+        assert_eq!(count, 200);
+        assert_eq!(peak.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn stop_abandons_after_grace() {
+        let stop = CancellationToken::new();
+        let check = Arc::new(|item: Item| async move {
+            if item.key % 2 == 0 {
+                std::future::pending::<()>().await;
+            }
+            Some(ok(&item))
+        });
+        let (vtx, mut vrx) = mpsc::channel(100);
+        let s2 = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            s2.cancel();
+        });
+        let started = std::time::Instant::now();
+        let stats = run(
+            check,
+            feed(10).await,
+            vtx,
+            100,
+            stop,
+            Duration::from_millis(100),
+        )
+        .await;
+        assert!(started.elapsed() >= Duration::from_millis(150));
+        assert_eq!(stats.abandoned, 5);
+        let mut count = 0;
+        while vrx.recv().await.is_some() {
+            count += 1;
+        }
+        assert_eq!(
+            count, 5,
+            "the odd items answered; the hanging ones sent nothing"
+        );
     }
 }

@@ -68,6 +68,9 @@ mod tests {
             extra_columns: vec![],
             need_url: true,
             read_only: false,
+            lease: std::time::Duration::from_secs(120),
+            owner: crate::store::owner_name(std::time::SystemTime::now()),
+            started: std::time::SystemTime::now(),
         }
     }
 

@@ -5,6 +5,7 @@
 pub mod json;
 pub mod jsondoc;
 pub mod jsonl;
+pub mod lock;
 pub mod sqlite;
 
 use std::fmt;
@@ -209,6 +210,36 @@ pub struct StoreOptions {
     pub need_url: bool,
     /// `--dry-run`: never write, never create.
     pub read_only: bool,
+    /// How long a claim lasts unless renewed (`--lease`), on stores that share work.
+    pub lease: std::time::Duration,
+    /// This worker's name in `lease_owner`: `host/pid/start-ms`, so another worker can tell
+    /// when it started.
+    pub owner: String,
+    /// When this worker started: items checked since then are not checked again.
+    pub started: std::time::SystemTime,
+}
+
+/// Default `--lease`.
+pub const DEFAULT_LEASE: &str = "2m";
+
+/// This process's worker name for `lease_owner`: `host/pid/start-unix-ms`.
+pub fn owner_name(started: std::time::SystemTime) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let ms = started
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("{host}/{}/{ms}", std::process::id())
+}
+
+/// The start time encoded in an [`owner_name`], if it is one.
+pub fn owner_started(owner: &str) -> Option<std::time::SystemTime> {
+    let ms: u64 = owner.rsplit('/').next()?.parse().ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
 }
 
 impl StoreOptions {
@@ -253,8 +284,14 @@ pub trait Store: Send + Sync + 'static {
     /// where the store has it) durably, in one transaction where the backend has them.
     fn save(&self, batch: Vec<Verdict>) -> impl Future<Output = Result<()>> + Send;
 
+    /// Extends this worker's claims on items it has not saved yet (stores that share work
+    /// between workers; a no-op elsewhere).
+    fn renew(&self) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
+    }
+
     /// Ends the run: makes everything saved durable and releases whatever the store holds
-    /// (locks, claims).
+    /// (locks, claims of items that got no verdict).
     fn finish(&self) -> impl Future<Output = Result<()>> + Send;
 
     /// Counts the task's items per status.
@@ -278,7 +315,8 @@ pub enum AnyStore {
 /// Why a store is being opened: decides whether it may be created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpenMode {
-    /// `run`: create a missing SQLite file with the default schema (not on `--dry-run`).
+    /// `run`: create a missing SQLite file with the default schema (not on `--dry-run`);
+    /// JSON and JSON Lines stores are never created by a run.
     Run,
     /// `status`: read only; a missing store is an error.
     Status,
@@ -329,6 +367,9 @@ impl Store for AnyStore {
     }
     async fn save(&self, batch: Vec<Verdict>) -> Result<()> {
         delegate!(self, s => s.save(batch).await)
+    }
+    async fn renew(&self) -> Result<()> {
+        delegate!(self, s => s.renew().await)
     }
     async fn finish(&self) -> Result<()> {
         delegate!(self, s => s.finish().await)
@@ -397,5 +438,22 @@ mod tests {
             assert!(err.contains("--table"), "{err}");
         }
         assert_eq!(Ident::new("t", "x").unwrap().quoted(), "\"x\"");
+    }
+}
+
+#[cfg(test)]
+mod owner_tests {
+    use super::*;
+
+    #[test]
+    fn owner_names_carry_the_start() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
+        let name = owner_name(t);
+        assert!(
+            name.ends_with(&format!("/{}/1700000000123", std::process::id())),
+            "{name}"
+        );
+        assert_eq!(owner_started(&name), Some(t));
+        assert_eq!(owner_started("someone-else"), None);
     }
 }

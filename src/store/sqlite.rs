@@ -4,11 +4,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use anyhow::{Context, Result, anyhow, bail};
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
+use super::lock::LockFile;
 use super::{Ident, NewItem, OpenMode, StatusCounts, Store, StoreOptions};
 use crate::model::{Item, StatusValue, Verdict, rfc3339};
 
@@ -28,6 +30,16 @@ struct Inner {
     shape: Shape,
     /// Keyset cursor: the last rowid handed out.
     last_rowid: i64,
+    /// The keyset pass has reached the end once and started over for abandoned claims.
+    swept: bool,
+    /// Claims are leases shared with other workers (the table has the lease columns and
+    /// the run writes).
+    leasing: bool,
+    /// Items checked at or after this time (RFC 3339) were checked in this round, by this
+    /// worker or one running alongside it: they are not claimed again.
+    since: String,
+    /// Held for the run when the table cannot share work (no lease columns).
+    _lock: Option<LockFile>,
     /// Where the file lives, for messages.
     name: String,
 }
@@ -44,6 +56,8 @@ struct Shape {
     has_attempts: bool,
     has_last_error: bool,
     has_checked_at: bool,
+    /// `lease_owner` and `lease_until` (with `checked_at`): workers can share the task.
+    has_leases: bool,
 }
 
 impl SqliteStore {
@@ -235,6 +249,17 @@ impl Inner {
         };
         let shape = inspect(&conn, &name, &opts)?;
         let read_only = opts.read_only || mode == OpenMode::Status;
+        let leasing = shape.has_leases && !read_only;
+        // Without lease columns two runs on the table would both check everything: the
+        // second one is refused instead.
+        let lock = if mode == OpenMode::Run && !read_only && !shape.has_leases {
+            Some(LockFile::acquire(
+                path,
+                &format!("sqlite:{name} (table {table} has no lease columns)"),
+            )?)
+        } else {
+            None
+        };
         if !read_only {
             // WAL only after validation: a refused run leaves the file's bytes alone.
             // WAL lets `recheck status` read while a run writes; NORMAL sync is durable
@@ -243,11 +268,20 @@ impl Inner {
                 .with_context(|| format!("{name}: cannot switch to WAL"))?;
             conn.pragma_update(None, "synchronous", "NORMAL")?;
         }
+        let since = if leasing {
+            round_start(&conn, &opts)?
+        } else {
+            opts.started
+        };
         let inner = Inner {
             conn,
             opts,
             shape,
             last_rowid: i64::MIN,
+            swept: false,
+            leasing,
+            since: rfc3339(since),
+            _lock: lock,
             name,
         };
         // Prepare the claim query once now, so a WITHOUT ROWID table or another surprise is
@@ -259,17 +293,130 @@ impl Inner {
         Ok(inner)
     }
 
-    fn claim_sql(&self) -> String {
+    /// The columns an [`Item`] is built from, after `rowid`.
+    fn item_columns(&self) -> String {
         let c = &self.opts.columns;
         let mut cols = vec![c.id.quoted()];
         if self.shape.has_url {
             cols.push(c.url.quoted());
         }
         cols.extend(self.opts.extra_columns.iter().map(Ident::quoted));
+        cols.join(", ")
+    }
+
+    /// Claims by lease, in one statement: the next failed items after the cursor that no
+    /// live worker holds and nobody checked in this round. An expired lease is a crashed
+    /// worker's: its items are free again.
+    fn lease_sql(&self) -> String {
+        let c = &self.opts.columns;
+        format!(
+            "UPDATE {t} SET lease_owner = ?5, lease_until = ?6 WHERE rowid IN (\
+               SELECT rowid FROM {t} WHERE {task} = ?1 AND {status} = ?2 AND rowid > ?3 \
+                 AND (lease_owner IS NULL OR lease_until IS NULL OR lease_until < ?7) \
+                 AND (checked_at IS NULL OR checked_at < ?8) \
+               ORDER BY rowid LIMIT ?4) \
+             RETURNING rowid, {cols}",
+            t = c.table.quoted(),
+            task = c.task.quoted(),
+            status = c.status.quoted(),
+            cols = self.item_columns(),
+        )
+    }
+
+    fn claim_leased(&mut self, n: usize) -> Result<Vec<Item>> {
+        let sql = self.lease_sql();
+        let now = SystemTime::now();
+        let until = rfc3339(now + self.opts.lease);
+        let task = self.task_value();
+        let failed = status_value(&self.opts.failed, self.shape.status_is_int);
+        let (has_url, extra) = (self.shape.has_url, self.opts.extra_columns.len());
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .with_context(|| format!("{}: cannot start a claim", self.name))?;
+        let mut items = {
+            let mut stmt = tx.prepare_cached(&sql)?;
+            let mut rows = stmt.query(rusqlite::params![
+                task,
+                failed,
+                self.last_rowid,
+                i64::try_from(n).unwrap_or(i64::MAX),
+                self.opts.owner,
+                until,
+                rfc3339(now),
+                self.since,
+            ])?;
+            let mut items = Vec::with_capacity(n);
+            while let Some(row) = rows.next()? {
+                items.push(item_from(row, has_url, extra)?);
+            }
+            items
+        };
+        tx.commit()
+            .with_context(|| format!("{}: cannot commit a claim", self.name))?;
+        // RETURNING promises no order.
+        items.sort_unstable_by_key(|i| i.key);
+        Ok(items)
+    }
+
+    /// Extends the leases this worker holds on items it has not saved.
+    fn renew(&mut self) -> Result<()> {
+        if !self.leasing {
+            return Ok(());
+        }
+        let c = &self.opts.columns;
+        let sql = format!(
+            "UPDATE {t} SET lease_until = ?1 WHERE {task} = ?2 AND {status} = ?3 AND lease_owner = ?4",
+            t = c.table.quoted(),
+            task = c.task.quoted(),
+            status = c.status.quoted(),
+        );
+        let until = rfc3339(SystemTime::now() + self.opts.lease);
+        let failed = status_value(&self.opts.failed, self.shape.status_is_int);
+        self.conn
+            .prepare_cached(&sql)?
+            .execute(rusqlite::params![
+                until,
+                self.task_value(),
+                failed,
+                self.opts.owner
+            ])
+            .with_context(|| format!("{}: cannot renew leases", self.name))?;
+        Ok(())
+    }
+
+    /// Gives back the claims of items that got no verdict (a stop, a limit), so another
+    /// worker can take them at once instead of after the lease.
+    fn release(&mut self) -> Result<()> {
+        if !self.leasing {
+            return Ok(());
+        }
+        let c = &self.opts.columns;
+        let sql = format!(
+            "UPDATE {t} SET lease_owner = NULL, lease_until = NULL \
+             WHERE {task} = ?1 AND {status} = ?2 AND lease_owner = ?3",
+            t = c.table.quoted(),
+            task = c.task.quoted(),
+            status = c.status.quoted(),
+        );
+        let failed = status_value(&self.opts.failed, self.shape.status_is_int);
+        self.conn
+            .prepare_cached(&sql)?
+            .execute(rusqlite::params![
+                self.task_value(),
+                failed,
+                self.opts.owner
+            ])
+            .with_context(|| format!("{}: cannot release leases", self.name))?;
+        Ok(())
+    }
+
+    fn claim_sql(&self) -> String {
+        let c = &self.opts.columns;
         format!(
             "SELECT rowid, {cols} FROM {t} WHERE {task} = ?1 AND {status} = ?2 AND rowid > ?3 \
              ORDER BY rowid LIMIT ?4",
-            cols = cols.join(", "),
+            cols = self.item_columns(),
             t = c.table.quoted(),
             task = c.task.quoted(),
             status = c.status.quoted(),
@@ -282,11 +429,30 @@ impl Inner {
     }
 
     fn claim(&mut self, n: usize) -> Result<Vec<Item>> {
+        loop {
+            let items = if self.leasing {
+                self.claim_leased(n)?
+            } else {
+                self.claim_keyset(n)?
+            };
+            if let Some(last) = items.last() {
+                self.last_rowid = self.last_rowid.max(last.key);
+            } else if self.leasing && !self.swept {
+                // One more pass from the start picks up claims that were released or whose
+                // worker died while this one walked past them.
+                self.swept = true;
+                self.last_rowid = i64::MIN;
+                continue;
+            }
+            return Ok(items);
+        }
+    }
+
+    fn claim_keyset(&mut self, n: usize) -> Result<Vec<Item>> {
         let sql = self.claim_sql();
         let task = self.task_value();
         let failed = status_value(&self.opts.failed, self.shape.status_is_int);
-        let has_url = self.shape.has_url;
-        let extra = self.opts.extra_columns.len();
+        let (has_url, extra) = (self.shape.has_url, self.opts.extra_columns.len());
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let mut rows = stmt.query(rusqlite::params![
             task,
@@ -296,27 +462,7 @@ impl Inner {
         ])?;
         let mut items = Vec::with_capacity(n);
         while let Some(row) = rows.next()? {
-            let key: i64 = row.get(0)?;
-            let id = value_text(row.get_ref(1)?).unwrap_or_default();
-            let mut col = 2;
-            let url = if has_url {
-                col += 1;
-                value_text(row.get_ref(col - 1)?)
-            } else {
-                None
-            };
-            let fields = (0..extra)
-                .map(|i| row.get_ref(col + i).map(value_text))
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            items.push(Item {
-                key,
-                id,
-                url,
-                fields,
-            });
-        }
-        if let Some(last) = items.last() {
-            self.last_rowid = last.key;
+            items.push(item_from(row, has_url, extra)?);
         }
         Ok(items)
     }
@@ -329,6 +475,8 @@ impl Inner {
         let c = &self.opts.columns;
         // One statement shape for the whole batch: status is set only when a value is
         // bound (NULL means "leave it"), bookkeeping only where the table has the column.
+        // rowid is ?7, the highest number, so the statement always takes all 7 parameters
+        // whichever optional columns it uses.
         let mut sets = vec![format!(
             "{st} = CASE WHEN ?1 IS NULL THEN {st} ELSE ?1 END",
             st = c.status.quoted()
@@ -345,8 +493,18 @@ impl Inner {
         if s.has_checked_at {
             sets.push("checked_at = ?5".into());
         }
+        if self.leasing {
+            // Both CASEs see the old lease_owner. Someone else's lease (ours expired and was
+            // taken over) is theirs to clear.
+            sets.push(
+                "lease_owner = CASE WHEN lease_owner = ?6 THEN NULL ELSE lease_owner END".into(),
+            );
+            sets.push(
+                "lease_until = CASE WHEN lease_owner = ?6 THEN NULL ELSE lease_until END".into(),
+            );
+        }
         let sql = format!(
-            "UPDATE {t} SET {sets} WHERE rowid = ?6",
+            "UPDATE {t} SET {sets} WHERE rowid = ?7",
             t = c.table.quoted(),
             sets = sets.join(", ")
         );
@@ -368,6 +526,7 @@ impl Inner {
                     i64::from(v.attempts),
                     v.error,
                     rfc3339(v.checked_at),
+                    self.opts.owner,
                     v.key,
                 ])
                 .with_context(|| format!("{}: cannot save item {:?}", self.name, v.id))?;
@@ -481,6 +640,51 @@ impl Inner {
     }
 }
 
+/// An [`Item`] from a row of `rowid, id[, url], extra...` (see `Inner::item_columns`).
+fn item_from(row: &rusqlite::Row<'_>, has_url: bool, extra: usize) -> rusqlite::Result<Item> {
+    let key: i64 = row.get(0)?;
+    let id = value_text(row.get_ref(1)?).unwrap_or_default();
+    let mut col = 2;
+    let url = if has_url {
+        col += 1;
+        value_text(row.get_ref(col - 1)?)
+    } else {
+        None
+    };
+    let fields = (0..extra)
+        .map(|i| row.get_ref(col + i).map(value_text))
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(Item {
+        key,
+        id,
+        url,
+        fields,
+    })
+}
+
+/// When this round of checks started: this worker's start, or the start of the earliest
+/// live worker on the task (read from its `lease_owner` name), so a worker joining a run
+/// does not check again what the others already checked.
+fn round_start(conn: &Connection, opts: &StoreOptions) -> Result<SystemTime> {
+    let c = &opts.columns;
+    let sql = format!(
+        "SELECT DISTINCT lease_owner FROM {t} WHERE {task} = ?1 AND lease_owner IS NOT NULL AND lease_until >= ?2",
+        t = c.table.quoted(),
+        task = c.task.quoted(),
+    );
+    let task = &opts.task;
+    let mut stmt = conn.prepare(&sql)?;
+    let owners = stmt
+        .query_map(rusqlite::params![task, rfc3339(SystemTime::now())], |r| {
+            r.get::<_, String>(0)
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(owners
+        .iter()
+        .filter_map(|o| super::owner_started(o))
+        .fold(opts.started, SystemTime::min))
+}
+
 /// Reads the table's columns and checks the ones the run needs.
 fn inspect(conn: &Connection, name: &str, opts: &StoreOptions) -> Result<Shape> {
     let c = &opts.columns;
@@ -522,6 +726,9 @@ fn inspect(conn: &Connection, name: &str, opts: &StoreOptions) -> Result<Shape> 
         has_attempts: find("attempts").is_some(),
         has_last_error: find("last_error").is_some(),
         has_checked_at: find("checked_at").is_some(),
+        has_leases: find("lease_owner").is_some()
+            && find("lease_until").is_some()
+            && find("checked_at").is_some(),
     })
 }
 
@@ -534,8 +741,13 @@ impl Store for SqliteStore {
         self.with(move |i| i.save(&batch)).await
     }
 
+    async fn renew(&self) -> Result<()> {
+        self.with(|i| i.renew()).await
+    }
+
     async fn finish(&self) -> Result<()> {
         self.with(|i| {
+            i.release()?;
             if !i.opts.read_only {
                 // Fold the WAL back so the file alone holds everything (nice for copies);
                 // failure is harmless, the WAL stays valid.
@@ -574,6 +786,9 @@ mod tests {
             extra_columns: vec![],
             need_url: false,
             read_only: false,
+            lease: std::time::Duration::from_secs(120),
+            owner: crate::store::owner_name(std::time::SystemTime::now()),
+            started: std::time::SystemTime::now(),
         }
     }
 
