@@ -236,6 +236,25 @@ pub fn owner_name(started: std::time::SystemTime) -> String {
     format!("{host}/{}/{ms}", std::process::id())
 }
 
+/// Whether the owner is a process of this host that no longer runs (it crashed or was
+/// killed): its leases need not wait for their expiry. `false` when unsure.
+pub fn owner_is_dead_here(owner: &str) -> bool {
+    let mut parts = owner.rsplitn(3, '/');
+    let (Some(_start), Some(pid), Some(host)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    let me = owner_name(std::time::UNIX_EPOCH);
+    let my_host = me.rsplitn(3, '/').nth(2).unwrap_or_default();
+    // /proc tells on Linux; elsewhere assume alive and let the lease expire.
+    host == my_host
+        && pid != std::process::id()
+        && Path::new("/proc/self").exists()
+        && !Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// The start time encoded in an [`owner_name`], if it is one.
 pub fn owner_started(owner: &str) -> Option<std::time::SystemTime> {
     let ms: u64 = owner.rsplit('/').next()?.parse().ok()?;
@@ -455,5 +474,11 @@ mod owner_tests {
         );
         assert_eq!(owner_started(&name), Some(t));
         assert_eq!(owner_started("someone-else"), None);
+        assert!(!owner_is_dead_here(&name), "this process is alive");
+        assert!(!owner_is_dead_here("other-host/1/5"));
+        assert!(!owner_is_dead_here("garbage"));
+        let host = name.rsplitn(3, '/').nth(2).unwrap();
+        // pid_max is at most 2^22 on Linux: this pid cannot exist.
+        assert!(owner_is_dead_here(&format!("{host}/4294967/5")));
     }
 }

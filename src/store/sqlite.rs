@@ -269,6 +269,8 @@ impl Inner {
             conn.pragma_update(None, "synchronous", "NORMAL")?;
         }
         let since = if leasing {
+            reap_dead_owners(&conn, &opts)
+                .with_context(|| format!("{name}: cannot free the leases of dead workers"))?;
             round_start(&conn, &opts)?
         } else {
             opts.started
@@ -440,6 +442,7 @@ impl Inner {
             } else if self.leasing && !self.swept {
                 // One more pass from the start picks up claims that were released or whose
                 // worker died while this one walked past them.
+                reap_dead_owners(&self.conn, &self.opts)?;
                 self.swept = true;
                 self.last_rowid = i64::MIN;
                 continue;
@@ -660,6 +663,30 @@ fn item_from(row: &rusqlite::Row<'_>, has_url: bool, extra: usize) -> rusqlite::
         url,
         fields,
     })
+}
+
+/// Frees the leases held by workers of this host that are no longer running (killed,
+/// crashed): their items need not wait for the lease to expire.
+fn reap_dead_owners(conn: &Connection, opts: &StoreOptions) -> Result<()> {
+    let c = &opts.columns;
+    let owners: Vec<String> = conn
+        .prepare(&format!(
+            "SELECT DISTINCT lease_owner FROM {t} WHERE {task} = ?1 AND lease_owner IS NOT NULL",
+            t = c.table.quoted(),
+            task = c.task.quoted(),
+        ))?
+        .query_map([&opts.task], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let free = format!(
+        "UPDATE {t} SET lease_owner = NULL, lease_until = NULL WHERE {task} = ?1 AND lease_owner = ?2",
+        t = c.table.quoted(),
+        task = c.task.quoted(),
+    );
+    for owner in owners.iter().filter(|o| super::owner_is_dead_here(o)) {
+        let n = conn.execute(&free, rusqlite::params![opts.task, owner])?;
+        tracing::info!(owner = %owner, items = n, "took over the claims of a worker that is gone");
+    }
+    Ok(())
 }
 
 /// When this round of checks started: this worker's start, or the start of the earliest

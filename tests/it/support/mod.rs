@@ -149,3 +149,103 @@ pub fn summary(out: &std::process::Output) -> serde_json::Value {
         )
     })
 }
+
+/// A `recheck` process started in the background (for signals and kills).
+pub struct Running {
+    pub child: std::process::Child,
+}
+
+impl Sandbox {
+    /// Starts `recheck ARGS` in the sandbox without waiting; stdout/stderr are captured.
+    pub fn spawn(&self, args: &[&str]) -> Running {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("recheck"));
+        cmd.current_dir(self.dir.path())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("RECHECK_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env_remove("RUST_LOG");
+        Running {
+            child: cmd.spawn().expect("spawn recheck"),
+        }
+    }
+}
+
+impl Running {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends a signal (libc::SIGINT, SIGTERM, SIGKILL).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid; no memory is touched.
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(rc, 0, "kill({}, {sig}) failed", self.pid());
+    }
+
+    /// Waits for the exit, at most `limit`; kills and panics past it.
+    pub fn wait(mut self, limit: std::time::Duration) -> std::process::Output {
+        let started = std::time::Instant::now();
+        loop {
+            if self.child.try_wait().expect("try_wait").is_some() {
+                return self.child.wait_with_output().expect("output");
+            }
+            if started.elapsed() > limit {
+                let _ = self.child.kill();
+                let out = self.child.wait_with_output().expect("output");
+                panic!("recheck did not exit within {limit:?}: {out:?}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
+/// Polls `cond` every 5 ms until it holds; panics after `limit`.
+pub fn wait_until(what: &str, limit: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !cond() {
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Every row of a default-schema SQLite store: item id → row.
+pub fn sqlite_rows(path: &Path, task: &str) -> std::collections::HashMap<String, Row> {
+    let conn = rusqlite::Connection::open(path).expect("open sqlite");
+    let mut st = conn
+        .prepare(
+            "SELECT item_id, status, http_status, attempts, last_error, checked_at FROM items
+             WHERE task_id = ?1",
+        )
+        .expect("prepare");
+    st.query_map([task], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            Row {
+                status: r.get(1)?,
+                http_status: r.get(2)?,
+                attempts: r.get(3)?,
+                last_error: r.get(4)?,
+                checked_at: r.get(5)?,
+            },
+        ))
+    })
+    .expect("query")
+    .collect::<Result<_, _>>()
+    .expect("rows")
+}
+
+/// Ids the server answered with `status` (from its response log).
+pub fn answered_with(server: &MockServer, status: u16) -> std::collections::HashSet<String> {
+    server
+        .answered()
+        .into_iter()
+        .filter(|(_, s, _)| *s == status)
+        .map(|(id, _, _)| id)
+        .collect()
+}

@@ -1,0 +1,186 @@
+//! Graceful stops: SIGINT, SIGTERM and --deadline write every answer received, invent none,
+//! and exit promptly even while the server hangs.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use crate::support::{self, MockConfig, Sandbox};
+
+/// 1,200 items: every 50th hangs forever (24, fewer than the 50 request slots, so the run
+/// goes on around them), the rest answer OK after 20 ms.
+fn setup() -> (support::MockServer, Sandbox, Vec<String>) {
+    let server = support::server(MockConfig {
+        latency: Duration::from_millis(20),
+        ..MockConfig::default()
+    });
+    let sb = Sandbox::new();
+    let ids: Vec<String> = (0..1200)
+        .map(|i| {
+            if i % 50 == 0 {
+                format!("hang-{i}")
+            } else {
+                format!("ok-{i}")
+            }
+        })
+        .collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    support::sqlite_store(&sb.path("s.db"), "t", &refs);
+    (server, sb, ids)
+}
+
+fn run_args(server: &support::MockServer) -> Vec<String> {
+    [
+        "run",
+        "--task",
+        "t",
+        "--store",
+        "s.db",
+        "--concurrency",
+        "50",
+        "--timeout",
+        "60s",
+        "--format",
+        "json",
+        "--url",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([server.item_url_template()])
+    .collect()
+}
+
+/// The store holds exactly the answers the server sent: none lost, none invented.
+fn store_matches_server(sb: &Sandbox, server: &support::MockServer, ids: &[String]) -> usize {
+    let rows = support::sqlite_rows(&sb.path("s.db"), "t");
+    let answered = support::answered_with(server, 200);
+    let written: HashSet<String> = rows
+        .iter()
+        .filter(|(_, r)| r.checked_at.is_some())
+        .map(|(id, _)| id.clone())
+        .collect();
+    let lost: Vec<_> = answered.difference(&written).collect();
+    let invented: Vec<_> = written.difference(&answered).collect();
+    assert!(lost.is_empty(), "answered but not written: {lost:?}");
+    assert!(
+        invented.is_empty(),
+        "written without an answer: {invented:?}"
+    );
+    for id in ids {
+        let r = &rows[id];
+        assert_eq!(r.status == "ok", answered.contains(id), "{id}: {r:?}");
+    }
+    // Graceful stops give their claims back.
+    let conn = rusqlite::Connection::open(sb.path("s.db")).unwrap();
+    let held: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM items WHERE lease_owner IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(held, 0, "claims left behind");
+    written.len()
+}
+
+fn stop_with(sig: i32) {
+    let (server, sb, ids) = setup();
+    let args = run_args(&server);
+    let run = sb.spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    support::wait_until("the run to be under way", Duration::from_secs(30), || {
+        server.total_requests() >= 400
+    });
+    run.signal(sig);
+    let signalled = Instant::now();
+    let out = run.wait(Duration::from_secs(10));
+    let took = signalled.elapsed();
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    assert!(
+        took < Duration::from_millis(2500),
+        "exit took {took:?} after the signal"
+    );
+    let s = support::summary(&out);
+    assert_eq!(s["interrupted"], true);
+    let written = store_matches_server(&sb, &server, &ids);
+    assert_eq!(s["checked"], written as u64);
+    assert!(
+        written >= 300 && written < 1000,
+        "stopped mid-run: {written} written"
+    );
+}
+
+#[test]
+fn sigint_mid_run() {
+    stop_with(libc::SIGINT);
+}
+
+#[test]
+fn sigterm_mid_run() {
+    stop_with(libc::SIGTERM);
+}
+
+#[test]
+fn a_second_signal_exits_at_once_and_the_store_survives() {
+    let (server, sb, ids) = setup();
+    let args = run_args(&server);
+    let run = sb.spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    support::wait_until("the run to be under way", Duration::from_secs(30), || {
+        server.total_requests() >= 200
+    });
+    run.signal(libc::SIGINT);
+    std::thread::sleep(Duration::from_millis(50));
+    run.signal(libc::SIGINT);
+    let second = Instant::now();
+    let out = run.wait(Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    assert!(
+        second.elapsed() < Duration::from_millis(900),
+        "took {:?}",
+        second.elapsed()
+    );
+    let conn = rusqlite::Connection::open(sb.path("s.db")).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    // Nothing invented: every OK row was answered OK.
+    let answered = support::answered_with(&server, 200);
+    for (id, row) in support::sqlite_rows(&sb.path("s.db"), "t") {
+        if row.status == "ok" {
+            assert!(answered.contains(&id), "{id} is ok without an answer");
+        }
+    }
+    // A re-run finishes the task: the claims of the process that exited at once are free
+    // again because it is gone.
+    let out = sb
+        .cmd()
+        .args(&args[..args.len() - 4])
+        .args(["--timeout", "200ms", "--retries", "0", "--url"])
+        .arg(server.item_url_template())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let rows = support::sqlite_rows(&sb.path("s.db"), "t");
+    for id in ids.iter().filter(|id| id.starts_with("ok-")) {
+        assert_eq!(rows[id].status, "ok", "{id}");
+    }
+}
+
+#[test]
+fn deadline_stops_writes_back_and_exits_3() {
+    let (server, sb, ids) = setup();
+    let started = Instant::now();
+    let out = sb
+        .cmd()
+        .args(run_args(&server))
+        .args(["--deadline", "1s", "--concurrency", "20"])
+        .output()
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let s = support::summary(&out);
+    assert_eq!(s["deadline_reached"], true);
+    assert_eq!(s["interrupted"], false);
+    let written = store_matches_server(&sb, &server, &ids);
+    assert_eq!(s["checked"], written as u64);
+    assert!(written > 0 && written < 1000, "{written}");
+}
