@@ -173,6 +173,13 @@ pub struct RunArgs {
     /// Most requests in flight at once.
     #[arg(long, value_name = "N", default_value = DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..=100_000), env = "RECHECK_CONCURRENCY")]
     pub concurrency: u32,
+    /// Most requests in flight to one host [default: = --concurrency].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000), env = "RECHECK_PER_HOST")]
+    pub per_host: Option<u32>,
+    /// Most requests started per second, evenly spaced (200, 200/s, 5000/m) [default:
+    /// unlimited].
+    #[arg(long, value_name = "R", value_parser = crate::check::gate::Rate::parse, env = "RECHECK_RATE")]
+    pub rate: Option<crate::check::gate::Rate>,
     /// Time limit of one attempt, connect to last body byte (500ms, 5s, 1m).
     #[arg(long, value_name = "DUR", default_value = DEFAULT_TIMEOUT, value_parser = parse_duration, env = "RECHECK_TIMEOUT")]
     pub timeout: Duration,

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::check::fetch::Fetcher;
+use crate::check::gate::Gate;
 use crate::check::pool;
 use crate::cli::{FailOn, ImportArgs, InitArgs, StatusArgs};
 use crate::config::{RunConfig, store_columns};
@@ -58,7 +59,8 @@ pub async fn run(cfg: RunConfig, stop: CancellationToken) -> Result<Summary> {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .context("cannot build the HTTP client")?;
-    let fetcher = Arc::new(Fetcher::new(client, cfg.fetch.clone(), cfg.concurrency));
+    let gate = Gate::new(cfg.concurrency, cfg.per_host, cfg.rate);
+    let fetcher = Arc::new(Fetcher::new(client, cfg.fetch.clone(), gate));
     tracing::info!(task = %cfg.task, store = %cfg.store, concurrency = cfg.concurrency, dry_run = cfg.dry_run, "checking failed items");
 
     // One token halts the run: a signal (`stop`), the deadline, or a store error.

@@ -208,6 +208,10 @@ pub struct RunConfig {
     pub fetch: FetchConfig,
     /// Most requests in flight.
     pub concurrency: usize,
+    /// Most requests in flight to one host.
+    pub per_host: Option<usize>,
+    /// Most request starts per period.
+    pub rate: Option<crate::check::gate::Rate>,
     /// Time limit for opening a connection.
     pub connect_timeout: Duration,
     /// Most items checked.
@@ -306,6 +310,8 @@ impl RunConfig {
                 secret_headers,
             },
             concurrency: a.concurrency as usize,
+            per_host: a.per_host.map(|n| n as usize),
+            rate: a.rate,
             connect_timeout: a.connect_timeout,
             limit: a.limit,
             deadline: a.deadline,

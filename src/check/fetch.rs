@@ -4,15 +4,14 @@
 //! failures with full-jitter backoff or the server's `Retry-After`. Holds a request permit
 //! only while a request is in flight, never while it sleeps. Knows nothing of stores.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{HeaderMap, HeaderName, LOCATION, RETRY_AFTER};
 use reqwest::{Client, Response, StatusCode};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use super::gate::Gate;
 use super::judge::{self, Expectations, Judgement};
 use crate::model::{Item, Outcome, Verdict};
 
@@ -42,11 +41,11 @@ pub struct FetchConfig {
     pub secret_headers: Vec<HeaderName>,
 }
 
-/// Checks items: the shared HTTP client, the request-permit semaphore and the config.
+/// Checks items: the shared HTTP client, the admission gate and the config.
 pub struct Fetcher {
     client: Client,
     cfg: FetchConfig,
-    in_flight: Arc<Semaphore>,
+    gate: Gate,
 }
 
 /// Why one attempt did not produce an answer.
@@ -66,13 +65,9 @@ struct Answer {
 }
 
 impl Fetcher {
-    /// A fetcher allowing at most `concurrency` requests in flight through `client`.
-    pub fn new(client: Client, cfg: FetchConfig, concurrency: usize) -> Fetcher {
-        Fetcher {
-            client,
-            cfg,
-            in_flight: Arc::new(Semaphore::new(concurrency.max(1))),
-        }
+    /// A fetcher sending through `client` whatever `gate` admits.
+    pub fn new(client: Client, cfg: FetchConfig, gate: Gate) -> Fetcher {
+        Fetcher { client, cfg, gate }
     }
 
     /// Checks one item. `None` when the run was cancelled before the item got an outcome:
@@ -105,10 +100,7 @@ impl Fetcher {
             }
             attempts += 1;
             let result = {
-                let _permit = tokio::select! {
-                    p = self.in_flight.acquire() => p.ok()?,
-                    _ = cancel.cancelled() => return None,
-                };
+                let _admitted = self.gate.admit(&url, cancel).await?;
                 match tokio::time::timeout(self.cfg.timeout, self.attempt(&url)).await {
                     Ok(r) => r,
                     Err(_) => Err(Failure::Retryable(format!(
@@ -159,6 +151,10 @@ impl Fetcher {
                     why
                 };
                 return Some(verdict(Outcome::Error, last_status, attempts, Some(why)));
+            }
+            if let Some(d) = retry_after {
+                // The whole host asked for a break, not just this item.
+                self.gate.pause_host(&url, d.min(self.cfg.backoff_max));
             }
             let delay = retry_after
                 .map(|d| d.min(self.cfg.backoff_max))

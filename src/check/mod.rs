@@ -1,8 +1,9 @@
 //! Stage "check": from an item to a verdict. `template` builds URLs, `fetch` asks the
-//! server (timeouts, retries, body cap), `judge` decides, `pool` runs many at once.
+//! server (timeouts, retries, body cap), `judge` decides, `gate` says when a request may start, `pool` runs many at once.
 //! Nothing here touches a store.
 
 pub mod fetch;
+pub mod gate;
 pub mod judge;
 pub mod pool;
 pub mod template;
