@@ -92,6 +92,8 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Print the man page (roff), e.g. `recheck man > /usr/local/share/man/man1/recheck.1`.
+    Man,
 }
 
 /// Where the items are and how the table maps to recheck's names.
@@ -245,9 +247,34 @@ pub struct RunArgs {
     /// Summary format on stdout.
     #[arg(long, value_enum, default_value_t = Format::Text, env = "RECHECK_FORMAT")]
     pub format: Format,
+    /// Per-item results as JSON Lines (task, item, url, outcome, http_status, attempts, error,
+    /// latency_ms, checked_at). Not `-`: stdout carries the summary.
+    #[arg(long, value_name = "FILE", env = "RECHECK_REPORT")]
+    pub report: Option<PathBuf>,
+    /// JUnit XML for CI: one testsuite, one testcase per item, failures for items not OK.
+    /// Testcases are kept in memory until the end: meant for CI-sized runs.
+    #[arg(long, value_name = "FILE", env = "RECHECK_JUNIT")]
+    pub junit: Option<PathBuf>,
+    /// Prometheus text format, written atomically (node_exporter textfile collector).
+    #[arg(long, value_name = "FILE", env = "RECHECK_METRICS_FILE")]
+    pub metrics_file: Option<PathBuf>,
+    /// Progress bar on stderr: `auto` when stderr is a terminal, else a log line every ~10 s.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto, env = "RECHECK_PROGRESS")]
+    pub progress: ProgressMode,
     /// When to exit 1: `any` item not OK, or `never`.
     #[arg(long, value_enum, default_value_t = FailOn::Any, env = "RECHECK_FAIL_ON")]
     pub fail_on: FailOn,
+}
+
+/// `--progress`: when to draw a progress bar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    /// A bar when stderr is a terminal; periodic log lines otherwise.
+    Auto,
+    /// Always a bar (even when stderr is not a terminal).
+    Always,
+    /// Never a bar; periodic log lines.
+    Never,
 }
 
 /// `--fail-on`: which results make the exit code 1.

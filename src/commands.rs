@@ -16,7 +16,7 @@ use crate::check::pool;
 use crate::cli::{FailOn, ImportArgs, InitArgs, StatusArgs};
 use crate::config::{RunConfig, store_columns};
 use crate::model::{Item, StatusValue};
-use crate::report::{Format, Summary};
+use crate::report::{Format, OutputFiles, Progress, Summary};
 use crate::shutdown::EXIT_INTERRUPTED;
 use crate::sink;
 use crate::store::{self, Ident, NewItem, OpenMode, Store, StoreOptions, StoreSpec};
@@ -49,6 +49,7 @@ pub fn exit_code(summary: &Summary, fail_on: FailOn) -> u8 {
 pub async fn run(cfg: RunConfig, stop: CancellationToken) -> Result<Summary> {
     let started = Instant::now();
     crate::limits::ensure_open_files(cfg.concurrency)?;
+    let outputs = OutputFiles::open(&cfg.outputs, &cfg.task)?;
     let store = Arc::new(store::open(&cfg.store, cfg.store_opts.clone(), OpenMode::Run).await?);
     let client = reqwest::Client::builder()
         .user_agent(concat!("recheck/", env!("CARGO_PKG_VERSION")))
@@ -84,10 +85,15 @@ pub async fn run(cfg: RunConfig, stop: CancellationToken) -> Result<Summary> {
 
     let feeder = tokio::spawn(feed(Arc::clone(&store), item_tx, cfg.limit, halt.clone()));
     let summary = Summary::new(&cfg.task, &cfg.store.to_string(), cfg.dry_run);
+    let total = store.pending().await?;
+    let total = cfg.limit.map_or(total, |l| l.min(total));
+    let progress = Arc::new(Progress::start(cfg.progress, total));
     let sink = tokio::spawn(sink::run(
         Arc::clone(&store),
         verdict_rx,
         summary,
+        outputs,
+        Arc::clone(&progress),
         cfg.dry_run,
     ));
     // Claims of a shared store are renewed while the pool works, three times per lease.
@@ -134,13 +140,19 @@ pub async fn run(cfg: RunConfig, stop: CancellationToken) -> Result<Summary> {
     let _ = renewer.await;
     let finished = store.finish().await;
     halt.cancel(); // ends the deadline timer
-    let mut summary = sunk?;
+    progress.finish();
+    let (mut summary, outputs) = sunk?;
     fed?;
     finished?;
     summary.duration = started.elapsed();
     summary.interrupted = stop.is_cancelled();
     summary.deadline_reached = deadline_hit.load(Ordering::SeqCst) && !summary.interrupted;
     summary.abandoned = stats.abandoned;
+    if let Err(e) = outputs.finish(&summary) {
+        // The store is written by now: exit 2 ("nothing was written") would be wrong, and
+        // the summary must still be printed.
+        tracing::error!("{e:#}");
+    }
     tracing::info!(
         checked = summary.checked,
         ok = summary.ok,
@@ -341,6 +353,66 @@ pub async fn init(args: &InitArgs, out: &mut dyn Write) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::StoreArgs;
+
+    fn store_args(path: &std::path::Path) -> StoreArgs {
+        StoreArgs {
+            store: path.display().to_string(),
+            table: "items".into(),
+            task_column: "task_id".into(),
+            id_column: "item_id".into(),
+            status_column: "status".into(),
+            url_column: "url".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn status_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("jobs.db");
+        let import = ImportArgs {
+            task: "nightly-42".into(),
+            store: store_args(&db),
+            failed_status: "failed".into(),
+            file: None,
+        };
+        let (spec, opts) = plain_opts(&import.task, &import.store, "failed").unwrap();
+        let store = store::open(&spec, opts, OpenMode::Create).await.unwrap();
+        let items = (0..2000)
+            .map(|i| NewItem {
+                id: format!("i{i}"),
+                url: None,
+            })
+            .collect();
+        store.import(items).await.unwrap();
+        store.finish().await.unwrap();
+        drop(store);
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "UPDATE items SET status = 'ok', checked_at = '2026-11-20T03:10:00.000Z' WHERE rowid <= 1880;
+             UPDATE items SET status = 'gone', checked_at = '2026-11-21T03:10:04.250Z' WHERE rowid > 1880 AND rowid <= 1910;",
+        )
+        .unwrap();
+        let mut args = StatusArgs {
+            task: "nightly-42".into(),
+            store: store_args(&db),
+            format: Format::Text,
+        };
+        let mut out = Vec::new();
+        status(&args, &mut out).await.unwrap();
+        let text = String::from_utf8(out)
+            .unwrap()
+            .replace(&db.display().to_string(), "jobs.db");
+        insta::assert_snapshot!("status_text", text);
+        args.format = Format::Json;
+        let mut out = Vec::new();
+        status(&args, &mut out).await.unwrap();
+        let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let text = serde_json::to_string_pretty(&j)
+            .unwrap()
+            .replace(&db.display().to_string(), "jobs.db");
+        insta::assert_snapshot!("status_json", text);
+    }
 
     #[test]
     fn import_lines() {

@@ -107,7 +107,7 @@ fn file_args(m: &clap::ArgMatches) -> Result<Option<FileArgs>> {
     let Some((sub_name, sub)) = m.subcommand() else {
         return Ok(None);
     };
-    if sub_name == "completions" {
+    if matches!(sub_name, "completions" | "man") {
         return Ok(None);
     }
     let explicit = m.get_one::<PathBuf>("config").cloned();
@@ -222,6 +222,10 @@ pub struct RunConfig {
     pub dry_run: bool,
     /// Summary format.
     pub format: Format,
+    /// `--report`, `--junit`, `--metrics-file`.
+    pub outputs: crate::report::OutputConfig,
+    /// `--progress`.
+    pub progress: crate::cli::ProgressMode,
     /// When to exit 1.
     pub fail_on: FailOn,
 }
@@ -282,6 +286,19 @@ impl RunConfig {
             owner: crate::store::owner_name(started),
             started,
         };
+        if let Some(store_path) = store.path() {
+            for (flag, out) in [
+                ("--report", &a.report),
+                ("--junit", &a.junit),
+                ("--metrics-file", &a.metrics_file),
+            ] {
+                if let Some(out) = out
+                    && same_file(out, store_path)
+                {
+                    bail!("{flag} {} is the store itself", out.display());
+                }
+            }
+        }
         if a.lease < Duration::from_secs(1) {
             bail!(
                 "--lease must be at least 1s (got {})",
@@ -317,8 +334,23 @@ impl RunConfig {
             deadline: a.deadline,
             dry_run: a.dry_run,
             format: a.format,
+            outputs: crate::report::OutputConfig {
+                report: a.report.clone(),
+                junit: a.junit.clone(),
+                metrics: a.metrics_file.clone(),
+            },
+            progress: a.progress,
             fail_on: a.fail_on,
         })
+    }
+}
+
+/// Whether two paths name one file: the same canonical path when both exist, else the same
+/// absolute spelling.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => std::path::absolute(a).ok() == std::path::absolute(b).ok(),
     }
 }
 

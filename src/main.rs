@@ -51,6 +51,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Init(args) => recheck::commands::init(&args, &mut stdout)
             .await
             .map(|()| 0),
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut stdout)?;
+            Ok(0)
+        }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "recheck", &mut stdout);
@@ -72,7 +77,8 @@ fn init_logs(cli: &Cli) {
         .unwrap_or_else(|_| EnvFilter::new(format!("recheck={level},warn")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Whole lines to stderr, printed above the progress bar while one is shown.
+        .with_writer(recheck::report::progress::LogWriter)
         .with_target(false);
     match cli.global.log_format {
         LogFormat::Json => builder.json().init(),

@@ -82,6 +82,8 @@ pub struct Verdict {
     pub checked_at: SystemTime,
     /// Time from the first attempt to the verdict, retries and waits included.
     pub elapsed: Duration,
+    /// The URL asked, for reports: its password, if any, is replaced by `***`.
+    pub url: Option<String>,
 }
 
 /// A status value as the user typed it (`--failed-status 5`, `--ok-status ok`).

@@ -19,7 +19,8 @@ pub fn listen(token: CancellationToken) {
         token.cancel();
         wait_for_signal().await;
         // Registering a handler removed the default "die at once" behaviour; restore it.
-        eprintln!("recheck: second signal, exiting now");
+        // Through the log writer, so a progress bar on screen is cleared first.
+        tracing::error!("second signal: exiting now");
         std::process::exit(i32::from(EXIT_INTERRUPTED));
     });
 }

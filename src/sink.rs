@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::model::Verdict;
-use crate::report::Summary;
+use crate::report::{OutputFiles, Progress, Summary};
 use crate::store::Store;
 
 /// Most verdicts written in one transaction.
@@ -19,14 +19,16 @@ pub const BATCH_ROWS: usize = 1000;
 /// Longest a verdict waits before its batch is written.
 pub const BATCH_INTERVAL: Duration = Duration::from_millis(200);
 
-/// Receives verdicts until every sender is gone; returns the folded summary. A store error
-/// ends the sink (the caller stops the run).
+/// Receives verdicts until every sender is gone; returns the folded summary and the output
+/// files to finish. A store or output error ends the sink (the caller stops the run).
 pub async fn run<S: Store>(
     store: Arc<S>,
     mut rx: mpsc::Receiver<Verdict>,
     mut summary: Summary,
+    mut outputs: OutputFiles,
+    progress: Arc<Progress>,
     dry_run: bool,
-) -> Result<Summary> {
+) -> Result<(Summary, OutputFiles)> {
     let mut batch: Vec<Verdict> = Vec::with_capacity(BATCH_ROWS);
     let mut saving: Option<JoinHandle<Result<()>>> = None;
     let mut tick = tokio::time::interval(BATCH_INTERVAL);
@@ -36,6 +38,8 @@ pub async fn run<S: Store>(
             v = rx.recv() => match v {
                 Some(v) => {
                     summary.add(&v);
+                    progress.record(&v);
+                    outputs.record(&v)?;
                     if !dry_run {
                         batch.push(v);
                     }
@@ -62,5 +66,5 @@ pub async fn run<S: Store>(
     if !batch.is_empty() {
         store.save(batch).await?;
     }
-    Ok(summary)
+    Ok((summary, outputs))
 }

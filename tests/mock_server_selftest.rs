@@ -208,6 +208,31 @@ fn prefix_parsing() {
         ),
         ("huge1000", Some(B::Huge { bytes: 1000 })),
         (
+            "hugechunked",
+            Some(B::HugeChunked {
+                bytes: mock_server::DEFAULT_HUGE_BYTES,
+            }),
+        ),
+        ("hugechunked1000", Some(B::HugeChunked { bytes: 1000 })),
+        ("hugechunkedx", None),
+        ("hugex", None),
+        (
+            "dribble",
+            Some(B::Dribble {
+                interval: mock_server::DEFAULT_DRIBBLE_INTERVAL,
+            }),
+        ),
+        (
+            "dribble50",
+            Some(B::Dribble {
+                interval: Duration::from_millis(50),
+            }),
+        ),
+        ("dribblex", None),
+        ("reset", Some(B::Reset)),
+        ("badlen", Some(B::BadLength)),
+        ("loop", Some(B::RedirectLoop)),
+        (
             "slow300",
             Some(B::Slow {
                 delay: Duration::from_millis(300),
@@ -382,4 +407,125 @@ async fn keep_alive_client_and_latency() {
         server.item_url_template(),
         format!("http://127.0.0.1:{}/items/{{id}}", server.addr().port())
     );
+}
+
+/// Sends `GET path` on a fresh connection (keep-alive, as a pooling client would) and
+/// returns the socket to read the answer from.
+async fn send(server: &MockServer, path: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(server.addr()).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr());
+    stream.write_all(req.as_bytes()).await.expect("write");
+    stream
+}
+
+/// Reads whatever arrives within `window` (or until EOF / an error).
+async fn read_for(stream: &mut TcpStream, window: Duration) -> (Vec<u8>, std::io::Result<()>) {
+    let mut raw = Vec::new();
+    let until = tokio::time::Instant::now() + window;
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(until, stream.read(&mut buf)).await {
+            Err(_) => return (raw, Ok(())),
+            Ok(Ok(0)) => return (raw, Ok(())),
+            Ok(Ok(n)) => raw.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) => return (raw, Err(e)),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dribble_sends_one_byte_per_interval() {
+    let server = MockServer::start(MockConfig::default()).await;
+    let mut s = send(&server, "/items/dribble-1").await;
+    let (raw, res) = read_for(&mut s, Duration::from_millis(450)).await;
+    res.expect("no error while dribbling");
+    let r = parse_reply(&raw);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("1000"));
+    // Bytes at 0, 100, 200, 300, 400 ms: about five in 450 ms, give or take scheduling.
+    assert!(
+        (2..=6).contains(&r.body.len()),
+        "{} bytes in 450 ms",
+        r.body.len()
+    );
+    assert!(br#"{"pad":"aaa"#.starts_with(&r.body));
+    drop(s);
+
+    // dribble0: no pause, so the whole (valid JSON) body arrives at once.
+    let r = get(&server, "/items/dribble0-1").await;
+    assert_eq!(r.header("content-length"), Some("1000"));
+    assert_eq!(r.body.len(), 1000);
+    serde_json::from_slice::<serde_json::Value>(&r.body).expect("valid JSON");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_sends_a_rst_and_nothing_else() {
+    let server = MockServer::start(MockConfig::default()).await;
+    let mut s = send(&server, "/items/reset-1").await;
+    let (raw, res) = read_for(&mut s, Duration::from_secs(5)).await;
+    assert!(raw.is_empty(), "{:?}", String::from_utf8_lossy(&raw));
+    let err = res.expect_err("a reset, not a clean close or a timeout");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    assert_eq!(server.requests("reset-1"), 1);
+    assert!(server.answered().is_empty());
+    // Other connections are unaffected.
+    assert_eq!(get(&server, "/items/ok-1").await.status, 200);
+
+    // A client sees a connection error, not an answer.
+    let e = reqwest::get(format!("{}/items/reset-2", server.url()))
+        .await
+        .expect_err("no answer");
+    assert!(e.is_request() && !e.is_status(), "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn badlen_closes_short_of_its_content_length() {
+    let server = MockServer::start(MockConfig::default()).await;
+    let mut s = send(&server, "/items/badlen-1").await;
+    let (raw, res) = read_for(&mut s, Duration::from_secs(5)).await;
+    res.expect("a clean close");
+    let r = parse_reply(&raw);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-length"),
+        Some(mock_server::BADLEN_DECLARED.to_string().as_str())
+    );
+    assert_eq!(r.body.len() as u64, mock_server::BADLEN_SENT);
+    assert!(r.body.starts_with(br#"{"pad":"aaa"#));
+
+    // A client fails while reading the body.
+    let resp = reqwest::get(format!("{}/items/badlen-2", server.url()))
+        .await
+        .expect("headers arrive");
+    assert_eq!(resp.status(), 200);
+    let e = resp.bytes().await.expect_err("short body");
+    assert!(e.is_body() || e.is_decode(), "{e:?}");
+}
+
+#[tokio::test]
+async fn loop_redirects_to_itself_and_hugechunked_has_no_length() {
+    let server = MockServer::start(MockConfig::default()).await;
+    for _ in 0..3 {
+        let r = get(&server, "/items/loop-1?x=1").await;
+        assert_eq!(
+            (r.status, r.header("location")),
+            (302, Some("/items/loop-1?x=1"))
+        );
+    }
+    assert_eq!(server.requests("loop-1"), 3);
+    let r = get(&server, "/q?id=loop-2").await;
+    assert_eq!(r.header("location"), Some("/q?id=loop-2"));
+
+    let r = get(&server, "/items/hugechunked100000-1").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), None);
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    let body = reqwest::get(format!("{}/items/hugechunked100000-2", server.url()))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(body.len(), 100_000);
+    serde_json::from_slice::<serde_json::Value>(&body).expect("valid JSON");
 }

@@ -79,6 +79,7 @@ impl Fetcher {
         cancel: &CancellationToken,
     ) -> Option<Verdict> {
         let started = Instant::now();
+        let shown_url = url.as_ref().ok().map(redacted);
         let verdict = |outcome, http_status, attempts, error| Verdict {
             key: item.key,
             id: item.id.clone(),
@@ -88,6 +89,7 @@ impl Fetcher {
             error,
             checked_at: SystemTime::now(),
             elapsed: started.elapsed(),
+            url: shown_url.clone(),
         };
         let url = match url {
             Ok(u) => u,
@@ -231,6 +233,17 @@ impl Fetcher {
     }
 }
 
+/// A URL for reports and logs: a password in it is replaced by `***`.
+pub fn redacted(u: &Url) -> String {
+    if u.password().is_some() {
+        let mut u = u.clone();
+        let _ = u.set_password(Some("***"));
+        u.to_string()
+    } else {
+        u.to_string()
+    }
+}
+
 /// Where a 3xx answer points, or `None` when it is not a redirect we follow (304, no Location).
 fn redirect_target(resp: &Response, base: &Url) -> Result<Option<Url>, Failure> {
     if !matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308) {
@@ -275,8 +288,25 @@ async fn read_body(
         let hint = resp.content_length().unwrap_or(0).min(max).min(1 << 20);
         body.reserve(hint as usize);
     }
+    let declared = resp.content_length();
     let mut seen = 0u64;
-    while let Some(chunk) = resp.chunk().await.map_err(classify)? {
+    loop {
+        let chunk = match resp.chunk().await {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
+            // reqwest calls every failure of the body stream a "decode" error; without
+            // decompression it is the connection breaking mid-body: retryable, like a reset.
+            Err(e) => {
+                let cause = describe(&e.without_url());
+                let cause = cause
+                    .strip_prefix("error decoding response body: ")
+                    .unwrap_or(&cause);
+                let got = declared.map_or_else(|| seen.to_string(), |n| format!("{seen} of {n}"));
+                return Err(Failure::Retryable(format!(
+                    "body cut short after {got} bytes: {cause}"
+                )));
+            }
+        };
         seen += chunk.len() as u64;
         if seen > max {
             return Err(too_large());
@@ -329,16 +359,43 @@ pub fn backoff(min: Duration, max: Duration, n: u32) -> Duration {
 }
 
 /// Turns a client error into a retryable or final failure with a message that holds no URL
-/// (URLs may carry tokens in their query).
+/// (URLs may carry tokens in their query) and none of the HTTP stack's internal layers:
+/// what happened, then the root cause (`cannot connect: Connection refused (os error 111)`).
 fn classify(e: reqwest::Error) -> Failure {
     let retryable = e.is_timeout() || e.is_connect() || e.is_request() || e.is_body();
     let fatal = e.is_builder() || e.is_redirect() || e.is_decode();
-    let msg = describe(&e.without_url());
+    let what = if e.is_connect() && e.is_timeout() {
+        "connect timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else if e.is_timeout() {
+        "timed out"
+    } else if e.is_request() || e.is_body() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    let e = e.without_url();
+    let msg = match root_cause(&e) {
+        Some(root) if !what.ends_with("timed out") => format!("{what}: {root}"),
+        _ if what.ends_with("timed out") => what.to_string(),
+        _ => describe(&e),
+    };
+    tracing::debug!(error = %describe(&e), "request failed");
     if retryable && !fatal {
         Failure::Retryable(msg)
     } else {
         Failure::Fatal(msg, None)
     }
+}
+
+/// The innermost error of a chain, when there is more than one link.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur = e.source()?;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    Some(cur.to_string())
 }
 
 /// An error with its chain of causes, `a: b: c`, without repeats.

@@ -161,6 +161,7 @@ async fn reap(
                         error: Some(format!("internal error: check panicked: {msg}")),
                         checked_at: SystemTime::now(),
                         elapsed: Duration::ZERO,
+                        url: None,
                     })
                     .await;
             }
@@ -202,6 +203,7 @@ mod tests {
             error: None,
             checked_at: SystemTime::now(),
             elapsed: Duration::ZERO,
+            url: None,
         }
     }
 

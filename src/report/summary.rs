@@ -227,7 +227,7 @@ impl Summary {
             head.push_str(" (deadline reached)");
         }
         writeln!(out, "{head}")?;
-        let rows: [(&str, String); 8] = [
+        let mut rows: Vec<(&str, String)> = vec![
             ("checked", self.checked.to_string()),
             ("ok", self.ok.to_string()),
             ("still failed", self.still_failed.to_string()),
@@ -237,23 +237,22 @@ impl Summary {
             ("retries", self.retries.to_string()),
             ("duration", format_duration(self.duration)),
         ];
+        if !self.latency_ms.is_empty() {
+            for (name, q) in [
+                ("latency p50", 0.50),
+                ("latency p95", 0.95),
+                ("latency p99", 0.99),
+            ] {
+                rows.push((name, format!("{}ms", self.latency_percentile(q))));
+            }
+        }
         for (name, value) in rows {
             writeln!(out, "  {name:<13}{value:>10}")?;
-        }
-        if self.requests > 0 {
-            writeln!(
-                out,
-                "  {:<13}{:>10}  p95 {}  p99 {}",
-                "latency p50",
-                format!("{}ms", self.latency_percentile(0.50)),
-                format_args!("{}ms", self.latency_percentile(0.95)),
-                format_args!("{}ms", self.latency_percentile(0.99)),
-            )?;
         }
         if self.abandoned > 0 {
             writeln!(
                 out,
-                "  {:<13}{:>10}  (still in flight at the stop; left unchanged)",
+                "  {:<13}{:>10}  (in flight at the stop; left unchanged)",
                 "abandoned", self.abandoned
             )?;
         }
@@ -294,6 +293,7 @@ mod tests {
             error: error.map(Into::into),
             checked_at: SystemTime::now(),
             elapsed: Duration::from_millis(20),
+            url: None,
         }
     }
 
@@ -338,6 +338,86 @@ mod tests {
         }
         assert_eq!(j["still_failed"], 1);
         assert_eq!(j["dry_run"], true);
+    }
+
+    /// A run with every outcome, for the snapshots.
+    fn sample() -> Summary {
+        let mut s = Summary::new("nightly-42", "sqlite:jobs.db", false);
+        let mut add = |outcome, attempts, ms, error: Option<&str>, n| {
+            for _ in 0..n {
+                let mut x = v(outcome, attempts, error);
+                x.elapsed = Duration::from_millis(ms);
+                s.add(&x);
+            }
+        };
+        add(Outcome::Ok, 1, 21, None, 1800);
+        add(Outcome::Ok, 3, 450, None, 90);
+        add(
+            Outcome::StillFailed,
+            1,
+            25,
+            Some(r#"/status is "processing", expected "done""#),
+            60,
+        );
+        add(Outcome::NotFound, 1, 19, Some("HTTP 404 Not Found"), 30);
+        add(
+            Outcome::Error,
+            6,
+            9_000,
+            Some("HTTP 503 Service Unavailable (after 6 attempts)"),
+            12,
+        );
+        add(
+            Outcome::Error,
+            6,
+            30_500,
+            Some("timed out after 5s (after 6 attempts)"),
+            5,
+        );
+        add(
+            Outcome::Error,
+            1,
+            22,
+            Some("invalid JSON in answer: expected value at line 1 column 1"),
+            2,
+        );
+        add(
+            Outcome::Error,
+            1,
+            20,
+            Some("unexpected HTTP 401 Unauthorized"),
+            1,
+        );
+        add(Outcome::Error, 0, 0, Some("item has no url"), 1);
+        s.duration = Duration::from_millis(4_217);
+        s
+    }
+
+    #[test]
+    fn text_snapshot() {
+        let mut out = Vec::new();
+        sample().write(Format::Text, &mut out).unwrap();
+        insta::assert_snapshot!(String::from_utf8(out).unwrap());
+    }
+
+    #[test]
+    fn text_snapshot_interrupted_dry_run() {
+        let mut s = Summary::new("t", "json:items.json", true);
+        s.add(&v(Outcome::Ok, 1, None));
+        s.interrupted = true;
+        s.abandoned = 3;
+        s.duration = Duration::from_millis(1_500);
+        let mut out = Vec::new();
+        s.write(Format::Text, &mut out).unwrap();
+        insta::assert_snapshot!(String::from_utf8(out).unwrap());
+    }
+
+    #[test]
+    fn json_snapshot() {
+        let mut out = Vec::new();
+        sample().write(Format::Json, &mut out).unwrap();
+        let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        insta::assert_snapshot!(serde_json::to_string_pretty(&j).unwrap());
     }
 
     #[test]

@@ -34,6 +34,9 @@ impl Store for JsonStore {
     async fn claim(&self, n: usize) -> Result<Vec<Item>> {
         self.0.claim(n).await
     }
+    async fn pending(&self) -> Result<u64> {
+        Ok(self.0.pending())
+    }
     async fn save(&self, batch: Vec<Verdict>) -> Result<()> {
         self.0.save(batch).await
     }
@@ -89,6 +92,7 @@ mod tests {
             },
             checked_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             elapsed: Duration::ZERO,
+            url: None,
         }
     }
 

@@ -1054,6 +1054,12 @@ impl FileStore {
     }
 
     /// See [`super::Store::claim`].
+    /// Failed items of the task not handed out yet.
+    pub fn pending(&self) -> u64 {
+        let st = lock(&self.inner.state);
+        st.candidates.len().saturating_sub(st.next) as u64
+    }
+
     pub async fn claim(&self, n: usize) -> Result<Vec<Item>> {
         let inner = &self.inner;
         let mut st = lock(&inner.state);

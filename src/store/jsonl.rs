@@ -34,6 +34,9 @@ impl Store for JsonlStore {
     async fn claim(&self, n: usize) -> Result<Vec<Item>> {
         self.0.claim(n).await
     }
+    async fn pending(&self) -> Result<u64> {
+        Ok(self.0.pending())
+    }
     async fn save(&self, batch: Vec<Verdict>) -> Result<()> {
         self.0.save(batch).await
     }
@@ -86,6 +89,7 @@ mod tests {
             error: None,
             checked_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             elapsed: Duration::ZERO,
+            url: None,
         }
     }
 

@@ -299,6 +299,10 @@ pub trait Store: Send + Sync + 'static {
     /// An item is handed out at most once per run.
     fn claim(&self, n: usize) -> impl Future<Output = Result<Vec<Item>>> + Send;
 
+    /// How many failed items of the task are waiting now (for progress; a snapshot, other
+    /// workers may take some).
+    fn pending(&self) -> impl Future<Output = Result<u64>> + Send;
+
     /// Writes a batch of verdicts (status per [`StoreOptions::status_for`], bookkeeping
     /// where the store has it) durably, in one transaction where the backend has them.
     fn save(&self, batch: Vec<Verdict>) -> impl Future<Output = Result<()>> + Send;
@@ -383,6 +387,9 @@ macro_rules! delegate {
 impl Store for AnyStore {
     async fn claim(&self, n: usize) -> Result<Vec<Item>> {
         delegate!(self, s => s.claim(n).await)
+    }
+    async fn pending(&self) -> Result<u64> {
+        delegate!(self, s => s.pending().await)
     }
     async fn save(&self, batch: Vec<Verdict>) -> Result<()> {
         delegate!(self, s => s.save(batch).await)

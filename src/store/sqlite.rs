@@ -540,6 +540,23 @@ impl Inner {
         Ok(())
     }
 
+    fn pending(&self) -> Result<u64> {
+        let c = &self.opts.columns;
+        let sql = format!(
+            "SELECT COUNT(*) FROM {t} WHERE {task} = ?1 AND {status} = ?2",
+            t = c.table.quoted(),
+            task = c.task.quoted(),
+            status = c.status.quoted(),
+        );
+        let failed = status_value(&self.opts.failed, self.shape.status_is_int);
+        let n: i64 =
+            self.conn
+                .query_row(&sql, rusqlite::params![self.task_value(), failed], |r| {
+                    r.get(0)
+                })?;
+        Ok(n.max(0) as u64)
+    }
+
     fn status_counts(&self) -> Result<StatusCounts> {
         let c = &self.opts.columns;
         let sql = format!(
@@ -768,6 +785,10 @@ impl Store for SqliteStore {
         self.with(move |i| i.save(&batch)).await
     }
 
+    async fn pending(&self) -> Result<u64> {
+        self.with(|i| i.pending()).await
+    }
+
     async fn renew(&self) -> Result<()> {
         self.with(|i| i.renew()).await
     }
@@ -829,6 +850,7 @@ mod tests {
             error: None,
             checked_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1),
             elapsed: Duration::ZERO,
+            url: None,
         }
     }
 

@@ -263,6 +263,30 @@ const CASES: &[Case] = &[
     Case {
         store: "s.json",
         setup: json_ok,
+        args: &["--report", "./s.json", URL],
+        fragment: "--report ./s.json is the store itself",
+    },
+    Case {
+        store: "s.db",
+        setup: default_db,
+        args: &["--lease", "10ms", URL],
+        fragment: "--lease",
+    },
+    Case {
+        store: "s.db",
+        setup: default_db,
+        args: &["--rate", "fast", URL],
+        fragment: "--rate",
+    },
+    Case {
+        store: "s.db",
+        setup: default_db,
+        args: &["--per-host", "0", URL],
+        fragment: "--per-host",
+    },
+    Case {
+        store: "s.json",
+        setup: json_ok,
         args: &["--retries=-1", URL],
         fragment: "--retries",
     },

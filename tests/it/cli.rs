@@ -164,6 +164,12 @@ fn completions_and_help() {
             "{shell}"
         );
     }
+    let man = sb.cmd().arg("man").output().unwrap();
+    let man = String::from_utf8(man.stdout).unwrap();
+    assert!(
+        man.contains(".TH recheck 1") && man.contains("completions"),
+        "{man}"
+    );
     let help = sb.cmd().args(["run", "--help"]).output().unwrap();
     let help = String::from_utf8(help.stdout).unwrap();
     for needle in [

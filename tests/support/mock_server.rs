@@ -15,7 +15,12 @@
 //! | `hang`                           | [`Behavior::Hang`]: never answers                      |
 //! | `garbage`                        | [`Behavior::Garbage`]: 200 with a body that is not JSON |
 //! | `huge` / `huge<bytes>`           | [`Behavior::Huge`]: 200 with a streamed body (default 8 MiB) |
+//! | `hugechunked` / `hugechunked<bytes>` | [`Behavior::HugeChunked`]: the same body without Content-Length (chunked) |
 //! | `slow<ms>` (`slow300`)           | [`Behavior::Slow`]: extra delay, then Ok               |
+//! | `dribble` / `dribble<ms>`        | [`Behavior::Dribble`]: 200, Content-Length 1000, one body byte every 100 ms (or `ms`) |
+//! | `reset`                          | [`Behavior::Reset`]: reads the request, then resets the TCP connection (RST), no answer |
+//! | `badlen`                         | [`Behavior::BadLength`]: 200, Content-Length 1000, sends 100 bytes, then closes |
+//! | `loop`                           | [`Behavior::RedirectLoop`]: 302 to the very same path and query, forever |
 //!
 //! An id without a `-` has no prefix (so purely numeric ids such as `404` are *not*
 //! "not found"); ids without a recognised prefix get [`MockConfig::default`]. A per-id
@@ -25,6 +30,10 @@
 //! Besides the item routes the server answers `GET /_stats` (JSON counters, add `?ids=1` for
 //! the per-id map) and `POST /_reset`; those two are control endpoints and are not counted.
 //! Every other path gets 404 `{"error":"no route"}`.
+//!
+//! The hostile behaviours (`hang`, `dribble`, `reset`, `badlen`, `loop`, `huge…`,
+//! `garbage`, and a [`Behavior::Redirect`] to another server) are what a misbehaving API
+//! does to a client; `tests/it/hostile.rs` runs `recheck` against each of them.
 //!
 //! The module is self-contained (no `recheck` imports) so it can be `#[path]`-included by
 //! integration tests, examples and benches alike.
@@ -43,20 +52,31 @@ use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::{Request, State};
+use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::Response;
-use axum::serve::ListenerExt;
+use axum::serve::{IncomingStream, Listener};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 
 /// Default size of a `huge` body without an explicit byte count.
 pub const DEFAULT_HUGE_BYTES: u64 = 8 * 1024 * 1024;
+/// Default pause between two bytes of a `dribble` body.
+pub const DEFAULT_DRIBBLE_INTERVAL: Duration = Duration::from_millis(100);
+/// Size of a `dribble` body (and its Content-Length).
+pub const DRIBBLE_BYTES: u64 = 1000;
+/// Content-Length a `badlen` answer declares.
+pub const BADLEN_DECLARED: u64 = 1000;
+/// Bytes a `badlen` answer actually sends before closing the connection.
+pub const BADLEN_SENT: u64 = 100;
 /// How many raw request paths [`MockServer::raw_paths`] keeps (the first ones win).
 pub const RAW_PATHS_CAP: usize = 100_000;
 /// How many entries [`MockServer::answered`] keeps (the first ones win).
@@ -87,15 +107,30 @@ pub enum Behavior {
     /// 200 with a streamed body of exactly `bytes` bytes (`{"pad":"aaaa…"}`, or just `a`s when
     /// shorter than 10 bytes), produced lazily in 64 KiB static chunks, with Content-Length.
     Huge { bytes: u64 },
+    /// Like [`Behavior::Huge`] but without Content-Length (`Transfer-Encoding: chunked`), so
+    /// a client only learns the size by counting.
+    HugeChunked { bytes: u64 },
     /// Sleep `delay` (on top of [`MockConfig::latency`]), then the Ok answer.
     Slow { delay: Duration },
     /// 302 with `Location: <to>` (only via [`MockServer::set`]).
     Redirect { to: String },
+    /// 200 with `Content-Length: 1000` ([`DRIBBLE_BYTES`]) and the [`Behavior::Huge`] body of
+    /// that size, sent one byte every `interval` (the first one right away).
+    Dribble { interval: Duration },
+    /// Read the request, then reset the connection (TCP RST: `SO_LINGER` 0 and close)
+    /// without sending a single byte. Other connections are unaffected.
+    Reset,
+    /// 200 declaring `Content-Length: 1000` ([`BADLEN_DECLARED`]) but sending only the first
+    /// 100 bytes ([`BADLEN_SENT`]) of that body, then closing the connection.
+    BadLength,
+    /// 302 with `Location:` the request's own path and query, forever.
+    RedirectLoop,
 }
 
 impl Behavior {
     /// The behaviour spelled by a prefix (`ok`, `fail`, `404`, `410`, `s500`, `503x2`,
-    /// `ra1x1`, `hang`, `garbage`, `huge`, `huge1000`, `slow300`), or `None`.
+    /// `ra1x1`, `hang`, `garbage`, `huge`, `huge1000`, `hugechunked`, `hugechunked1000`,
+    /// `slow300`, `dribble`, `dribble50`, `reset`, `badlen`, `loop`), or `None`.
     pub fn from_prefix(prefix: &str) -> Option<Behavior> {
         match prefix {
             "ok" => return Some(Behavior::Ok),
@@ -104,9 +139,22 @@ impl Behavior {
             "410" => return Some(Behavior::Gone),
             "hang" => return Some(Behavior::Hang),
             "garbage" => return Some(Behavior::Garbage),
+            "reset" => return Some(Behavior::Reset),
+            "badlen" => return Some(Behavior::BadLength),
+            "loop" => return Some(Behavior::RedirectLoop),
             "huge" => {
                 return Some(Behavior::Huge {
                     bytes: DEFAULT_HUGE_BYTES,
+                });
+            }
+            "hugechunked" => {
+                return Some(Behavior::HugeChunked {
+                    bytes: DEFAULT_HUGE_BYTES,
+                });
+            }
+            "dribble" => {
+                return Some(Behavior::Dribble {
+                    interval: DEFAULT_DRIBBLE_INTERVAL,
                 });
             }
             _ => {}
@@ -115,6 +163,15 @@ impl Behavior {
             return Some(Behavior::Slow {
                 delay: Duration::from_millis(digits(ms)?),
             });
+        }
+        if let Some(ms) = prefix.strip_prefix("dribble") {
+            return Some(Behavior::Dribble {
+                interval: Duration::from_millis(digits(ms)?),
+            });
+        }
+        // Before `huge<bytes>`, whose digits would refuse `chunked…` anyway.
+        if let Some(n) = prefix.strip_prefix("hugechunked") {
+            return Some(Behavior::HugeChunked { bytes: digits(n)? });
         }
         if let Some(n) = prefix.strip_prefix("huge") {
             return Some(Behavior::Huge { bytes: digits(n)? });
@@ -152,7 +209,8 @@ impl FromStr for Behavior {
         Behavior::from_prefix(s).ok_or_else(|| {
             format!(
                 "unknown behaviour {s:?}; expected one of ok, fail, 404, 410, s<code>, \
-                 <code>x<times>, ra<secs>x<times>, hang, garbage, huge[<bytes>], slow<ms>"
+                 <code>x<times>, ra<secs>x<times>, hang, garbage, huge[<bytes>], \
+                 hugechunked[<bytes>], slow<ms>, dribble[<ms>], reset, badlen, loop"
             )
         })
     }
@@ -226,17 +284,14 @@ impl MockServer {
 
     /// Like [`MockServer::start`] on a chosen address (the standalone binary's `--addr`).
     pub async fn bind(addr: SocketAddr, config: MockConfig) -> std::io::Result<MockServer> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        // Small responses are written in one go, but without NODELAY Nagle's algorithm can
-        // still delay a response behind the peer's delayed ACK (~40 ms) and wreck latencies.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
+        let listener = MockListener(listener);
         let shared = Arc::new(Shared::new(config));
         let app = Router::new()
             .fallback(handle)
-            .with_state(Arc::clone(&shared));
+            .with_state(Arc::clone(&shared))
+            .into_make_service_with_connect_info::<ConnHandle>();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         // axum::serve uses hyper's auto builder: HTTP/1.1 with keep-alive by default (so a
         // pooling client reuses connections instead of burning an ephemeral port per
@@ -363,6 +418,129 @@ impl MockServer {
     /// The `/_stats` JSON document.
     pub fn stats_json(&self, with_ids: bool) -> String {
         self.shared.stats_json(with_ids)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// connections
+
+/// The server's listener: TCP with `TCP_NODELAY`, each connection wrapped in a [`MockConn`]
+/// so that a handler can reset its own connection ([`Behavior::Reset`]).
+struct MockListener(TcpListener);
+
+impl Listener for MockListener {
+    type Io = MockConn;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (MockConn, SocketAddr) {
+        // axum's impl retries (and backs off on) accept errors.
+        let (tcp, peer) = Listener::accept(&mut self.0).await;
+        // Small responses are written in one go, but without NODELAY Nagle's algorithm can
+        // still delay a response behind the peer's delayed ACK (~40 ms) and wreck latencies.
+        let _ = tcp.set_nodelay(true);
+        let conn = MockConn {
+            tcp,
+            reset: Arc::new(AtomicBool::new(false)),
+        };
+        (conn, peer)
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+/// One accepted connection. Once its `reset` flag is raised (by the handler of a request
+/// on it), every write fails without touching the socket, so hyper gives up on the
+/// connection and drops it, and the drop closes the socket with `SO_LINGER` 0: the peer
+/// gets a TCP RST instead of an answer.
+struct MockConn {
+    tcp: TcpStream,
+    reset: Arc<AtomicBool>,
+}
+
+impl MockConn {
+    fn is_reset(&self) -> bool {
+        self.reset.load(Ordering::Relaxed)
+    }
+}
+
+fn reset_error() -> std::io::Error {
+    std::io::ErrorKind::ConnectionReset.into()
+}
+
+impl Drop for MockConn {
+    fn drop(&mut self) {
+        if self.is_reset() {
+            let _ = self.tcp.set_zero_linger();
+        }
+    }
+}
+
+impl AsyncRead for MockConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for MockConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.is_reset() {
+            return Poll::Ready(Err(reset_error()));
+        }
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.is_reset() {
+            return Poll::Ready(Err(reset_error()));
+        }
+        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.is_reset() {
+            return Poll::Ready(Err(reset_error()));
+        }
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.is_reset() {
+            // No FIN: the drop sends the RST.
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+/// What a handler knows of its connection (axum's `ConnectInfo`).
+#[derive(Clone)]
+struct ConnHandle {
+    reset: Arc<AtomicBool>,
+}
+
+impl Connected<IncomingStream<'_, MockListener>> for ConnHandle {
+    fn connect_info(stream: IncomingStream<'_, MockListener>) -> Self {
+        ConnHandle {
+            reset: Arc::clone(&stream.io().reset),
+        }
     }
 }
 
@@ -649,7 +827,11 @@ fn percent_decode(s: &str) -> String {
     }
 }
 
-async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(conn): ConnectInfo<ConnHandle>,
+    req: Request,
+) -> Response {
     let (parts, _body) = req.into_parts();
     match parts.uri.path() {
         "/_stats" if parts.method == Method::GET => {
@@ -699,8 +881,14 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     if !shared.config.latency.is_zero() {
         tokio::time::sleep(shared.config.latency).await;
     }
+    if authorized && behavior == Behavior::Reset {
+        // Nothing of this answer reaches the wire: its first write fails and the connection
+        // is dropped with a RST (see `MockConn`). Not an answer, so not in `answered`.
+        conn.reset.store(true, Ordering::Relaxed);
+        return json(StatusCode::INTERNAL_SERVER_ERROR, r#"{"error":"reset"}"#);
+    }
     let response = if authorized {
-        respond(&id, ordinal, behavior).await
+        respond(&id, &parts.uri, ordinal, behavior).await
     } else {
         json(StatusCode::UNAUTHORIZED, r#"{"error":"unauthorized"}"#)
     };
@@ -709,7 +897,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     response
 }
 
-async fn respond(id: &str, ordinal: u64, behavior: Behavior) -> Response {
+async fn respond(id: &str, uri: &Uri, ordinal: u64, behavior: Behavior) -> Response {
     match behavior {
         Behavior::Ok => ok(id),
         Behavior::StillFailed => json(
@@ -748,14 +936,55 @@ async fn respond(id: &str, ordinal: u64, behavior: Behavior) -> Response {
         }
         Behavior::Garbage => json(StatusCode::OK, r#"{"id": not json at all <<<"#),
         Behavior::Huge { bytes } => {
-            let mut r = Response::new(Body::new(HugeBody::new(bytes)));
-            let headers = r.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes));
+            let mut r = json(StatusCode::OK, Body::new(HugeBody::new(bytes)));
+            r.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes));
             r
+        }
+        Behavior::HugeChunked { bytes } => {
+            json(StatusCode::OK, Body::new(HugeBody::new(bytes).chunked()))
+        }
+        Behavior::Dribble { interval } => {
+            let body = DribbleBody {
+                data: pad_body(DRIBBLE_BYTES),
+                interval,
+                sleep: None,
+            };
+            let mut r = json(StatusCode::OK, Body::new(body));
+            r.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(DRIBBLE_BYTES));
+            r
+        }
+        // Handled in `handle` (it needs the connection); unreachable from there.
+        Behavior::Reset => json(StatusCode::INTERNAL_SERVER_ERROR, r#"{"error":"reset"}"#),
+        Behavior::BadLength => {
+            let mut data = pad_body(BADLEN_DECLARED);
+            data.truncate(BADLEN_SENT as usize);
+            let body = ShortBody {
+                data: Some(data),
+                flushed: false,
+            };
+            let mut r = json(StatusCode::OK, Body::new(body));
+            r.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(BADLEN_DECLARED));
+            r
+        }
+        Behavior::RedirectLoop => {
+            let here = uri
+                .path_and_query()
+                .map_or_else(|| uri.path(), |pq| pq.as_str());
+            match HeaderValue::try_from(here) {
+                Ok(location) => {
+                    let mut r = Response::new(Body::empty());
+                    *r.status_mut() = StatusCode::FOUND;
+                    r.headers_mut().insert(header::LOCATION, location);
+                    r
+                }
+                Err(_) => json(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    r#"{"error":"invalid redirect target"}"#,
+                ),
+            }
         }
         Behavior::Slow { delay } => {
             tokio::time::sleep(delay).await;
@@ -826,6 +1055,8 @@ struct HugeBody {
     prefix: &'static [u8],
     pad: u64,
     suffix: &'static [u8],
+    /// No size hint, so hyper frames it chunked (no Content-Length).
+    chunked: bool,
 }
 
 impl HugeBody {
@@ -838,13 +1069,22 @@ impl HugeBody {
                 prefix: PREFIX,
                 pad: bytes - frame,
                 suffix: SUFFIX,
+                chunked: false,
             }
         } else {
             HugeBody {
                 prefix: b"",
                 pad: bytes,
                 suffix: b"",
+                chunked: false,
             }
+        }
+    }
+
+    fn chunked(self) -> HugeBody {
+        HugeBody {
+            chunked: true,
+            ..self
         }
     }
 
@@ -881,6 +1121,92 @@ impl HttpBody for HugeBody {
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        http_body::SizeHint::with_exact(self.remaining())
+        if self.chunked {
+            http_body::SizeHint::default()
+        } else {
+            http_body::SizeHint::with_exact(self.remaining())
+        }
+    }
+}
+
+/// The bytes of a [`HugeBody`] of `n` bytes, in one buffer (for small `n` only).
+fn pad_body(n: u64) -> Bytes {
+    let n = usize::try_from(n).expect("a small body");
+    let mut out = Vec::with_capacity(n);
+    if n >= 10 {
+        out.extend_from_slice(br#"{"pad":""#);
+        out.resize(n - 2, b'a');
+        out.extend_from_slice(br#""}"#);
+    } else {
+        out.resize(n, b'a');
+    }
+    Bytes::from(out)
+}
+
+/// The `dribble` body: one byte of `data` every `interval`, the first one at once.
+struct DribbleBody {
+    data: Bytes,
+    interval: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl HttpBody for DribbleBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        if self.data.is_empty() {
+            return Poll::Ready(None);
+        }
+        if let Some(sleep) = self.sleep.as_mut()
+            && sleep.as_mut().poll(cx).is_pending()
+        {
+            return Poll::Pending;
+        }
+        let interval = self.interval;
+        self.sleep = Some(Box::pin(tokio::time::sleep(interval)));
+        let byte = self.data.split_to(1);
+        Poll::Ready(Some(Ok(http_body::Frame::data(byte))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.data.len() as u64)
+    }
+}
+
+/// The `badlen` body: `data`, then (once hyper had a chance to flush it) an error, so hyper
+/// closes the connection short of the declared Content-Length.
+struct ShortBody {
+    data: Option<Bytes>,
+    flushed: bool,
+}
+
+impl HttpBody for ShortBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        if let Some(data) = self.data.take() {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(data))));
+        }
+        if !self.flushed {
+            // Pending once: hyper flushes what it has before polling the body again.
+            self.flushed = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        Poll::Ready(Some(Err(std::io::Error::other(
+            "mock badlen: body shorter than its Content-Length",
+        ))))
     }
 }

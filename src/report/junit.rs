@@ -1,0 +1,192 @@
+//! `--junit FILE`: JUnit XML for CI test reporters, one `<testsuite>` per run and one
+//! `<testcase>` per checked item:
+//!
+//! ```xml
+//! <testsuites name="recheck" tests="3" failures="1" errors="1" ...>
+//!     <testsuite name="recheck task 42" tests="3" failures="1" errors="1" timestamp="..." time="1.250">
+//!         <testcase name="a1" classname="42" time="0.012"/>
+//!         <testcase name="a7" classname="42" time="0.010">
+//!             <failure message="HTTP 404 Not Found" type="not_found">HTTP 404 Not Found
+//!
+//! url: https://api.example.com/v1/items/a7
+//! http_status: 404
+//! attempts: 1
+//! checked_at: 2025-01-31T10:00:00.123Z</failure>
+//!         </testcase>
+//!         <testcase name="a9" classname="42" time="4.100">
+//!             <error message="timed out after 5s (after 6 attempts)" type="error">...</error>
+//!         </testcase>
+//!     </testsuite>
+//! </testsuites>
+//! ```
+//!
+//! `still_failed` and `not_found` are `<failure>`s (the API answered, and the answer says
+//! the item is not OK); `error` outcomes are `<error>`s (no usable answer: timeouts, 5xx,
+//! invalid JSON). GitHub's reporters (mikepenz/action-junit-report, dorny/test-reporter)
+//! show both as failed tests with the message and the text; GitLab shows them as "failed"
+//! and "error" and counts them apart. The message is the item's error; the text adds the
+//! URL (password redacted), HTTP status, attempts and time.
+//!
+//! Testcases are held in memory until the end (O(items)): `--junit` is meant for CI-sized
+//! runs. The file is written at the end, atomically, also after an interrupt or a deadline
+//! (then with what was checked, and a `<system-out>` line saying so).
+
+use std::time::SystemTime;
+
+use anyhow::Result;
+use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite};
+
+use crate::model::{Outcome, Verdict, rfc3339};
+use crate::report::Summary;
+use crate::report::outputs::AtomicFile;
+
+/// The testcases of a run, until the file is written.
+pub struct JunitReport {
+    file: AtomicFile,
+    task: String,
+    started: SystemTime,
+    suite: TestSuite,
+}
+
+impl JunitReport {
+    /// An empty suite for `task`, to be written to `file`.
+    pub(crate) fn new(file: AtomicFile, task: &str, started: SystemTime) -> JunitReport {
+        JunitReport {
+            file,
+            task: task.to_string(),
+            started,
+            suite: TestSuite::new(format!("recheck task {task}")),
+        }
+    }
+
+    /// Adds the verdict's testcase.
+    pub fn record(&mut self, v: &Verdict) {
+        self.suite.add_test_case(test_case(&self.task, v));
+    }
+
+    /// Writes the file.
+    pub fn finish(self, summary: &Summary) -> Result<()> {
+        let report = build(self.suite, &self.task, self.started, summary);
+        self.file.write(|w| Ok(report.serialize(w)?))
+    }
+}
+
+fn test_case(task: &str, v: &Verdict) -> TestCase {
+    let status = match v.outcome {
+        Outcome::Ok => TestCaseStatus::success(),
+        other => {
+            let kind = if other == Outcome::Error {
+                NonSuccessKind::Error
+            } else {
+                NonSuccessKind::Failure
+            };
+            let message = v.error.clone().unwrap_or_else(|| other.to_string());
+            let mut text = format!("{message}\n");
+            if let Some(url) = &v.url {
+                text.push_str(&format!("\nurl: {url}"));
+            }
+            if let Some(s) = v.http_status {
+                text.push_str(&format!("\nhttp_status: {s}"));
+            }
+            text.push_str(&format!(
+                "\nattempts: {}\nchecked_at: {}",
+                v.attempts,
+                rfc3339(v.checked_at)
+            ));
+            let mut s = TestCaseStatus::non_success(kind);
+            s.set_message(message)
+                .set_type(other.as_str())
+                .set_description(text);
+            s
+        }
+    };
+    let mut tc = TestCase::new(v.id.as_str(), status);
+    tc.set_classname(task).set_time(v.elapsed);
+    tc
+}
+
+fn build(mut suite: TestSuite, task: &str, started: SystemTime, summary: &Summary) -> Report {
+    let timestamp = chrono::DateTime::<chrono::Utc>::from(started).fixed_offset();
+    suite.set_timestamp(timestamp).set_time(summary.duration);
+    suite.add_properties([
+        Property::new("task", task),
+        Property::new("interrupted", summary.interrupted.to_string()),
+        Property::new("deadline_reached", summary.deadline_reached.to_string()),
+        Property::new("dry_run", summary.dry_run.to_string()),
+    ]);
+    let stopped = if summary.interrupted {
+        Some("interrupted")
+    } else if summary.deadline_reached {
+        Some("stopped by --deadline")
+    } else {
+        None
+    };
+    if let Some(why) = stopped {
+        suite.set_system_out(format!(
+            "recheck: run {why}: {} items checked; {} checks abandoned in flight; items not checked are not listed\n",
+            summary.checked, summary.abandoned
+        ));
+    }
+    let mut report = Report::new("recheck");
+    report
+        .set_timestamp(timestamp)
+        .set_time(summary.duration)
+        .add_test_suite(suite);
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn verdict(id: &str, outcome: Outcome, error: Option<&str>) -> Verdict {
+        Verdict {
+            key: 0,
+            id: id.into(),
+            outcome,
+            http_status: Some(404),
+            attempts: 1,
+            error: error.map(Into::into),
+            checked_at: SystemTime::UNIX_EPOCH,
+            elapsed: Duration::from_millis(250),
+            url: Some(format!("http://h/{id}")),
+        }
+    }
+
+    #[test]
+    fn failures_errors_and_escaping() {
+        let mut suite = TestSuite::new("recheck task t<1>");
+        for v in [
+            verdict("ok-1", Outcome::Ok, None),
+            verdict("404-1", Outcome::NotFound, Some("HTTP 404 Not Found")),
+            verdict("x&<\"", Outcome::StillFailed, Some("/a is \"b\"")),
+            verdict("e", Outcome::Error, Some("timed out")),
+        ] {
+            suite.add_test_case(test_case("t<1>", &v));
+        }
+        let mut summary = Summary::new("t<1>", "x", false);
+        summary.interrupted = true;
+        let xml = build(suite, "t<1>", SystemTime::UNIX_EPOCH, &summary)
+            .to_string()
+            .unwrap();
+        let doc = roxmltree::Document::parse(&xml).unwrap();
+        let ts = doc
+            .descendants()
+            .find(|n| n.has_tag_name("testsuite"))
+            .unwrap();
+        assert_eq!(ts.attribute("name"), Some("recheck task t<1>"));
+        assert_eq!(ts.attribute("tests"), Some("4"));
+        assert_eq!(ts.attribute("failures"), Some("2"));
+        assert_eq!(ts.attribute("errors"), Some("1"));
+        let odd = ts
+            .children()
+            .find(|n| n.attribute("name") == Some("x&<\""))
+            .unwrap();
+        let f = odd.children().find(|n| n.has_tag_name("failure")).unwrap();
+        assert_eq!(f.attribute("message"), Some("/a is \"b\""));
+        assert_eq!(f.attribute("type"), Some("still_failed"));
+        assert!(f.text().unwrap().contains("url: http://h/x&<\""));
+        assert!(xml.contains("run interrupted"), "{xml}");
+    }
+}
