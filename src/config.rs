@@ -285,6 +285,9 @@ impl RunConfig {
             lease: a.lease,
             owner: crate::store::owner_name(started),
             started,
+            // The feeder claims, the sink saves, leases are renewed: a few connections do
+            // whatever the concurrency; a little more for very wide runs.
+            db_connections: (a.concurrency / 256 + 3).min(8),
         };
         if let Some(store_path) = store.path() {
             for (flag, out) in [

@@ -74,6 +74,7 @@ mod tests {
             lease: std::time::Duration::from_secs(120),
             owner: crate::store::owner_name(std::time::SystemTime::now()),
             started: std::time::SystemTime::now(),
+            db_connections: 2,
         }
     }
 

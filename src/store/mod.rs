@@ -6,6 +6,8 @@ pub mod json;
 pub mod jsondoc;
 pub mod jsonl;
 pub mod lock;
+pub mod mysql;
+pub mod postgres;
 pub mod sqlite;
 
 use std::fmt;
@@ -31,9 +33,9 @@ pub enum StoreSpec {
     Json(PathBuf),
     /// `jsonl:PATH`, or a path ending `.jsonl`.
     Jsonl(PathBuf),
-    /// `postgres://` / `postgresql://` URL (not yet supported by this build).
+    /// `postgres://` / `postgresql://` URL.
     Postgres(String),
-    /// `mysql://` / `mariadb://` URL (not yet supported by this build).
+    /// `mysql://` / `mariadb://` URL.
     Mysql(String),
 }
 
@@ -148,9 +150,15 @@ impl Ident {
         &self.0
     }
 
-    /// The name quoted for SQL (`"name"`), safe because of the check in [`Ident::new`].
+    /// The name quoted for SQL (`"name"`: SQLite, PostgreSQL), safe because of the check in
+    /// [`Ident::new`].
     pub fn quoted(&self) -> String {
         format!("\"{}\"", self.0)
+    }
+
+    /// The name quoted for MySQL/MariaDB (`` `name` ``), which read `"name"` as a string.
+    pub fn quoted_mysql(&self) -> String {
+        format!("`{}`", self.0)
     }
 }
 
@@ -217,6 +225,9 @@ pub struct StoreOptions {
     pub owner: String,
     /// When this worker started: items checked since then are not checked again.
     pub started: std::time::SystemTime,
+    /// Connections to a database server (PostgreSQL, MySQL): the feeder's claims, the
+    /// sink's saves and lease renewals, not one per HTTP request.
+    pub db_connections: u32,
 }
 
 /// Default `--lease`.
@@ -333,6 +344,10 @@ pub enum AnyStore {
     Json(json::JsonStore),
     /// JSON Lines.
     Jsonl(jsonl::JsonlStore),
+    /// PostgreSQL, shared by several workers.
+    Postgres(postgres::PgStore),
+    /// MySQL / MariaDB, shared by several workers.
+    Mysql(mysql::MyStore),
 }
 
 /// Why a store is being opened: decides whether it may be created.
@@ -356,9 +371,12 @@ pub async fn open(spec: &StoreSpec, opts: StoreOptions, mode: OpenMode) -> Resul
         )),
         StoreSpec::Json(p) => Ok(AnyStore::Json(json::JsonStore::open(p, opts, mode)?)),
         StoreSpec::Jsonl(p) => Ok(AnyStore::Jsonl(jsonl::JsonlStore::open(p, opts, mode)?)),
-        StoreSpec::Postgres(_) | StoreSpec::Mysql(_) => {
-            bail!("--store {spec}: PostgreSQL and MySQL stores are not supported by this build yet")
-        }
+        StoreSpec::Postgres(url) => Ok(AnyStore::Postgres(
+            postgres::PgStore::open(url, &spec.to_string(), opts, mode).await?,
+        )),
+        StoreSpec::Mysql(url) => Ok(AnyStore::Mysql(
+            mysql::MyStore::open(url, &spec.to_string(), opts, mode).await?,
+        )),
     }
 }
 
@@ -368,9 +386,8 @@ pub async fn init(spec: &StoreSpec, table: &Ident) -> Result<String> {
         StoreSpec::Sqlite(p) => sqlite::init(p, table).await,
         StoreSpec::Json(p) => json::init(p),
         StoreSpec::Jsonl(p) => jsonl::init(p),
-        StoreSpec::Postgres(_) | StoreSpec::Mysql(_) => {
-            bail!("--store {spec}: PostgreSQL and MySQL stores are not supported by this build yet")
-        }
+        StoreSpec::Postgres(url) => postgres::init(url, &spec.to_string(), table).await,
+        StoreSpec::Mysql(url) => mysql::init(url, &spec.to_string(), table).await,
     }
 }
 
@@ -380,6 +397,8 @@ macro_rules! delegate {
             AnyStore::Sqlite($s) => $call,
             AnyStore::Json($s) => $call,
             AnyStore::Jsonl($s) => $call,
+            AnyStore::Postgres($s) => $call,
+            AnyStore::Mysql($s) => $call,
         }
     };
 }
