@@ -212,20 +212,7 @@ fn plain_opts(
     let (spec, columns) = store_columns(args)?;
     Ok((
         spec,
-        StoreOptions {
-            task: task.to_string(),
-            columns,
-            failed: StatusValue::new(failed),
-            ok: StatusValue::new("ok"),
-            not_found: None,
-            extra_columns: Vec::new(),
-            need_url: false,
-            read_only: false,
-            lease: std::time::Duration::from_secs(120),
-            owner: crate::store::owner_name(std::time::SystemTime::now()),
-            started: std::time::SystemTime::now(),
-            db_connections: 2,
-        },
+        StoreOptions::basic(task, columns, StatusValue::new(failed)),
     ))
 }
 

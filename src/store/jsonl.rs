@@ -62,20 +62,7 @@ mod tests {
     use crate::store::Columns;
 
     fn opts(task: &str) -> StoreOptions {
-        StoreOptions {
-            task: task.into(),
-            columns: Columns::default(),
-            failed: StatusValue::new("failed"),
-            ok: StatusValue::new("ok"),
-            not_found: None,
-            extra_columns: vec![],
-            need_url: false,
-            read_only: false,
-            lease: std::time::Duration::from_secs(120),
-            owner: crate::store::owner_name(std::time::SystemTime::now()),
-            started: std::time::SystemTime::now(),
-            db_connections: 2,
-        }
+        StoreOptions::basic(task, Columns::default(), StatusValue::new("failed"))
     }
 
     const WHEN: &str = "2023-11-14T22:13:20.000Z";

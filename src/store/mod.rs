@@ -273,6 +273,27 @@ pub fn owner_started(owner: &str) -> Option<std::time::SystemTime> {
 }
 
 impl StoreOptions {
+    /// Options for `task` in the default layout: status `failed` marks items to check, `ok`
+    /// is written, default lease, this process as the owner. For `status`, `import` and
+    /// tests; `run` builds its options from the validated config.
+    pub fn basic(task: &str, columns: Columns, failed: StatusValue) -> StoreOptions {
+        let started = std::time::SystemTime::now();
+        StoreOptions {
+            task: task.to_string(),
+            columns,
+            failed,
+            ok: StatusValue::new("ok"),
+            not_found: None,
+            extra_columns: Vec::new(),
+            need_url: false,
+            read_only: false,
+            lease: std::time::Duration::from_secs(120),
+            owner: owner_name(started),
+            started,
+            db_connections: 2,
+        }
+    }
+
     /// The status to write for an outcome, or `None` to leave the status as it is.
     pub fn status_for(&self, outcome: Outcome) -> Option<&StatusValue> {
         match outcome {

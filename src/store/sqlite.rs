@@ -825,20 +825,7 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     fn opts(task: &str) -> StoreOptions {
-        StoreOptions {
-            task: task.into(),
-            columns: Columns::default(),
-            failed: StatusValue::new("failed"),
-            ok: StatusValue::new("ok"),
-            not_found: None,
-            extra_columns: vec![],
-            need_url: false,
-            read_only: false,
-            lease: std::time::Duration::from_secs(120),
-            owner: crate::store::owner_name(std::time::SystemTime::now()),
-            started: std::time::SystemTime::now(),
-            db_connections: 2,
-        }
+        StoreOptions::basic(task, Columns::default(), StatusValue::new("failed"))
     }
 
     fn verdict(key: i64, outcome: Outcome) -> Verdict {
