@@ -205,7 +205,8 @@ pub struct RunArgs {
     pub expect_status: String,
     /// POINTER=VALUE (repeatable): the item is OK when the answer's JSON value at the RFC 6901
     /// pointer equals VALUE (parsed as JSON when valid, else a string); several for one
-    /// pointer mean any of them.
+    /// pointer mean any of them. The first `=` ends the pointer, so keys with `=` cannot be
+    /// pointed at.
     #[arg(long, value_name = "POINTER=VALUE", env = "RECHECK_EXPECT_JSON")]
     pub expect_json: Vec<String>,
     /// The status value that marks an item to re-check.

@@ -183,8 +183,13 @@ pub fn judge(status: u16, body: &[u8], expect: &Expectations) -> Judgement {
     }
 }
 
-fn shown_pointer(p: &str) -> &str {
-    if p.is_empty() { "the document" } else { p }
+/// The pointer for a message: control characters escaped, so the message stays one line.
+fn shown_pointer(p: &str) -> String {
+    if p.is_empty() {
+        "the document".into()
+    } else {
+        p.escape_debug().to_string()
+    }
 }
 
 /// A JSON value for an error message, cut so one odd answer cannot flood the logs.

@@ -115,6 +115,18 @@ impl UrlTemplate {
                 "--url {template:?} has no {{id}} (or {{COLUMN}}) placeholder: every item would get the same URL"
             );
         }
+        let task_in_path = parts.iter().any(|p| {
+            matches!(
+                p,
+                Part::Hole {
+                    slot: Slot::Task,
+                    in_path: true
+                }
+            )
+        });
+        if task_in_path && (task == "." || task == "..") {
+            bail!("--url {template:?}: task {task:?} cannot be sent as a URL path segment");
+        }
         let size_hint = template.len() + 32;
         let t = UrlTemplate {
             parts,
@@ -237,6 +249,13 @@ mod tests {
         // in a query they are plain values
         let q = UrlTemplate::parse("http://h/q?id={id}", "t").unwrap();
         assert_eq!(q.render(&item("..")).unwrap().as_str(), "http://h/q?id=..");
+    }
+
+    #[test]
+    fn a_dot_task_in_the_path_is_refused() {
+        let err = UrlTemplate::parse("http://h/tasks/{task}/{id}", "..").unwrap_err();
+        assert!(err.to_string().contains("path segment"), "{err}");
+        assert!(UrlTemplate::parse("http://h/{id}?task={task}", "..").is_ok());
     }
 
     #[test]
