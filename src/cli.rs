@@ -100,7 +100,8 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
     /// Store: a SQLite file (.db/.sqlite/.sqlite3, or sqlite:PATH), a JSON document (.json,
-    /// json:PATH) or JSON Lines (.jsonl, jsonl:PATH).
+    /// json:PATH), JSON Lines (.jsonl, jsonl:PATH), or a postgres:// or mysql:// (mariadb://)
+    /// URL shared by several workers.
     #[arg(long, value_name = "S", default_value = crate::store::DEFAULT_STORE, env = "RECHECK_STORE")]
     pub store: String,
     /// Table holding the items (SQL stores).

@@ -11,6 +11,7 @@ mod encoding;
 mod hostile;
 mod json_store;
 mod limits;
+mod mysql;
 mod outcomes;
 mod outputs;
 mod politeness;
