@@ -15,6 +15,7 @@ mod mysql;
 mod outcomes;
 mod outputs;
 mod politeness;
+mod postgres;
 mod progress;
 mod retries;
 mod secrets;
