@@ -73,8 +73,9 @@ fn init_logs(cli: &Cli) {
         (1, _) => "debug",
         _ => "trace",
     };
+    // sqlx's own warnings may echo URL parameters, values included: errors only.
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("recheck={level},warn")));
+        .unwrap_or_else(|_| EnvFilter::new(format!("recheck={level},warn,sqlx=error")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // Whole lines to stderr, printed above the progress bar while one is shown.

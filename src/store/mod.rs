@@ -108,18 +108,38 @@ impl fmt::Debug for StoreSpec {
     }
 }
 
-/// Replaces the password of a URL (`scheme://user:pass@host`) with `***`.
+/// Replaces the password of a URL (`scheme://user:pass@host`, or a `password=` query
+/// parameter, which libpq-style URLs accept) with `***`.
 pub fn redact_url_password(u: &str) -> String {
     match url::Url::parse(u) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            let secret_param = |k: &str| {
+                let k = k.to_ascii_lowercase();
+                k == "password" || k == "sslpassword" || k == "pass"
+            };
+            if parsed.query_pairs().any(|(k, _)| secret_param(&k)) {
+                let pairs: Vec<(String, String)> = parsed
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if secret_param(&k) {
+                            "***".to_string()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                parsed.query_pairs_mut().clear().extend_pairs(pairs);
+            }
             parsed.to_string()
         }
-        Ok(_) => u.to_string(),
         // Unparseable: do not risk echoing a secret.
         Err(_) => match (u.find("://"), u.rfind('@')) {
             (Some(s), Some(at)) if at > s => format!("{}***{}", &u[..s + 3], &u[at..]),
-            _ => u.to_string(),
+            _ => u.split('?').next().unwrap_or_default().to_string(),
         },
     }
 }
@@ -492,6 +512,9 @@ mod tests {
         let s = StoreSpec::parse("postgres://bob:hunter2@db.example/x").unwrap();
         assert!(!format!("{s} {s:?}").contains("hunter2"));
         assert!(format!("{s}").contains("bob"));
+        let s = StoreSpec::parse("postgres://db/x?sslmode=require&password=hunter2").unwrap();
+        assert!(!s.to_string().contains("hunter2"), "{s}");
+        assert!(s.to_string().contains("sslmode=require"), "{s}");
     }
 
     #[test]
