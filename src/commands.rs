@@ -120,7 +120,7 @@ pub async fn run(cfg: RunConfig, stop: CancellationToken) -> Result<Summary> {
             let (fetcher, urls, halt) = (Arc::clone(&fetcher), Arc::clone(&urls), halt.clone());
             async move {
                 let url = urls.url_for(&item);
-                fetcher.check(&item, url, &halt).await
+                fetcher.check(item, url, &halt).await
             }
         }
     };

@@ -74,27 +74,41 @@ impl Fetcher {
     /// its status must stay as it is.
     pub async fn check(
         &self,
-        item: &Item,
+        item: Item,
         url: Result<Url, String>,
         cancel: &CancellationToken,
     ) -> Option<Verdict> {
-        let started = Instant::now();
-        let shown_url = url.as_ref().ok().map(redacted);
-        let verdict = |outcome, http_status, attempts, error| Verdict {
+        let (url, (outcome, http_status, attempts, error), elapsed) = match url {
+            Ok(url) => {
+                let mut first_sent = None;
+                let found = self.retry_loop(&url, cancel, &mut first_sent).await?;
+                let elapsed = first_sent.map_or(Duration::ZERO, |t: Instant| t.elapsed());
+                (Some(url), found, elapsed)
+            }
+            Err(why) => (None, (Outcome::Error, None, 0, Some(why)), Duration::ZERO),
+        };
+        Some(Verdict {
             key: item.key,
-            id: item.id.clone(),
+            id: item.id,
             outcome,
             http_status,
             attempts,
             error,
             checked_at: SystemTime::now(),
-            elapsed: started.elapsed(),
-            url: shown_url.clone(),
-        };
-        let url = match url {
-            Ok(u) => u,
-            Err(why) => return Some(verdict(Outcome::Error, None, 0, Some(why))),
-        };
+            elapsed,
+            url: url.map(redacted),
+        })
+    }
+
+    /// Attempts until an answer is final or the retries are spent: (outcome, last HTTP
+    /// status, attempts, error). `first_sent` is when the first request was admitted (the
+    /// latency of an item does not count its wait for a request slot).
+    async fn retry_loop(
+        &self,
+        url: &Url,
+        cancel: &CancellationToken,
+        first_sent: &mut Option<Instant>,
+    ) -> Option<(Outcome, Option<u16>, u32, Option<String>)> {
         let mut attempts = 0u32;
         loop {
             if cancel.is_cancelled() {
@@ -102,8 +116,9 @@ impl Fetcher {
             }
             attempts += 1;
             let result = {
-                let _admitted = self.gate.admit(&url, cancel).await?;
-                match tokio::time::timeout(self.cfg.timeout, self.attempt(&url)).await {
+                let _admitted = self.gate.admit(url, cancel).await?;
+                first_sent.get_or_insert_with(Instant::now);
+                match tokio::time::timeout(self.cfg.timeout, self.attempt(url)).await {
                     Ok(r) => r,
                     Err(_) => Err(Failure::Retryable(format!(
                         "timed out after {}",
@@ -113,36 +128,24 @@ impl Fetcher {
             };
             let (why, retry_after, last_status) = match result {
                 Ok(answer) => {
-                    let last_status = Some(answer.status);
+                    let status = Some(answer.status);
                     match judge::judge(answer.status, &answer.body, &self.cfg.expect) {
-                        Judgement::Ok => {
-                            return Some(verdict(Outcome::Ok, last_status, attempts, None));
-                        }
+                        Judgement::Ok => return Some((Outcome::Ok, status, attempts, None)),
                         Judgement::StillFailed(why) => {
-                            return Some(verdict(
-                                Outcome::StillFailed,
-                                last_status,
-                                attempts,
-                                Some(why),
-                            ));
+                            return Some((Outcome::StillFailed, status, attempts, Some(why)));
                         }
                         Judgement::NotFound => {
                             let why = judge::status_text(answer.status);
-                            return Some(verdict(
-                                Outcome::NotFound,
-                                last_status,
-                                attempts,
-                                Some(why),
-                            ));
+                            return Some((Outcome::NotFound, status, attempts, Some(why)));
                         }
                         Judgement::Error(why) => {
-                            return Some(verdict(Outcome::Error, last_status, attempts, Some(why)));
+                            return Some((Outcome::Error, status, attempts, Some(why)));
                         }
-                        Judgement::Retry(why) => (why, answer.retry_after, last_status),
+                        Judgement::Retry(why) => (why, answer.retry_after, status),
                     }
                 }
                 Err(Failure::Fatal(why, status)) => {
-                    return Some(verdict(Outcome::Error, status, attempts, Some(why)));
+                    return Some((Outcome::Error, status, attempts, Some(why)));
                 }
                 Err(Failure::Retryable(why)) => (why, None, None),
             };
@@ -152,18 +155,18 @@ impl Fetcher {
                 } else {
                     why
                 };
-                return Some(verdict(Outcome::Error, last_status, attempts, Some(why)));
+                return Some((Outcome::Error, last_status, attempts, Some(why)));
             }
             if let Some(d) = retry_after {
                 // The whole host asked for a break, not just this item.
-                self.gate.pause_host(&url, d.min(self.cfg.backoff_max));
+                self.gate.pause_host(url, d.min(self.cfg.backoff_max));
             }
             let delay = retry_after
                 .map(|d| d.min(self.cfg.backoff_max))
                 .unwrap_or_else(|| {
                     backoff(self.cfg.backoff_min, self.cfg.backoff_max, attempts - 1)
                 });
-            tracing::debug!(id = %item.id, attempt = attempts, error = %why, delay_ms = delay.as_millis() as u64, "retrying");
+            tracing::debug!(url = %redacted_ref(url), attempt = attempts, error = %why, delay_ms = delay.as_millis() as u64, "retrying");
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = cancel.cancelled() => return None,
@@ -172,24 +175,21 @@ impl Fetcher {
     }
 
     /// One attempt: the request and its redirects, up to the judged answer.
-    async fn attempt(&self, url: &Url) -> Result<Answer, Failure> {
-        let mut url = url.clone();
-        let origin = url.origin();
-        for _hop in 0..=MAX_REDIRECTS {
-            let mut headers = self.cfg.headers.clone();
-            if url.origin() != origin {
-                // A redirect to another host must not carry credentials there.
-                for name in &self.cfg.secret_headers {
-                    headers.remove(name);
+    async fn attempt(&self, first: &Url) -> Result<Answer, Failure> {
+        let mut url = first.clone();
+        for hop in 0..=MAX_REDIRECTS {
+            let mut request = self.client.get(url.clone());
+            if !self.cfg.headers.is_empty() {
+                let mut headers = self.cfg.headers.clone();
+                if hop > 0 && url.origin() != first.origin() {
+                    // A redirect to another host must not carry credentials there.
+                    for name in &self.cfg.secret_headers {
+                        headers.remove(name);
+                    }
                 }
+                request = request.headers(headers);
             }
-            let mut resp = self
-                .client
-                .get(url.clone())
-                .headers(headers)
-                .send()
-                .await
-                .map_err(classify)?;
+            let mut resp = request.send().await.map_err(classify)?;
             let status = resp.status();
             if status.is_redirection()
                 && let Some(next) = redirect_target(&resp, &url)?
@@ -233,15 +233,18 @@ impl Fetcher {
     }
 }
 
-/// A URL for reports and logs: a password in it is replaced by `***`.
-pub fn redacted(u: &Url) -> String {
+/// A URL for reports and logs: a password in it is replaced by `***`. Takes the URL by
+/// value: without a password its text is reused, not copied.
+pub fn redacted(mut u: Url) -> String {
     if u.password().is_some() {
-        let mut u = u.clone();
         let _ = u.set_password(Some("***"));
-        u.to_string()
-    } else {
-        u.to_string()
     }
+    u.into()
+}
+
+/// [`redacted`] for a borrowed URL (logs).
+fn redacted_ref(u: &Url) -> String {
+    redacted(u.clone())
 }
 
 /// Where a 3xx answer points, or `None` when it is not a redirect we follow (304, no Location).

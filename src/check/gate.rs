@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,6 +60,9 @@ struct Host {
 pub struct Gate {
     in_flight: Arc<Semaphore>,
     per_host: Option<usize>,
+    /// Some host asked for a pause: from then on every admission looks its host up. Until
+    /// then (and without `--per-host`) admissions skip the per-host table entirely.
+    any_pause: AtomicBool,
     hosts: Mutex<HashMap<String, Arc<Host>>>,
     rate: Option<DefaultDirectRateLimiter>,
 }
@@ -84,6 +88,7 @@ impl Gate {
         Gate {
             in_flight: Arc::new(Semaphore::new(concurrency.max(1))),
             per_host: per_host.filter(|&n| n < concurrency),
+            any_pause: AtomicBool::new(false),
             hosts: Mutex::new(HashMap::new()),
             rate,
         }
@@ -107,19 +112,22 @@ impl Gate {
     /// Waits until a request to `url` may start: the host's pause, the rate, a host slot,
     /// then a global slot. `None` when `cancel` fires first.
     pub async fn admit(&self, url: &Url, cancel: &CancellationToken) -> Option<Admission> {
-        let host = self.host(url);
+        let host = (self.per_host.is_some() || self.any_pause.load(Ordering::Relaxed))
+            .then(|| self.host(url));
         let wait = async {
-            loop {
-                let until = *host.paused_until.lock().unwrap_or_else(|e| e.into_inner());
-                match until {
-                    Some(t) if t > Instant::now() => tokio::time::sleep_until(t).await,
-                    _ => break,
+            if let Some(host) = &host {
+                loop {
+                    let until = *host.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+                    match until {
+                        Some(t) if t > Instant::now() => tokio::time::sleep_until(t).await,
+                        _ => break,
+                    }
                 }
             }
             if let Some(rate) = &self.rate {
                 rate.until_ready().await;
             }
-            let host_permit = match &host.slots {
+            let host_permit = match host.as_ref().and_then(|h| h.slots.as_ref()) {
                 Some(s) => Some(Arc::clone(s).acquire_owned().await.ok()?),
                 None => None,
             };
@@ -137,6 +145,7 @@ impl Gate {
 
     /// The host of `url` asked for a break (`Retry-After`): no new request to it for `d`.
     pub fn pause_host(&self, url: &Url, d: Duration) {
+        self.any_pause.store(true, Ordering::Relaxed);
         let host = self.host(url);
         let until = Instant::now() + d;
         let mut p = host.paused_until.lock().unwrap_or_else(|e| e.into_inner());
