@@ -26,7 +26,7 @@ use sqlx::mysql::{
 };
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row};
 
-use super::{Ident, NewItem, OpenMode, StatusCounts, Store, StoreOptions};
+use super::{Ident, NewItem, OpenMode, StatusCounts, Store, StoreOptions, TableColumns};
 use crate::model::{Item, StatusValue, Verdict, rfc3339};
 
 /// Rows per save statement: one `UPDATE ... CASE` sets this many rows (a batch of 1000
@@ -430,45 +430,21 @@ impl Inner {
                 "{name}: table {table} not found ({have}); create it with: recheck init --store {name} --table {table}"
             );
         }
-        let find = |col: &str| {
-            cols.iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(col))
-                .map(|(_, t)| t.as_str())
-        };
-        let need = |flag: &str, col: &Ident| -> Result<&str> {
-            find(col.as_str()).ok_or_else(|| {
-                anyhow!(
-                    "{name}: table {table} has no column {col} ({flag}; columns: {})",
-                    cols.iter()
-                        .map(|(n, _)| n.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            })
-        };
-        let task_t = need("--task-column", &c.task)?;
-        let id_t = need("--id-column", &c.id)?;
-        let status_t = need("--status-column", &c.status)?;
-        if opts.need_url {
-            need("--url-column (no --url given)", &c.url)?;
-        }
-        for col in &opts.extra_columns {
-            need("placeholder in --url", col)?;
-        }
+        let cols = TableColumns::new(&name, table, cols);
+        let (task_t, id_t, status_t) = cols.check_run(&opts)?;
         let shape = Shape {
             status_is_num: is_num_type(status_t),
             task_is_num: is_num_type(task_t),
             id_is_int: is_int_type(id_t),
-            has_url: find(c.url.as_str()).is_some(),
-            has_http_status: find("http_status").is_some(),
-            has_attempts: find("attempts").is_some(),
-            has_last_error: find("last_error").is_some(),
-            has_checked_at: find("checked_at").is_some(),
-            checked_at_is_time: find("checked_at")
+            has_url: cols.has(c.url.as_str()),
+            has_http_status: cols.has("http_status"),
+            has_attempts: cols.has("attempts"),
+            has_last_error: cols.has("last_error"),
+            has_checked_at: cols.has("checked_at"),
+            checked_at_is_time: cols
+                .find("checked_at")
                 .is_some_and(|t| matches!(t, "datetime" | "timestamp")),
-            has_leases: find("lease_owner").is_some()
-                && find("lease_until").is_some()
-                && find("checked_at").is_some(),
+            has_leases: cols.has_leases(),
             has_unique_key: has_unique_key(&conn, table, [&c.task, &c.id]).await?,
         };
         let task = column_value(

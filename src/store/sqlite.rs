@@ -11,7 +11,7 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use super::lock::LockFile;
-use super::{Ident, NewItem, OpenMode, StatusCounts, Store, StoreOptions};
+use super::{Ident, NewItem, OpenMode, StatusCounts, Store, StoreOptions, TableColumns};
 use crate::model::{Item, StatusValue, Verdict, rfc3339};
 
 /// How long a writer waits for another process's lock before giving up.
@@ -736,43 +736,17 @@ fn inspect(conn: &Connection, name: &str, opts: &StoreOptions) -> Result<Shape> 
     let cols: Vec<(String, String)> = stmt
         .query_map([], |r| Ok((r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    let find = |col: &str| {
-        cols.iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(col))
-            .map(|(_, t)| t.as_str())
-    };
-    let need = |flag: &str, col: &Ident| -> Result<&str> {
-        find(col.as_str()).ok_or_else(|| {
-            anyhow!(
-                "{name}: table {} has no column {col} ({flag}; columns: {})",
-                c.table,
-                cols.iter()
-                    .map(|(n, _)| n.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        })
-    };
-    let task_t = need("--task-column", &c.task)?;
-    need("--id-column", &c.id)?;
-    let status_t = need("--status-column", &c.status)?;
-    if opts.need_url {
-        need("--url-column (no --url given)", &c.url)?;
-    }
-    for col in &opts.extra_columns {
-        need("placeholder in --url", col)?;
-    }
+    let cols = TableColumns::new(name, &c.table, cols);
+    let (task_t, _, status_t) = cols.check_run(opts)?;
     Ok(Shape {
         status_is_int: is_numeric_affinity(status_t),
         task_is_int: is_numeric_affinity(task_t),
-        has_url: find(c.url.as_str()).is_some(),
-        has_http_status: find("http_status").is_some(),
-        has_attempts: find("attempts").is_some(),
-        has_last_error: find("last_error").is_some(),
-        has_checked_at: find("checked_at").is_some(),
-        has_leases: find("lease_owner").is_some()
-            && find("lease_until").is_some()
-            && find("checked_at").is_some(),
+        has_url: cols.has(c.url.as_str()),
+        has_http_status: cols.has("http_status"),
+        has_attempts: cols.has("attempts"),
+        has_last_error: cols.has("last_error"),
+        has_checked_at: cols.has("checked_at"),
+        has_leases: cols.has_leases(),
     })
 }
 
