@@ -124,12 +124,11 @@ pub async fn run(cfg: RunConfig, stop: CancellationToken) -> Result<Summary> {
             }
         }
     };
-    // Items in progress: every request slot busy, plus as many again waiting out a backoff.
     let stats = pool::run(
         Arc::new(check),
         item_rx,
         verdict_tx,
-        cfg.concurrency.saturating_mul(2),
+        max_in_progress(cfg.concurrency),
         halt.clone(),
         STOP_GRACE,
     )
@@ -161,6 +160,16 @@ pub async fn run(cfg: RunConfig, stop: CancellationToken) -> Result<Summary> {
     );
     Ok(summary)
 }
+
+/// Items in progress at once: every request slot busy, as many again about to take one, and
+/// room for items waiting out a backoff, so sleeping retries (a hanging host's items, say)
+/// never leave request slots idle. A bound all the same: memory stays O(concurrency).
+pub fn max_in_progress(concurrency: usize) -> usize {
+    concurrency.saturating_mul(2).saturating_add(RETRY_ROOM)
+}
+
+/// Items that may wait out a backoff beyond the request slots (see [`max_in_progress`]).
+const RETRY_ROOM: usize = 1024;
 
 /// Claims pages of items and hands them to the pool until none are left, `limit` is
 /// reached or the run halts. A store error halts the run.
