@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use sqlx::{Connection, MySqlConnection, Row};
 
-use crate::support::{self, MockConfig, Sandbox};
+use crate::support::{
+    self, MockConfig, OUTCOME_CASES as CASES, Sandbox, check_outcome_summary, outcome_args,
+};
 
 const ENV: &str = "RECHECK_TEST_MYSQL_URL";
 
@@ -160,65 +162,6 @@ fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-/// (id, status, http_status, attempts, last_error fragment), as in `outcomes.rs`.
-type Expected = (
-    &'static str,
-    &'static str,
-    Option<i64>,
-    i64,
-    Option<&'static str>,
-);
-
-const CASES: &[Expected] = &[
-    ("ok-1", "ok", Some(200), 1, None),
-    ("503x2-1", "ok", Some(200), 3, None),
-    (
-        "fail-1",
-        "failed",
-        Some(200),
-        1,
-        Some(r#"/status is "processing", expected "done""#),
-    ),
-    ("404-1", "gone", Some(404), 1, Some("HTTP 404 Not Found")),
-    ("410-1", "gone", Some(410), 1, Some("HTTP 410 Gone")),
-    (
-        "s503-1",
-        "failed",
-        Some(503),
-        3,
-        Some("HTTP 503 Service Unavailable (after 3 attempts)"),
-    ),
-    (
-        "s429-1",
-        "failed",
-        Some(429),
-        3,
-        Some("HTTP 429 Too Many Requests (after 3 attempts)"),
-    ),
-    (
-        "s401-1",
-        "failed",
-        Some(401),
-        1,
-        Some("unexpected HTTP 401 Unauthorized"),
-    ),
-    ("garbage-1", "failed", Some(200), 1, Some("invalid JSON")),
-    (
-        "huge-1",
-        "failed",
-        Some(200),
-        1,
-        Some("larger than --max-body"),
-    ),
-    (
-        "hang-1",
-        "failed",
-        None,
-        3,
-        Some("timed out after 300ms (after 3 attempts)"),
-    ),
-];
-
 #[test]
 fn mysql_outcomes() {
     let Some(db) = Db::new("mysql_outcomes") else {
@@ -233,32 +176,10 @@ fn mysql_outcomes() {
     db.default_items("t2", &["ok-2".to_string()]);
     db.exec("INSERT INTO items(task_id, item_id, status) VALUES ('t1', 'ok-3', 'ok')");
     db.exec("UPDATE items SET attempts = 4 WHERE task_id = 't1' AND item_id = 's401-1'");
-    let out = sb
-        .run(&server, "t1", &db.url)
-        .args([
-            "--expect-json",
-            "/status=done",
-            "--retries",
-            "2",
-            "--timeout",
-            "300ms",
-            "--max-body",
-            "64KiB",
-            "--not-found-status",
-            "gone",
-            "--format",
-            "json",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let s = support::summary(&out);
-    assert_eq!(s["checked"], 11);
-    assert_eq!(s["ok"], 2);
-    assert_eq!(s["still_failed"], 1);
-    assert_eq!(s["not_found"], 2);
-    assert_eq!(s["errors"], 6);
-    assert_eq!(s["requests"], 19);
+    let mut cmd = sb.run(&server, "t1", &db.url);
+    outcome_args(&mut cmd);
+    let out = cmd.output().unwrap();
+    check_outcome_summary(&out);
     let rows = db.items("t1");
     for &(id, status, http, attempts, err) in CASES {
         let r = &rows[id];

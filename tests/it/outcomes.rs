@@ -3,99 +3,9 @@
 
 use serde_json::Value;
 
-use crate::support::{self, Sandbox, sqlite_row};
-
-/// (id, status, http_status, attempts, last_error fragment) expected after the run below.
-type Expected = (
-    &'static str,
-    &'static str,
-    Option<i64>,
-    i64,
-    Option<&'static str>,
-);
-
-/// Ids whose mock behaviour covers every outcome row.
-const CASES: &[Expected] = &[
-    ("ok-1", "ok", Some(200), 1, None),
-    ("503x2-1", "ok", Some(200), 3, None),
-    (
-        "fail-1",
-        "failed",
-        Some(200),
-        1,
-        Some(r#"/status is "processing", expected "done""#),
-    ),
-    ("404-1", "gone", Some(404), 1, Some("HTTP 404 Not Found")),
-    ("410-1", "gone", Some(410), 1, Some("HTTP 410 Gone")),
-    (
-        "s503-1",
-        "failed",
-        Some(503),
-        3,
-        Some("HTTP 503 Service Unavailable (after 3 attempts)"),
-    ),
-    (
-        "s429-1",
-        "failed",
-        Some(429),
-        3,
-        Some("HTTP 429 Too Many Requests (after 3 attempts)"),
-    ),
-    (
-        "s401-1",
-        "failed",
-        Some(401),
-        1,
-        Some("unexpected HTTP 401 Unauthorized"),
-    ),
-    ("garbage-1", "failed", Some(200), 1, Some("invalid JSON")),
-    (
-        "huge-1",
-        "failed",
-        Some(200),
-        1,
-        Some("larger than --max-body"),
-    ),
-    (
-        "hang-1",
-        "failed",
-        None,
-        3,
-        Some("timed out after 300ms (after 3 attempts)"),
-    ),
-];
-
-fn run_args(cmd: &mut assert_cmd::Command) {
-    cmd.args([
-        "--expect-json",
-        "/status=done",
-        "--retries",
-        "2",
-        "--timeout",
-        "300ms",
-        "--max-body",
-        "64KiB",
-        "--not-found-status",
-        "gone",
-        "--format",
-        "json",
-    ]);
-}
-
-fn check_summary(out: &std::process::Output) {
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let s = support::summary(out);
-    assert_eq!(s["checked"], 11);
-    assert_eq!(s["ok"], 2);
-    assert_eq!(s["still_failed"], 1);
-    assert_eq!(s["not_found"], 2);
-    assert_eq!(s["errors"], 6);
-    // 1+3+1+1+1+3+3+1+1+1+3
-    assert_eq!(s["requests"], 19);
-    assert_eq!(s["retries"], 8);
-    assert_eq!(s["interrupted"], false);
-    assert_eq!(s["dry_run"], false);
-}
+use crate::support::{
+    self, OUTCOME_CASES as CASES, Sandbox, check_outcome_summary, outcome_args, sqlite_row,
+};
 
 fn check_item(
     id: &str,
@@ -139,9 +49,9 @@ fn sqlite_outcomes() {
         )
         .unwrap();
     let mut cmd = sb.run(&server, "t1", db.to_str().unwrap());
-    run_args(&mut cmd);
+    outcome_args(&mut cmd);
     let out = cmd.output().unwrap();
-    check_summary(&out);
+    check_outcome_summary(&out);
     for &(id, status, http, attempts, err) in CASES {
         let row = sqlite_row(&db, "t1", id);
         let got = serde_json::json!({
@@ -173,9 +83,9 @@ fn json_outcomes() {
     let doc = serde_json::json!({"version": 3, "items": items});
     std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
     let mut cmd = sb.run(&server, "t1", path.to_str().unwrap());
-    run_args(&mut cmd);
+    outcome_args(&mut cmd);
     let out = cmd.output().unwrap();
-    check_summary(&out);
+    check_outcome_summary(&out);
     let after: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     assert_eq!(after["version"], 3);
     let items = after["items"].as_array().unwrap();
@@ -198,9 +108,9 @@ fn jsonl_outcomes() {
     let lines: Vec<String> = json_items(&ids).iter().map(Value::to_string).collect();
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
     let mut cmd = sb.run(&server, "t1", path.to_str().unwrap());
-    run_args(&mut cmd);
+    outcome_args(&mut cmd);
     let out = cmd.output().unwrap();
-    check_summary(&out);
+    check_outcome_summary(&out);
     let text = std::fs::read_to_string(&path).unwrap();
     let rows: Vec<Value> = text
         .lines()

@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Row};
 
-use crate::support::{self, MockConfig, MockServer, Sandbox};
+use crate::support::{
+    self, MockConfig, MockServer, OUTCOME_CASES as CASES, Sandbox, check_outcome_summary,
+    outcome_args,
+};
 
 const ENV: &str = "RECHECK_TEST_POSTGRES_URL";
 
@@ -232,66 +235,6 @@ fn worker_args(pg: &Pg, server: &MockServer, extra: &[&str]) -> Vec<String> {
     a
 }
 
-/// (id, status, http_status, attempts, last_error fragment): every outcome row of SPEC §3,
-/// from the mock server's id prefixes (as in `outcomes.rs`).
-type Expected = (
-    &'static str,
-    &'static str,
-    Option<i32>,
-    i32,
-    Option<&'static str>,
-);
-
-const CASES: &[Expected] = &[
-    ("ok-1", "ok", Some(200), 1, None),
-    ("503x2-1", "ok", Some(200), 3, None),
-    (
-        "fail-1",
-        "failed",
-        Some(200),
-        1,
-        Some(r#"/status is "processing", expected "done""#),
-    ),
-    ("404-1", "gone", Some(404), 1, Some("HTTP 404 Not Found")),
-    ("410-1", "gone", Some(410), 1, Some("HTTP 410 Gone")),
-    (
-        "s503-1",
-        "failed",
-        Some(503),
-        3,
-        Some("HTTP 503 Service Unavailable (after 3 attempts)"),
-    ),
-    (
-        "s429-1",
-        "failed",
-        Some(429),
-        3,
-        Some("HTTP 429 Too Many Requests (after 3 attempts)"),
-    ),
-    (
-        "s401-1",
-        "failed",
-        Some(401),
-        1,
-        Some("unexpected HTTP 401 Unauthorized"),
-    ),
-    ("garbage-1", "failed", Some(200), 1, Some("invalid JSON")),
-    (
-        "huge-1",
-        "failed",
-        Some(200),
-        1,
-        Some("larger than --max-body"),
-    ),
-    (
-        "hang-1",
-        "failed",
-        None,
-        3,
-        Some("timed out after 300ms (after 3 attempts)"),
-    ),
-];
-
 #[test]
 fn pg_outcomes() {
     let Some(pg) = Pg::new("pg_outcomes") else {
@@ -305,39 +248,16 @@ fn pg_outcomes() {
     // Items of another task, and an already OK item of this task, are not touched.
     pg.insert("t2", &["ok-2".to_string()]);
     pg.exec("INSERT INTO items (task_id, item_id, status) VALUES ('t1', 'ok-3', 'ok')");
-    let out = sb
-        .run(&server, "t1", &pg.url)
-        .args([
-            "--expect-json",
-            "/status=done",
-            "--retries",
-            "2",
-            "--timeout",
-            "300ms",
-            "--max-body",
-            "64KiB",
-            "--not-found-status",
-            "gone",
-            "--format",
-            "json",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let s = support::summary(&out);
-    assert_eq!(s["checked"], 11);
-    assert_eq!(s["ok"], 2);
-    assert_eq!(s["still_failed"], 1);
-    assert_eq!(s["not_found"], 2);
-    assert_eq!(s["errors"], 6);
-    assert_eq!(s["requests"], 19);
-    assert_eq!(s["retries"], 8);
+    let mut cmd = sb.run(&server, "t1", &pg.url);
+    outcome_args(&mut cmd);
+    let out = cmd.output().unwrap();
+    check_outcome_summary(&out);
     let rows = pg.rows("t1");
     for &(id, status, http, attempts, err) in CASES {
         let row = &rows[id];
         assert_eq!(row.status, status, "{id}: {row:?}");
-        assert_eq!(row.http_status, http, "{id}: {row:?}");
-        assert_eq!(row.attempts, attempts, "{id}: {row:?}");
+        assert_eq!(row.http_status.map(i64::from), http, "{id}: {row:?}");
+        assert_eq!(i64::from(row.attempts), attempts, "{id}: {row:?}");
         match err {
             None => assert_eq!(row.last_error, None, "{id}"),
             Some(frag) => {

@@ -249,3 +249,98 @@ pub fn answered_with(server: &MockServer, status: u16) -> std::collections::Hash
         .map(|(id, _, _)| id)
         .collect()
 }
+
+/// (id, status, http_status, attempts, last_error fragment) expected after a run with
+/// [`outcome_args`], whatever the store.
+pub type Expected = (
+    &'static str,
+    &'static str,
+    Option<i64>,
+    i64,
+    Option<&'static str>,
+);
+
+/// Ids whose mock behaviour covers every outcome row of SPEC §3.
+pub const OUTCOME_CASES: &[Expected] = &[
+    ("ok-1", "ok", Some(200), 1, None),
+    ("503x2-1", "ok", Some(200), 3, None),
+    (
+        "fail-1",
+        "failed",
+        Some(200),
+        1,
+        Some(r#"/status is "processing", expected "done""#),
+    ),
+    ("404-1", "gone", Some(404), 1, Some("HTTP 404 Not Found")),
+    ("410-1", "gone", Some(410), 1, Some("HTTP 410 Gone")),
+    (
+        "s503-1",
+        "failed",
+        Some(503),
+        3,
+        Some("HTTP 503 Service Unavailable (after 3 attempts)"),
+    ),
+    (
+        "s429-1",
+        "failed",
+        Some(429),
+        3,
+        Some("HTTP 429 Too Many Requests (after 3 attempts)"),
+    ),
+    (
+        "s401-1",
+        "failed",
+        Some(401),
+        1,
+        Some("unexpected HTTP 401 Unauthorized"),
+    ),
+    ("garbage-1", "failed", Some(200), 1, Some("invalid JSON")),
+    (
+        "huge-1",
+        "failed",
+        Some(200),
+        1,
+        Some("larger than --max-body"),
+    ),
+    (
+        "hang-1",
+        "failed",
+        None,
+        3,
+        Some("timed out after 300ms (after 3 attempts)"),
+    ),
+];
+
+/// The run options the outcome cases expect.
+pub fn outcome_args(cmd: &mut assert_cmd::Command) {
+    cmd.args([
+        "--expect-json",
+        "/status=done",
+        "--retries",
+        "2",
+        "--timeout",
+        "300ms",
+        "--max-body",
+        "64KiB",
+        "--not-found-status",
+        "gone",
+        "--format",
+        "json",
+    ]);
+}
+
+/// The summary of a run of [`OUTCOME_CASES`] with [`outcome_args`].
+pub fn check_outcome_summary(out: &std::process::Output) {
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let s = summary(out);
+    assert_eq!(s["checked"], 11);
+    assert_eq!(s["ok"], 2);
+    assert_eq!(s["still_failed"], 1);
+    assert_eq!(s["not_found"], 2);
+    assert_eq!(s["errors"], 6);
+    // 1+3+1+1+1+3+3+1+1+1+3
+    assert_eq!(s["requests"], 19);
+    assert_eq!(s["retries"], 8);
+    assert_eq!(s["interrupted"], false);
+    assert_eq!(s["dry_run"], false);
+}
