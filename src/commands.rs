@@ -298,7 +298,7 @@ pub async fn import(args: &ImportArgs, out: &mut dyn Write) -> Result<()> {
     let mut rest = items;
     while !rest.is_empty() {
         let tail = rest.split_off(rest.len().min(IMPORT_BATCH));
-        written += store.import(rest).await?;
+        written += store.import(rest, false).await?.added;
         rest = tail;
     }
     store.finish().await?;
@@ -379,7 +379,7 @@ mod tests {
                 url: None,
             })
             .collect();
-        store.import(items).await.unwrap();
+        store.import(items, false).await.unwrap();
         store.finish().await.unwrap();
         drop(store);
         let conn = rusqlite::Connection::open(&db).unwrap();

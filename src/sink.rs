@@ -57,7 +57,9 @@ pub async fn run<S: Store>(
             }
             let page = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
             let store = Arc::clone(&store);
-            saving = Some(tokio::spawn(async move { store.save(page).await }));
+            saving = Some(tokio::spawn(
+                async move { store.save(page).await.map(|_| ()) },
+            ));
         }
     }
     if let Some(prev) = saving.take() {

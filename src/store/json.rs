@@ -37,8 +37,8 @@ impl Store for JsonStore {
     async fn pending(&self) -> Result<u64> {
         Ok(self.0.pending())
     }
-    async fn save(&self, batch: Vec<Verdict>) -> Result<()> {
-        self.0.save(batch).await
+    async fn save(&self, batch: Vec<Verdict>) -> Result<super::Saved> {
+        self.0.save(batch).await.map(|()| super::Saved::default())
     }
     async fn finish(&self) -> Result<()> {
         self.0.finish().await
@@ -46,8 +46,11 @@ impl Store for JsonStore {
     async fn status_counts(&self) -> Result<StatusCounts> {
         self.0.status_counts().await
     }
-    async fn import(&self, items: Vec<NewItem>) -> Result<u64> {
-        self.0.import(items).await
+    async fn import(&self, items: Vec<NewItem>, _reset: bool) -> Result<super::ImportCounts> {
+        self.0.import(items).await.map(|added| super::ImportCounts {
+            added,
+            ..Default::default()
+        })
     }
 }
 
@@ -538,23 +541,26 @@ mod tests {
         );
         let store = JsonStore::open(&path, opts("t", "failed", "ok"), OpenMode::Create).unwrap();
         let n = store
-            .import(vec![
-                NewItem {
-                    id: "a".into(),
-                    url: Some("http://new/a".into()),
-                },
-                NewItem {
-                    id: "b".into(),
-                    url: None,
-                },
-                NewItem {
-                    id: "c\"1".into(),
-                    url: Some("http://new/c".into()),
-                },
-            ])
+            .import(
+                vec![
+                    NewItem {
+                        id: "a".into(),
+                        url: Some("http://new/a".into()),
+                    },
+                    NewItem {
+                        id: "b".into(),
+                        url: None,
+                    },
+                    NewItem {
+                        id: "c\"1".into(),
+                        url: Some("http://new/c".into()),
+                    },
+                ],
+                true,
+            )
             .await
             .unwrap();
-        assert_eq!(n, 3);
+        assert_eq!(n.added + n.reset, 3);
         // Written at once, before finish.
         let expected = r#"{
   "items": [
@@ -581,10 +587,13 @@ mod tests {
         assert_eq!(fs::read_to_string(&path).unwrap(), expected);
         // A second import sees the appended items.
         store
-            .import(vec![NewItem {
-                id: "b".into(),
-                url: Some("http://b".into()),
-            }])
+            .import(
+                vec![NewItem {
+                    id: "b".into(),
+                    url: Some("http://b".into()),
+                }],
+                true,
+            )
             .await
             .unwrap();
         store.finish().await.unwrap();
@@ -604,16 +613,19 @@ mod tests {
         let mut o = opts("7", "5", "1");
         let store = JsonStore::open(&path, o.clone(), OpenMode::Create).unwrap();
         store
-            .import(vec![
-                NewItem {
-                    id: "x".into(),
-                    url: None,
-                },
-                NewItem {
-                    id: "y".into(),
-                    url: Some("http://y".into()),
-                },
-            ])
+            .import(
+                vec![
+                    NewItem {
+                        id: "x".into(),
+                        url: None,
+                    },
+                    NewItem {
+                        id: "y".into(),
+                        url: Some("http://y".into()),
+                    },
+                ],
+                true,
+            )
             .await
             .unwrap();
         store.finish().await.unwrap();
@@ -642,10 +654,13 @@ mod tests {
         let path = file(&dir, "[]");
         let store = JsonStore::open(&path, opts("t", "failed", "ok"), OpenMode::Create).unwrap();
         store
-            .import(vec![NewItem {
-                id: "1".into(),
-                url: None,
-            }])
+            .import(
+                vec![NewItem {
+                    id: "1".into(),
+                    url: None,
+                }],
+                true,
+            )
             .await
             .unwrap();
         assert_eq!(

@@ -37,8 +37,8 @@ impl Store for JsonlStore {
     async fn pending(&self) -> Result<u64> {
         Ok(self.0.pending())
     }
-    async fn save(&self, batch: Vec<Verdict>) -> Result<()> {
-        self.0.save(batch).await
+    async fn save(&self, batch: Vec<Verdict>) -> Result<super::Saved> {
+        self.0.save(batch).await.map(|()| super::Saved::default())
     }
     async fn finish(&self) -> Result<()> {
         self.0.finish().await
@@ -46,8 +46,11 @@ impl Store for JsonlStore {
     async fn status_counts(&self) -> Result<StatusCounts> {
         self.0.status_counts().await
     }
-    async fn import(&self, items: Vec<NewItem>) -> Result<u64> {
-        self.0.import(items).await
+    async fn import(&self, items: Vec<NewItem>, _reset: bool) -> Result<super::ImportCounts> {
+        self.0.import(items).await.map(|added| super::ImportCounts {
+            added,
+            ..Default::default()
+        })
     }
 }
 
@@ -179,19 +182,22 @@ mod tests {
         );
         let store = JsonlStore::open(&path, opts("t"), OpenMode::Create).unwrap();
         let n = store
-            .import(vec![
-                NewItem {
-                    id: "a".into(),
-                    url: None,
-                },
-                NewItem {
-                    id: "b".into(),
-                    url: Some("http://b/é".into()),
-                },
-            ])
+            .import(
+                vec![
+                    NewItem {
+                        id: "a".into(),
+                        url: None,
+                    },
+                    NewItem {
+                        id: "b".into(),
+                        url: Some("http://b/é".into()),
+                    },
+                ],
+                true,
+            )
             .await
             .unwrap();
-        assert_eq!(n, 2);
+        assert_eq!(n.added + n.reset, 2);
         store.finish().await.unwrap();
         assert_eq!(
             fs::read_to_string(&path).unwrap(),
@@ -204,16 +210,19 @@ mod tests {
         let path = dir.path().join("fresh.jsonl");
         let store = JsonlStore::open(&path, opts("t"), OpenMode::Create).unwrap();
         store
-            .import(vec![
-                NewItem {
-                    id: "1".into(),
-                    url: None,
-                },
-                NewItem {
-                    id: "2".into(),
-                    url: None,
-                },
-            ])
+            .import(
+                vec![
+                    NewItem {
+                        id: "1".into(),
+                        url: None,
+                    },
+                    NewItem {
+                        id: "2".into(),
+                        url: None,
+                    },
+                ],
+                true,
+            )
             .await
             .unwrap();
         store.finish().await.unwrap();

@@ -395,6 +395,146 @@ pub struct NewItem {
     pub url: Option<String>,
 }
 
+/// What one [`Store::save`] did with its batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Saved {
+    /// Positions (in the batch) of verdicts not written because their row changed or was
+    /// replaced since it was claimed (compare-and-set on task, id and status): the other
+    /// change is kept.
+    pub conflicts: Vec<usize>,
+}
+
+/// What `recheck import` did with one batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ImportCounts {
+    /// New items, added with the failed status.
+    pub added: u64,
+    /// Ids the task already had, left as they were.
+    pub already: u64,
+    /// Ids the task already had, set back to failed (`--reset`).
+    pub reset: u64,
+}
+
+impl std::ops::AddAssign for ImportCounts {
+    fn add_assign(&mut self, o: ImportCounts) {
+        self.added += o.added;
+        self.already += o.already;
+        self.reset += o.reset;
+    }
+}
+
+/// A store failure that may pass if the write is tried again a little later: a lock held by
+/// another process (SQLite `BUSY`/`LOCKED`), a deadlock or lock-wait timeout, a dropped or
+/// refused connection to the database server. Anything else (disk full, permission lost, a
+/// constraint) is final. Looks through the whole `anyhow` chain.
+pub fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        if let Some(t) = c.downcast_ref::<Transient>() {
+            return t.0;
+        }
+        if let Some(r) = c.downcast_ref::<rusqlite::Error>() {
+            return matches!(
+                r.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            );
+        }
+        if let Some(s) = c.downcast_ref::<sqlx::Error>() {
+            return sqlx_transient(s);
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            return matches!(
+                io.kind(),
+                K::ConnectionRefused
+                    | K::ConnectionReset
+                    | K::ConnectionAborted
+                    | K::BrokenPipe
+                    | K::TimedOut
+                    | K::UnexpectedEof
+            );
+        }
+        false
+    })
+}
+
+/// Whether a database server's error may pass on a retry (see [`is_transient`]).
+pub fn sqlx_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Database(db) => {
+            matches!(
+                db.code().as_deref(),
+                // PostgreSQL: serialization failure, deadlock, lock not available, admin
+                // shutdown / cannot connect now. MySQL/MariaDB: deadlock, lock wait timeout
+                // (their SQLSTATE 40001 / HY000 carry the same meaning).
+                Some("40001" | "40P01" | "55P03" | "57P01" | "57P03")
+            ) || db.message().contains("Deadlock found")
+                || db.message().contains("Lock wait timeout")
+        }
+        _ => false,
+    }
+}
+
+/// Marks an error as transient (`Transient(true)`) or final (`Transient(false)`) for
+/// [`is_transient`], where the driver's own error does not tell.
+#[derive(Debug, Clone, Copy)]
+pub struct Transient(pub bool);
+
+impl fmt::Display for Transient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0 {
+            "transient store error"
+        } else {
+            "store error"
+        })
+    }
+}
+
+impl std::error::Error for Transient {}
+
+/// The task ids of `known` closest to `task` (edit distance, then shared prefix), at most
+/// `n`, for "no such task" messages.
+pub fn closest_tasks(task: &str, known: &[String], n: usize) -> Vec<String> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let cur = row[j + 1];
+                row[j + 1] = if ca == *cb {
+                    prev
+                } else {
+                    1 + prev.min(row[j]).min(row[j + 1])
+                };
+                prev = cur;
+            }
+        }
+        row[b.len()]
+    }
+    let mut scored: Vec<(usize, &String)> = known.iter().map(|k| (distance(task, k), k)).collect();
+    scored.sort();
+    scored.dedup_by(|a, b| a.1 == b.1);
+    scored.into_iter().take(n).map(|(_, k)| k.clone()).collect()
+}
+
+/// The one-line refusal of a run on a task the store has no row of (SPEC §2).
+pub fn unknown_task(store: &str, task: &str, known: &[String]) -> anyhow::Error {
+    if known.is_empty() {
+        return anyhow::anyhow!("{store}: no task {task:?} (the store has no items)");
+    }
+    let close = closest_tasks(task, known, 3);
+    anyhow::anyhow!(
+        "{store}: no task {task:?}; closest task ids: {}",
+        close
+            .iter()
+            .map(|t| format!("{t:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
 /// Counts of a task's items per status, for `recheck status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StatusCounts {
@@ -419,7 +559,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes a batch of verdicts (status per [`StoreOptions::status_for`], bookkeeping
     /// where the store has it) durably, in one transaction where the backend has them.
-    fn save(&self, batch: Vec<Verdict>) -> impl Future<Output = Result<()>> + Send;
+    /// A row that changed since it was claimed is left alone and reported in
+    /// [`Saved::conflicts`]. An error means nothing of the batch was written; callers ask
+    /// [`is_transient`] whether trying again may help.
+    fn save(&self, batch: Vec<Verdict>) -> impl Future<Output = Result<Saved>> + Send;
 
     /// Extends this worker's claims on items it has not saved yet (stores that share work
     /// between workers; a no-op elsewhere).
@@ -434,9 +577,14 @@ pub trait Store: Send + Sync + 'static {
     /// Counts the task's items per status.
     fn status_counts(&self) -> impl Future<Output = Result<StatusCounts>> + Send;
 
-    /// Adds items to the task with the failed status (an existing item is set back to
-    /// failed, and its url replaced when one is given). Returns how many were written.
-    fn import(&self, items: Vec<NewItem>) -> impl Future<Output = Result<u64>> + Send;
+    /// Adds items to the task with the failed status. An id the task already has is left
+    /// as it is, unless `reset`: then it is set back to failed (and its url replaced when
+    /// one is given).
+    fn import(
+        &self,
+        items: Vec<NewItem>,
+        reset: bool,
+    ) -> impl Future<Output = Result<ImportCounts>> + Send;
 }
 
 /// Every backend behind one type, chosen once from the [`StoreSpec`].
@@ -513,7 +661,7 @@ impl Store for AnyStore {
     async fn pending(&self) -> Result<u64> {
         delegate!(self, s => s.pending().await)
     }
-    async fn save(&self, batch: Vec<Verdict>) -> Result<()> {
+    async fn save(&self, batch: Vec<Verdict>) -> Result<Saved> {
         delegate!(self, s => s.save(batch).await)
     }
     async fn renew(&self) -> Result<()> {
@@ -525,8 +673,8 @@ impl Store for AnyStore {
     async fn status_counts(&self) -> Result<StatusCounts> {
         delegate!(self, s => s.status_counts().await)
     }
-    async fn import(&self, items: Vec<NewItem>) -> Result<u64> {
-        delegate!(self, s => s.import(items).await)
+    async fn import(&self, items: Vec<NewItem>, reset: bool) -> Result<ImportCounts> {
+        delegate!(self, s => s.import(items, reset).await)
     }
 }
 

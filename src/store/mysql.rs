@@ -1357,8 +1357,11 @@ impl Store for MyStore {
     async fn pending(&self) -> Result<u64> {
         self.inner.pending().await
     }
-    async fn save(&self, batch: Vec<Verdict>) -> Result<()> {
-        self.inner.save(batch).await
+    async fn save(&self, batch: Vec<Verdict>) -> Result<super::Saved> {
+        self.inner
+            .save(batch)
+            .await
+            .map(|()| super::Saved::default())
     }
     async fn renew(&self) -> Result<()> {
         self.inner.renew().await
@@ -1369,8 +1372,14 @@ impl Store for MyStore {
     async fn status_counts(&self) -> Result<StatusCounts> {
         self.inner.status_counts().await
     }
-    async fn import(&self, items: Vec<NewItem>) -> Result<u64> {
-        self.inner.import(items).await
+    async fn import(&self, items: Vec<NewItem>, _reset: bool) -> Result<super::ImportCounts> {
+        self.inner
+            .import(items)
+            .await
+            .map(|added| super::ImportCounts {
+                added,
+                ..Default::default()
+            })
     }
 }
 

@@ -1415,8 +1415,11 @@ impl Store for PgStore {
         self.inner.pending().await
     }
 
-    async fn save(&self, batch: Vec<Verdict>) -> Result<()> {
-        self.inner.save(batch).await
+    async fn save(&self, batch: Vec<Verdict>) -> Result<super::Saved> {
+        self.inner
+            .save(batch)
+            .await
+            .map(|()| super::Saved::default())
     }
 
     async fn renew(&self) -> Result<()> {
@@ -1431,7 +1434,13 @@ impl Store for PgStore {
         self.inner.status_counts().await
     }
 
-    async fn import(&self, items: Vec<NewItem>) -> Result<u64> {
-        self.inner.import(items).await
+    async fn import(&self, items: Vec<NewItem>, _reset: bool) -> Result<super::ImportCounts> {
+        self.inner
+            .import(items)
+            .await
+            .map(|added| super::ImportCounts {
+                added,
+                ..Default::default()
+            })
     }
 }

@@ -755,8 +755,10 @@ impl Store for SqliteStore {
         self.with(move |i| i.claim(n)).await
     }
 
-    async fn save(&self, batch: Vec<Verdict>) -> Result<()> {
-        self.with(move |i| i.save(&batch)).await
+    async fn save(&self, batch: Vec<Verdict>) -> Result<super::Saved> {
+        self.with(move |i| i.save(&batch))
+            .await
+            .map(|()| super::Saved::default())
     }
 
     async fn pending(&self) -> Result<u64> {
@@ -786,8 +788,13 @@ impl Store for SqliteStore {
         self.with(|i| i.status_counts()).await
     }
 
-    async fn import(&self, items: Vec<NewItem>) -> Result<u64> {
-        self.with(move |i| i.import(&items)).await
+    async fn import(&self, items: Vec<NewItem>, _reset: bool) -> Result<super::ImportCounts> {
+        self.with(move |i| i.import(&items))
+            .await
+            .map(|added| super::ImportCounts {
+                added,
+                ..Default::default()
+            })
     }
 }
 
@@ -841,7 +848,7 @@ mod tests {
                 url: None,
             })
             .collect();
-        assert_eq!(store.import(items).await.unwrap(), 5);
+        assert_eq!(store.import(items, true).await.unwrap().added, 5);
         let page1 = store.claim(3).await.unwrap();
         let page2 = store.claim(3).await.unwrap();
         assert_eq!(page1.len(), 3);
