@@ -26,7 +26,9 @@ use sqlx::mysql::{
 };
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row};
 
-use super::{Ident, NewItem, OpenMode, StatusCounts, Store, StoreOptions, TableColumns};
+use super::{
+    Ident, ImportCounts, NewItem, OpenMode, Saved, StatusCounts, Store, StoreOptions, TableColumns,
+};
 use crate::model::{Item, StatusValue, Verdict, rfc3339};
 
 /// Rows per save statement: one `UPDATE ... CASE` sets this many rows (a batch of 1000
@@ -126,8 +128,6 @@ struct Shape {
     checked_at_is_time: bool,
     /// `lease_owner`, `lease_until` and `checked_at`: workers can share the task.
     has_leases: bool,
-    /// A unique key on exactly (task, id): imports can upsert in one statement.
-    has_unique_key: bool,
 }
 
 /// A connection pool plus what messages need.
@@ -270,41 +270,6 @@ async fn table_names(conn: &Conn) -> Result<Vec<String>> {
         .map_err(|e| conn.err("cannot list tables", e))
 }
 
-/// Whether a unique index covers exactly `cols` (in any order).
-async fn has_unique_key(conn: &Conn, table: &Ident, cols: [&Ident; 2]) -> Result<bool> {
-    let rows = sqlx::query(
-        "SELECT CAST(INDEX_NAME AS CHAR), CAST(COLUMN_NAME AS CHAR) FROM information_schema.statistics \
-         WHERE table_schema = DATABASE() AND table_name = ? AND NON_UNIQUE = 0 \
-         ORDER BY INDEX_NAME, SEQ_IN_INDEX",
-    )
-    .bind(table.as_str())
-    .fetch_all(&conn.pool)
-    .await
-    .map_err(|e| conn.err(&format!("cannot read the indexes of table {table}"), e))?;
-    let mut indexes: HashMap<String, Vec<String>> = HashMap::new();
-    for r in &rows {
-        let index: String = r
-            .try_get(0)
-            .map_err(|e| conn.err("information_schema", e))?;
-        let col: String = r
-            .try_get(1)
-            .map_err(|e| conn.err("information_schema", e))?;
-        indexes
-            .entry(index)
-            .or_default()
-            .push(col.to_ascii_lowercase());
-    }
-    let mut want: Vec<String> = cols
-        .iter()
-        .map(|c| c.as_str().to_ascii_lowercase())
-        .collect();
-    want.sort();
-    Ok(indexes.into_values().any(|mut got| {
-        got.sort();
-        got == want
-    }))
-}
-
 fn is_int_type(t: &str) -> bool {
     matches!(
         t,
@@ -445,7 +410,6 @@ impl Inner {
                 .find("checked_at")
                 .is_some_and(|t| matches!(t, "datetime" | "timestamp")),
             has_leases: cols.has_leases(),
-            has_unique_key: has_unique_key(&conn, table, [&c.task, &c.id]).await?,
         };
         let task = column_value(
             &name,
@@ -527,6 +491,9 @@ impl Inner {
                     conn.scrub(e)
                 )
             })?;
+        if mode == OpenMode::Run {
+            store.check_task_exists().await?;
+        }
         // Without lease columns two runs on the task would both check everything: the
         // second one is refused instead.
         if mode == OpenMode::Run && !read_only && !store.shape.has_leases {
@@ -544,6 +511,31 @@ impl Inner {
             store.save_sql.insert(k, sql);
         }
         Ok(store)
+    }
+
+    /// A task id with no row at all is a typo, not "nothing to check" (SPEC §2).
+    async fn check_task_exists(&self) -> Result<()> {
+        let c = &self.opts.columns;
+        let (t, task) = (c.table.quoted_mysql(), c.task.quoted_mysql());
+        let found = bind(
+            sqlx::query(AssertSqlSafe(format!(
+                "SELECT 1 FROM {t} WHERE {task} = ? LIMIT 1"
+            ))),
+            &self.task,
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.err("cannot look up the task", e))?;
+        if found.is_some() {
+            return Ok(());
+        }
+        let known: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT DISTINCT CAST({task} AS CHAR) FROM {t} WHERE {task} IS NOT NULL LIMIT 10000"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err("cannot list the tasks", e))?;
+        Err(super::unknown_task(&self.name, &self.opts.task, &known))
     }
 
     /// `GET_LOCK` on a name made of the database, table and task (hashed to fit the 64
@@ -651,7 +643,7 @@ impl Inner {
             sql.push_str(&format!(
                 " AND ({t}.`lease_owner` IS NULL OR {t}.`lease_until` IS NULL \
                    OR {t}.`lease_until` < UTC_TIMESTAMP(3)) \
-                 AND ({t}.`checked_at` IS NULL OR {t}.`checked_at` < ?)"
+                 AND ({t}.`checked_at` IS NULL OR NOT ({t}.`checked_at` >= ? AND {t}.`checked_at` <= ?))"
             ));
         }
         sql.push_str(&format!(" ORDER BY {id} LIMIT ?"));
@@ -673,7 +665,10 @@ impl Inner {
             q = bind(q, &self.id_val(after));
         }
         if leased {
+            // Checked in this round: between the round's start and now. Any other value
+            // (older, in the future, text that is no time) leaves the item claimable.
             q = bind(q, &self.since);
+            q = bind(q, &self.time_val(SystemTime::now()));
         }
         q.bind(i64::try_from(n).unwrap_or(i64::MAX))
     }
@@ -794,15 +789,13 @@ impl Inner {
         let c = &self.opts.columns;
         let sql = format!(
             "SELECT CAST(`lease_owner` AS CHAR), CAST(MAX(`lease_until` >= UTC_TIMESTAMP(3)) AS SIGNED) \
-             FROM {t} WHERE {task} = ? AND {status} = ? AND `lease_owner` IS NOT NULL \
+             FROM {t} WHERE {task} = ? AND `lease_owner` IS NOT NULL \
              GROUP BY `lease_owner`",
             t = c.table.quoted_mysql(),
             task = c.task.quoted_mysql(),
-            status = c.status.quoted_mysql(),
         );
         let mut q = sqlx::query(AssertSqlSafe(sql));
         q = bind(q, &self.task);
-        q = bind(q, &self.failed);
         let rows = q.fetch_all(&self.pool).await?;
         let mut since = self.opts.started;
         for r in &rows {
@@ -812,14 +805,12 @@ impl Inner {
             if super::owner_is_dead_here(&owner) {
                 let free = format!(
                     "UPDATE {t} SET `lease_until` = NULL, `lease_owner` = NULL \
-                     WHERE {task} = ? AND {status} = ? AND `lease_owner` = ?",
+                     WHERE {task} = ? AND `lease_owner` = ?",
                     t = c.table.quoted_mysql(),
                     task = c.task.quoted_mysql(),
-                    status = c.status.quoted_mysql(),
                 );
                 let mut q = sqlx::query(AssertSqlSafe(free));
                 q = bind(q, &self.task);
-                q = bind(q, &self.failed);
                 let n = q
                     .bind(owner.as_str())
                     .execute(&self.pool)
@@ -882,28 +873,79 @@ impl Inner {
             ));
         }
         if self.leasing {
-            sets.push("`lease_until` = IF(`lease_owner` = ?, NULL, `lease_until`)".into());
-            sets.push("`lease_owner` = IF(`lease_owner` = ?, NULL, `lease_owner`)".into());
+            sets.push("`lease_until` = NULL, `lease_owner` = NULL".into());
         }
         format!(
-            "UPDATE {t} SET {sets} WHERE {task} = ? AND {id} IN ({marks})",
+            "UPDATE {t} SET {sets} WHERE {cas} AND {id} IN ({marks})",
             t = c.table.quoted_mysql(),
             sets = sets.join(", "),
-            task = c.task.quoted_mysql(),
+            cas = self.cas_condition(),
             marks = marks(k),
         )
     }
 
-    async fn save_tx(&self, batch: &[Verdict]) -> Result<(), sqlx::Error> {
+    /// Compare-and-set: the row as claimed, still failed and, with leases, still ours.
+    /// Binds: task, failed, [owner].
+    fn cas_condition(&self) -> String {
+        let c = &self.opts.columns;
+        let mut w = format!(
+            "{task} = ? AND {status} = ?",
+            task = c.task.quoted_mysql(),
+            status = c.status.quoted_mysql(),
+        );
+        if self.leasing {
+            w.push_str(" AND `lease_owner` = ?");
+        }
+        w
+    }
+
+    fn bind_cas<'q>(&self, q: Query<'q>) -> Query<'q> {
+        let q = bind(bind(q, &self.task), &self.failed);
+        if self.leasing {
+            q.bind(self.opts.owner.clone())
+        } else {
+            q
+        }
+    }
+
+    /// One transaction: per chunk, lock the rows that are still as claimed (the others are
+    /// conflicts), then set them. Returns the positions of the conflicts.
+    async fn save_tx(&self, batch: &[Verdict]) -> Result<Vec<usize>, sqlx::Error> {
         let s = &self.shape;
+        let c = &self.opts.columns;
         let mut tx = self.pool.begin().await?;
-        for chunk in batch.chunks(SAVE_CHUNK) {
+        let mut conflicts = Vec::new();
+        for (n, chunk) in batch.chunks(SAVE_CHUNK).enumerate() {
             let k = shape_for(chunk.len());
             let sql = &self.save_sql[&k];
             // Padded with the chunk's last verdict: a repeated WHEN never matches (the first
             // one does), a repeated IN entry is harmless.
             let row = |i: usize| &chunk[i.min(chunk.len() - 1)];
             let ids: Vec<Val> = (0..k).map(|i| self.id_val(&row(i).id)).collect();
+            let lock = format!(
+                "SELECT CAST({id} AS CHAR) FROM {t} WHERE {cas} AND {id} IN ({marks}) FOR UPDATE",
+                id = c.id.quoted_mysql(),
+                t = c.table.quoted_mysql(),
+                cas = self.cas_condition(),
+                marks = marks(k),
+            );
+            let mut q = self.bind_cas(sqlx::query(AssertSqlSafe(lock)));
+            for id in &ids {
+                q = bind(q, id);
+            }
+            let live: HashSet<String> = q
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get::<String, _>(0))
+                .collect::<Result<_, _>>()?;
+            conflicts.extend(
+                chunk
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| !live.contains(&v.id))
+                    .map(|(i, _)| n * SAVE_CHUNK + i),
+            );
             let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
             let column = |q: Query<'static>, f: &dyn Fn(&Verdict) -> Val| {
                 let mut q = q;
@@ -932,18 +974,14 @@ impl Inner {
             if s.has_checked_at {
                 q = column(q, &|v| self.time_val(v.checked_at));
             }
-            if self.leasing {
-                q = q
-                    .bind(self.opts.owner.as_str())
-                    .bind(self.opts.owner.as_str());
-            }
-            q = bind(q, &self.task);
+            q = self.bind_cas(q);
             for id in &ids {
                 q = bind(q, id);
             }
             q.execute(&mut *tx).await?;
         }
-        tx.commit().await
+        tx.commit().await?;
+        Ok(conflicts)
     }
 
     /// Extends (`extend`) or gives back our leases on the ids we hold and have not saved.
@@ -983,7 +1021,14 @@ impl Inner {
         Ok(())
     }
 
-    async fn import_rows(&self, items: &[NewItem]) -> Result<(), sqlx::Error> {
+    /// One transaction per import batch: per chunk, find (and lock) the ids the task
+    /// already has, insert the others in one statement, and with `reset` set the existing
+    /// ones back to failed. Counts are exact, with or without a unique key on (task, id).
+    async fn import_rows(
+        &self,
+        items: &[NewItem],
+        reset: bool,
+    ) -> Result<ImportCounts, sqlx::Error> {
         let c = &self.opts.columns;
         let t = c.table.quoted_mysql();
         let (task, id, st, u) = (
@@ -993,68 +1038,81 @@ impl Inner {
             c.url.quoted_mysql(),
         );
         let has_url = self.shape.has_url;
+        let mut counts = ImportCounts::default();
         let mut tx = self.pool.begin().await?;
-        if self.shape.has_unique_key {
-            // One upsert per chunk. VALUES() is deprecated on MySQL 8.0.20+ (still there)
-            // but the only spelling MariaDB knows.
-            for chunk in items.chunks(IMPORT_CHUNK) {
-                let row = if has_url { "(?, ?, ?, ?)" } else { "(?, ?, ?)" };
-                let rows = vec![row; chunk.len()].join(", ");
-                let sql = if has_url {
-                    format!(
-                        "INSERT INTO {t} ({task}, {id}, {st}, {u}) VALUES {rows} \
-                         ON DUPLICATE KEY UPDATE {st} = VALUES({st}), {u} = COALESCE(VALUES({u}), {u})"
-                    )
-                } else {
-                    format!(
-                        "INSERT INTO {t} ({task}, {id}, {st}) VALUES {rows} \
-                         ON DUPLICATE KEY UPDATE {st} = VALUES({st})"
-                    )
-                };
-                let mut q = sqlx::query(AssertSqlSafe(sql));
-                for item in chunk {
-                    q = bind(q, &self.task);
-                    q = bind(q, &self.id_val(&item.id));
-                    q = bind(q, &self.failed);
+        for chunk in items.chunks(IMPORT_CHUNK) {
+            let k = shape_for(chunk.len());
+            let ids: Vec<Val> = (0..k)
+                .map(|i| self.id_val(&chunk[i.min(chunk.len() - 1)].id))
+                .collect();
+            let sql = format!(
+                "SELECT CAST({id} AS CHAR) FROM {t} WHERE {task} = ? AND {id} IN ({}) FOR UPDATE",
+                marks(k)
+            );
+            let mut q = bind(sqlx::query(AssertSqlSafe(sql)), &self.task);
+            for v in &ids {
+                q = bind(q, v);
+            }
+            let mut seen: HashSet<String> = q
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get::<String, _>(0))
+                .collect::<Result<_, _>>()?;
+            // The id as the column gives it back (`7` for an integer column's `07`).
+            let canon = |i: &NewItem| match self.id_val(&i.id) {
+                Val::Int(n) => n.to_string(),
+                _ => i.id.clone(),
+            };
+            let mut new = Vec::new();
+            for item in chunk {
+                if seen.insert(canon(item)) {
+                    new.push(item);
+                } else if reset {
+                    let url_set = if has_url {
+                        format!(", {u} = COALESCE(?, {u})")
+                    } else {
+                        String::new()
+                    };
+                    let sql =
+                        format!("UPDATE {t} SET {st} = ?{url_set} WHERE {task} = ? AND {id} = ?");
+                    let mut q = bind(sqlx::query(AssertSqlSafe(sql)), &self.failed);
                     if has_url {
                         q = q.bind(item.url.as_deref());
                     }
+                    q = bind(q, &self.task);
+                    bind(q, &self.id_val(&item.id)).execute(&mut *tx).await?;
+                    counts.reset += 1;
+                } else {
+                    counts.already += 1;
                 }
-                q.execute(&mut *tx).await?;
             }
-        } else {
-            // No key to upsert on: update, and insert what matched no row (the client
-            // asks for found rows, so an unchanged row still counts as matched).
-            let url_set = if has_url {
-                format!(", {u} = COALESCE(?, {u})")
+            if new.is_empty() {
+                continue;
+            }
+            let row = if has_url { "(?, ?, ?, ?)" } else { "(?, ?, ?)" };
+            let rows = vec![row; new.len()].join(", ");
+            let cols = if has_url {
+                format!("{task}, {id}, {st}, {u}")
             } else {
-                String::new()
+                format!("{task}, {id}, {st}")
             };
-            let update = format!("UPDATE {t} SET {st} = ?{url_set} WHERE {task} = ? AND {id} = ?");
-            let insert = if has_url {
-                format!("INSERT INTO {t} ({task}, {id}, {st}, {u}) VALUES (?, ?, ?, ?)")
-            } else {
-                format!("INSERT INTO {t} ({task}, {id}, {st}) VALUES (?, ?, ?)")
-            };
-            for item in items {
-                let mut q = bind(sqlx::query(AssertSqlSafe(update.as_str())), &self.failed);
+            let mut q = sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO {t} ({cols}) VALUES {rows}"
+            )));
+            for item in &new {
+                q = bind(q, &self.task);
+                q = bind(q, &self.id_val(&item.id));
+                q = bind(q, &self.failed);
                 if has_url {
                     q = q.bind(item.url.as_deref());
                 }
-                q = bind(q, &self.task);
-                q = bind(q, &self.id_val(&item.id));
-                if q.execute(&mut *tx).await?.rows_affected() == 0 {
-                    let mut q = bind(sqlx::query(AssertSqlSafe(insert.as_str())), &self.task);
-                    q = bind(q, &self.id_val(&item.id));
-                    q = bind(q, &self.failed);
-                    if has_url {
-                        q = q.bind(item.url.as_deref());
-                    }
-                    q.execute(&mut *tx).await?;
-                }
             }
+            q.execute(&mut *tx).await?;
+            counts.added += new.len() as u64;
         }
-        tx.commit().await
+        tx.commit().await?;
+        Ok(counts)
     }
 
     /// Oldest and newest `checked_at` of the task, as RFC 3339 when the column is a time.
@@ -1134,6 +1192,9 @@ pub async fn init(url: &str, shown: &str, table: &Ident) -> Result<String> {
                `checked_at` DATETIME(3) NULL, \
                `lease_owner` VARCHAR(255) NULL, \
                `lease_until` DATETIME(3) NULL, \
+               `checks` INT NOT NULL DEFAULT 0, \
+               `first_checked_at` DATETIME(3) NULL, \
+               `next_check_at` DATETIME(3) NULL, \
                PRIMARY KEY ({task}, {id}), \
                INDEX {idx} ({task}, {status}))",
             task = c.task.quoted_mysql(),
@@ -1149,13 +1210,16 @@ pub async fn init(url: &str, shown: &str, table: &Ident) -> Result<String> {
         conn.pool.close().await;
         return Ok(format!("created table {table} in {name}"));
     }
-    let columns: [(&str, &str); 6] = [
+    let columns: [(&str, &str); 9] = [
         ("http_status", "INT NULL"),
         ("attempts", "INT NOT NULL DEFAULT 0"),
         ("last_error", "TEXT NULL"),
         ("checked_at", "DATETIME(3) NULL"),
         ("lease_owner", "VARCHAR(255) NULL"),
         ("lease_until", "DATETIME(3) NULL"),
+        ("checks", "INT NOT NULL DEFAULT 0"),
+        ("first_checked_at", "DATETIME(3) NULL"),
+        ("next_check_at", "DATETIME(3) NULL"),
     ];
     let mut ran = Vec::new();
     for (col, ty) in columns {
@@ -1240,20 +1304,22 @@ impl Inner {
         Ok(n.max(0) as u64)
     }
 
-    async fn save(&self, batch: Vec<Verdict>) -> Result<()> {
+    async fn save(&self, batch: Vec<Verdict>) -> Result<Saved> {
         if self.opts.read_only || batch.is_empty() {
-            return Ok(());
+            return Ok(Saved::default());
         }
-        retrying(|| self.save_tx(&batch))
-            .await
-            .map_err(|e| self.err("cannot save results", e))?;
+        let conflicts = retrying(|| self.save_tx(&batch)).await.map_err(|e| {
+            let transient = super::sqlx_transient(&e);
+            self.err("cannot save results", e)
+                .context(super::Transient(transient))
+        })?;
         if self.leasing {
             let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
             for v in &batch {
                 held.remove(&v.id);
             }
         }
-        Ok(())
+        Ok(Saved { conflicts })
     }
 
     async fn renew(&self) -> Result<()> {
@@ -1331,7 +1397,7 @@ impl Inner {
         })
     }
 
-    async fn import(&self, items: Vec<NewItem>) -> Result<u64> {
+    async fn import(&self, items: Vec<NewItem>, reset: bool) -> Result<ImportCounts> {
         if !self.shape.has_url && items.iter().any(|i| i.url.is_some()) {
             bail!(
                 "{}: table {} has no {} column for the imported urls",
@@ -1341,12 +1407,11 @@ impl Inner {
             );
         }
         if items.is_empty() {
-            return Ok(0);
+            return Ok(ImportCounts::default());
         }
-        retrying(|| self.import_rows(&items))
+        retrying(|| self.import_rows(&items, reset))
             .await
-            .map_err(|e| self.err("cannot import items", e))?;
-        Ok(items.len() as u64)
+            .map_err(|e| self.err("cannot import items", e))
     }
 }
 
@@ -1357,11 +1422,8 @@ impl Store for MyStore {
     async fn pending(&self) -> Result<u64> {
         self.inner.pending().await
     }
-    async fn save(&self, batch: Vec<Verdict>) -> Result<super::Saved> {
-        self.inner
-            .save(batch)
-            .await
-            .map(|()| super::Saved::default())
+    async fn save(&self, batch: Vec<Verdict>) -> Result<Saved> {
+        self.inner.save(batch).await
     }
     async fn renew(&self) -> Result<()> {
         self.inner.renew().await
@@ -1372,14 +1434,8 @@ impl Store for MyStore {
     async fn status_counts(&self) -> Result<StatusCounts> {
         self.inner.status_counts().await
     }
-    async fn import(&self, items: Vec<NewItem>, _reset: bool) -> Result<super::ImportCounts> {
-        self.inner
-            .import(items)
-            .await
-            .map(|added| super::ImportCounts {
-                added,
-                ..Default::default()
-            })
+    async fn import(&self, items: Vec<NewItem>, reset: bool) -> Result<ImportCounts> {
+        self.inner.import(items, reset).await
     }
 }
 

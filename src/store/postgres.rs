@@ -43,7 +43,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, Postgres, Row};
 
-use super::{Ident, NewItem, OpenMode, StatusCounts, Store, StoreOptions};
+use super::{Ident, ImportCounts, NewItem, OpenMode, Saved, StatusCounts, Store, StoreOptions};
 use crate::model::{Item, StatusValue, Verdict};
 
 /// How long connecting (TCP, TLS, authentication) may take at start.
@@ -53,13 +53,16 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(60);
 /// `to_char` format giving the RFC 3339 text every store writes (`2026-01-02T03:04:05.678Z`).
 const RFC3339_FMT: &str = r#"'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'"#;
 /// Columns `recheck init` adds to an existing table, and their declarations.
-const INIT_COLUMNS: [(&str, &str); 6] = [
+const INIT_COLUMNS: [(&str, &str); 9] = [
     ("http_status", "INTEGER NULL"),
     ("attempts", "INTEGER NOT NULL DEFAULT 0"),
     ("last_error", "TEXT NULL"),
     ("checked_at", "TIMESTAMPTZ NULL"),
     ("lease_owner", "TEXT NULL"),
     ("lease_until", "TIMESTAMPTZ NULL"),
+    ("checks", "INTEGER NOT NULL DEFAULT 0"),
+    ("first_checked_at", "TIMESTAMPTZ NULL"),
+    ("next_check_at", "TIMESTAMPTZ NULL"),
 ];
 
 type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
@@ -431,7 +434,9 @@ fn create_schema_sql(table: &Ident) -> Result<Vec<String>> {
             "CREATE TABLE {t} (task_id TEXT NOT NULL, item_id TEXT NOT NULL, status TEXT NOT NULL, \
              url TEXT NULL, http_status INTEGER NULL, attempts INTEGER NOT NULL DEFAULT 0, \
              last_error TEXT NULL, checked_at TIMESTAMPTZ NULL, lease_owner TEXT NULL, \
-             lease_until TIMESTAMPTZ NULL, PRIMARY KEY (task_id, item_id))"
+             lease_until TIMESTAMPTZ NULL, checks INTEGER NOT NULL DEFAULT 0, \
+             first_checked_at TIMESTAMPTZ NULL, next_check_at TIMESTAMPTZ NULL, \
+             PRIMARY KEY (task_id, item_id))"
         ),
         format!("CREATE INDEX {idx} ON {t} (task_id, status)"),
     ])
@@ -670,7 +675,7 @@ fn build_sql(s: &Shape, leasing: bool) -> Sql {
                    SELECT {id_q} AS k_id FROM {t} \
                    WHERE {base}{next} \
                      AND ({owner} IS NULL OR {until} IS NULL OR {until} < {now}) \
-                     AND ({checked} IS NULL OR {checked} < {since}) \
+                     AND ({checked} IS NULL OR NOT ({checked} >= {since} AND {checked} <= {checked_now})) \
                    ORDER BY {sort} LIMIT {{limit}} \
                    FOR UPDATE SKIP LOCKED), \
                  u AS (\
@@ -684,6 +689,7 @@ fn build_sql(s: &Shape, leasing: bool) -> Sql {
                 sort_t = s.sort("t"),
                 checked = checked.quoted(),
                 now = tk.at("now()"),
+                checked_now = ck.at("now()"),
                 since = ck.at("$3::timestamptz"),
                 lease_end = tk.at("now() + $5::int8 * interval '1 millisecond'"),
                 cols = s.item_columns("t").join(", "),
@@ -732,28 +738,29 @@ fn build_sql(s: &Shape, leasing: bool) -> Sql {
     if let Some((c, kind)) = &s.checked_at {
         sets.push(format!("{} = {}", c.quoted(), kind.at("v.at")));
     }
+    // Compare-and-set: only the row as claimed (task, id, still failed and, with leases,
+    // still leased by this worker) is written; RETURNING says which were.
+    let mut cas = format!(
+        "{task} = {p7} AND {id} = v.id AND {st_t} = {p8}",
+        task = task.cmp("t"),
+        p7 = task.kind.param(7),
+        id = s.id.cmp("t"),
+        st_t = status.cmp("t"),
+        p8 = status.kind.param(8),
+    );
     if leasing && let Some((owner, until, _)) = &s.lease {
-        // Both CASEs see the old lease_owner. Someone else's lease (ours expired and was
-        // taken over) is theirs to clear.
         let (owner, until) = (owner.quoted(), until.quoted());
-        sets.push(format!(
-            "{owner} = CASE WHEN t.{owner} = $8::text THEN NULL ELSE t.{owner} END"
-        ));
-        sets.push(format!(
-            "{until} = CASE WHEN t.{owner} = $8::text THEN NULL ELSE t.{until} END"
-        ));
+        sets.push(format!("{owner} = NULL, {until} = NULL"));
+        cas.push_str(&format!(" AND t.{owner} = $9::text"));
     }
     sql.save = format!(
         "UPDATE {t} AS t SET {sets} \
          FROM UNNEST({ids}, {sts}, $3::int4[], $4::int4[], $5::text[], $6::timestamptz[]) \
-           AS v(id, st, http, att, err, at) \
-         WHERE {task} = {p7} AND {id} = v.id",
+           WITH ORDINALITY AS v(id, st, http, att, err, at, ord) \
+         WHERE {cas} RETURNING v.ord",
         sets = sets.join(", "),
         ids = s.id.kind.array(1),
         sts = status_array(status.kind, 2),
-        task = task.cmp("t"),
-        p7 = task.kind.param(7),
-        id = s.id.cmp("t"),
     )
     .into();
 
@@ -782,8 +789,9 @@ fn build_sql(s: &Shape, leasing: bool) -> Sql {
         .into()
     });
 
-    // Import: set existing items back to failed (url replaced when one is given), insert
-    // the others, in one statement. Works without a unique index on (task, id).
+    // Import: insert the new ids; with $5 (reset) set existing ones back to failed (url
+    // replaced when one is given). One statement, one snapshot: the NOT EXISTS sees the
+    // table as it was before the statement. Works without a unique index on (task, id).
     let (url_set, url_col, url_val) = match &s.url {
         Some(u) => (
             format!(", {q} = COALESCE(v.url, t.{q})", q = u.q()),
@@ -795,10 +803,12 @@ fn build_sql(s: &Shape, leasing: bool) -> Sql {
     sql.import = format!(
         "WITH v(id, url) AS (SELECT * FROM UNNEST({ids}, $2::text[])), \
          up AS (UPDATE {t} AS t SET {st} = {p3}{url_set} FROM v \
-                WHERE {task_t} = {p4} AND {id_t} = v.id RETURNING {id_t} AS id) \
-         INSERT INTO {t} ({task_q}, {id_q}, {st}{url_col}) \
-         SELECT {p4}, v.id, {p3}{url_val} FROM v \
-         WHERE NOT EXISTS (SELECT 1 FROM up WHERE up.id = v.id)",
+                WHERE $5::bool AND {task_t} = {p4} AND {id_t} = v.id RETURNING 1), \
+         ins AS (INSERT INTO {t} ({task_q}, {id_q}, {st}{url_col}) \
+                 SELECT {p4}, v.id, {p3}{url_val} FROM v \
+                 WHERE NOT EXISTS (SELECT 1 FROM {t} AS t WHERE {task_t} = {p4} AND {id_t} = v.id) \
+                 RETURNING 1) \
+         SELECT (SELECT COUNT(*) FROM ins), (SELECT COUNT(*) FROM up)",
         ids = s.id.kind.array(1),
         p3 = status.kind.param(3),
         p4 = task.kind.param(4),
@@ -939,6 +949,9 @@ impl Inner {
             lock: tokio::sync::Mutex::new(None),
         };
         inner.validate(conn, mode, read_only).await?;
+        if mode == OpenMode::Run {
+            inner.check_task_exists(conn).await?;
+        }
 
         // Without lease columns two runs on the task would both check everything: the
         // second one is refused instead.
@@ -1009,7 +1022,9 @@ impl Inner {
                 }
             }
             if mode == OpenMode::Create {
-                self.import_query(Vec::new())?.execute(&mut *tx).await?;
+                self.import_query(Vec::new(), false)?
+                    .execute(&mut *tx)
+                    .await?;
             }
             let q = bind_val(
                 bind_val(
@@ -1024,6 +1039,37 @@ impl Inner {
         let result = run.await.map_err(err);
         let _ = tx.rollback().await;
         result
+    }
+
+    /// A task id with no row at all is a typo, not "nothing to check" (SPEC §2).
+    async fn check_task_exists(&self, conn: &mut PgConnection) -> Result<()> {
+        let (t, task) = (self.shape.table.quoted(), &self.shape.task);
+        let found = bind_val(
+            sqlx::query(AssertSqlSafe(format!(
+                "SELECT 1 FROM {t} WHERE {} = {} LIMIT 1",
+                task.cmp(""),
+                task.kind.param(1)
+            ))),
+            &self.task,
+        )
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| self.names.err("cannot look up the task", e))?;
+        if found.is_some() {
+            return Ok(());
+        }
+        let known: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT DISTINCT {q}::text FROM {t} WHERE {q} IS NOT NULL LIMIT 10000",
+            q = task.q()
+        )))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| self.names.err("cannot list the tasks", e))?;
+        Err(super::unknown_task(
+            &self.names.shown,
+            &self.opts.task,
+            &known,
+        ))
     }
 
     /// A cursor value of the id column's kind, for validation.
@@ -1101,7 +1147,7 @@ impl Inner {
                     .map(|v| DateTime::<Utc>::from(v.checked_at))
                     .collect::<Vec<DateTime<Utc>>>(),
             );
-        q = bind_val(q, &self.task);
+        q = bind_val(bind_val(q, &self.task), &self.failed);
         if self.leasing {
             q = q.bind(self.opts.owner.clone());
         }
@@ -1123,13 +1169,13 @@ impl Inner {
         Ok(q)
     }
 
-    fn import_query(&self, items: Vec<NewItem>) -> Result<Query<'static>> {
+    fn import_query(&self, items: Vec<NewItem>, reset: bool) -> Result<Query<'static>> {
         let (ids, urls): (Vec<String>, Vec<Option<String>>) =
             items.into_iter().map(|i| (i.id, i.url)).unzip();
         let q = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.import)));
         let q = bind_ids(q, self.shape.id.kind, ids)?.bind(urls);
         let q = bind_val(q, &self.failed);
-        Ok(bind_val(q, &self.task))
+        Ok(bind_val(q, &self.task).bind(reset))
     }
 
     /// Frees the leases held by workers of this host that are no longer running (killed,
@@ -1232,22 +1278,42 @@ impl Inner {
         Ok(items)
     }
 
-    async fn save(&self, batch: Vec<Verdict>) -> Result<()> {
+    async fn save(&self, batch: Vec<Verdict>) -> Result<Saved> {
         if self.opts.read_only || batch.is_empty() {
-            return Ok(());
+            return Ok(Saved::default());
         }
         // One statement: atomic on its own, one round trip.
-        self.save_query(&batch)?
-            .execute(&self.pool)
+        let rows = self
+            .save_query(&batch)?
+            .fetch_all(&self.pool)
             .await
-            .map_err(|e| self.names.err("cannot save results", e))?;
+            .map_err(|e| self.store_err("cannot save results", e))?;
+        let mut written = vec![false; batch.len()];
+        for r in &rows {
+            let ord: i64 = r.try_get(0)?;
+            if let Some(w) = usize::try_from(ord - 1)
+                .ok()
+                .and_then(|i| written.get_mut(i))
+            {
+                *w = true;
+            }
+        }
         if self.leasing {
             let mut held = held(&self.held);
             for v in &batch {
                 held.remove(&v.id);
             }
         }
-        Ok(())
+        Ok(Saved {
+            conflicts: (0..batch.len()).filter(|&i| !written[i]).collect(),
+        })
+    }
+
+    /// A driver error with the URL's secrets scrubbed, still telling the sink (through
+    /// [`super::Transient`]) whether trying again may help.
+    fn store_err(&self, what: &str, e: sqlx::Error) -> anyhow::Error {
+        let transient = super::sqlx_transient(&e);
+        self.names.err(what, e).context(super::Transient(transient))
     }
 
     async fn renew(&self) -> Result<()> {
@@ -1345,10 +1411,10 @@ impl Inner {
         })
     }
 
-    async fn import(&self, items: Vec<NewItem>) -> Result<u64> {
-        let written = items.len() as u64;
+    async fn import(&self, items: Vec<NewItem>, reset: bool) -> Result<ImportCounts> {
+        let given = items.len() as u64;
         if items.is_empty() {
-            return Ok(0);
+            return Ok(ImportCounts::default());
         }
         if self.shape.url.is_none() && items.iter().any(|i| i.url.is_some()) {
             bail!(
@@ -1385,11 +1451,18 @@ impl Inner {
                 }
             }
         }
-        self.import_query(merged)?
-            .execute(&self.pool)
+        let row = self
+            .import_query(merged, reset)?
+            .fetch_one(&self.pool)
             .await
             .map_err(|e| self.names.err("cannot import items", e))?;
-        Ok(written)
+        let (added, reset): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        let (added, reset) = (added.max(0) as u64, reset.max(0) as u64);
+        Ok(ImportCounts {
+            added,
+            reset,
+            already: given.saturating_sub(added + reset),
+        })
     }
 }
 
@@ -1415,11 +1488,8 @@ impl Store for PgStore {
         self.inner.pending().await
     }
 
-    async fn save(&self, batch: Vec<Verdict>) -> Result<super::Saved> {
-        self.inner
-            .save(batch)
-            .await
-            .map(|()| super::Saved::default())
+    async fn save(&self, batch: Vec<Verdict>) -> Result<Saved> {
+        self.inner.save(batch).await
     }
 
     async fn renew(&self) -> Result<()> {
@@ -1434,13 +1504,7 @@ impl Store for PgStore {
         self.inner.status_counts().await
     }
 
-    async fn import(&self, items: Vec<NewItem>, _reset: bool) -> Result<super::ImportCounts> {
-        self.inner
-            .import(items)
-            .await
-            .map(|added| super::ImportCounts {
-                added,
-                ..Default::default()
-            })
+    async fn import(&self, items: Vec<NewItem>, reset: bool) -> Result<ImportCounts> {
+        self.inner.import(items, reset).await
     }
 }

@@ -1,6 +1,24 @@
 //! Store backend: a SQLite file (the embedded default). Validates the table and columns
 //! before anything is written, then claims pages by keyset on `rowid` and saves verdicts in
-//! one `BEGIN IMMEDIATE` transaction per batch. Knows nothing of HTTP.
+//! one `BEGIN IMMEDIATE` transaction per batch, each row compare-and-set on the row it
+//! claimed. Knows nothing of HTTP.
+//!
+//! # What a run may change in the file
+//!
+//! Nothing before the store is accepted: the file, the table, every column and every
+//! value the run binds are checked first, on a connection that only reads. A run never
+//! creates a store (a missing file is a mistyped path, exit 2) and never changes the
+//! file's journal mode: batched transactions make WAL unnecessary for speed, so a file
+//! recheck did not create keeps the mode it had. `import` and `init` create new files in
+//! WAL mode (so `recheck status` can read while a run writes). `status` and `--dry-run`
+//! open the file read-only.
+//!
+//! # Compare-and-set
+//!
+//! A save changes a row only while it is still the row claimed: same `rowid`, task, id
+//! (as text), still the failed status and, with leases, still leased by this worker. A row
+//! the pipeline deleted and replaced (SQLite reuses rowids), moved to another status, or
+//! that another worker took over keeps that change; the verdict is a conflict.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -11,11 +29,28 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use super::lock::LockFile;
-use super::{Ident, NewItem, OpenMode, StatusCounts, Store, StoreOptions, TableColumns};
+use super::{
+    Ident, ImportCounts, NewItem, OpenMode, Saved, StatusCounts, Store, StoreOptions, TableColumns,
+};
 use crate::model::{Item, StatusValue, Verdict, rfc3339};
 
-/// How long a writer waits for another process's lock before giving up.
+/// How long a statement waits for another process's lock before it fails with `BUSY`
+/// (which the sink retries: see `store::is_transient`).
 const BUSY_TIMEOUT_MS: u64 = 10_000;
+
+/// Columns `recheck init` adds to an existing table that lacks them, with their
+/// declarations (SPEC §2: bookkeeping, leases, schedule).
+const INIT_COLUMNS: [(&str, &str); 9] = [
+    ("http_status", "INTEGER NULL"),
+    ("attempts", "INTEGER NOT NULL DEFAULT 0"),
+    ("last_error", "TEXT NULL"),
+    ("checked_at", "TEXT NULL"),
+    ("lease_owner", "TEXT NULL"),
+    ("lease_until", "TEXT NULL"),
+    ("checks", "INTEGER NOT NULL DEFAULT 0"),
+    ("first_checked_at", "TEXT NULL"),
+    ("next_check_at", "TEXT NULL"),
+];
 
 /// A SQLite-backed store. The connection sits behind a mutex and every call runs on the
 /// blocking pool, so async workers never wait on disk.
@@ -43,14 +78,70 @@ struct Inner {
     /// Where the file lives, for messages.
     name: String,
 }
+/// How a column compares with a bound value, from its declared type (SQLite's affinity
+/// rules, §3.1 of its datatype docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Affinity {
+    /// TEXT, VARCHAR, CLOB: a bound integer is compared as its text.
+    #[default]
+    Text,
+    /// INTEGER, NUMERIC, REAL, BOOLEAN...: integer-looking values are bound as integers.
+    Numeric,
+    /// No declared type (or BLOB): values keep the type they were inserted with, so an
+    /// integer-looking value may be stored as `5` or as `'5'`; both match.
+    None,
+}
+
+impl Affinity {
+    fn of(decl: &str) -> Affinity {
+        let d = decl.to_ascii_uppercase();
+        if d.contains("INT") {
+            Affinity::Numeric
+        } else if d.contains("CHAR") || d.contains("CLOB") || d.contains("TEXT") {
+            Affinity::Text
+        } else if d.contains("BLOB") || d.trim().is_empty() {
+            Affinity::None
+        } else {
+            Affinity::Numeric
+        }
+    }
+
+    /// A value for this column: integer-looking text is bound as an integer where the
+    /// column does not turn it into text itself.
+    fn bind(self, text: &str) -> Value {
+        match (self, StatusValue::new(text).as_int()) {
+            (Affinity::Numeric | Affinity::None, Some(n)) => Value::Integer(n),
+            _ => Value::Text(text.to_string()),
+        }
+    }
+
+    /// `col` compared with parameter `?n` (bound by [`Affinity::bind`]).
+    fn eq(self, col: &str, n: usize) -> String {
+        match self {
+            Affinity::None => format!("({col} = ?{n} OR {col} = CAST(?{n} AS TEXT))"),
+            Affinity::Text | Affinity::Numeric => format!("{col} = ?{n}"),
+        }
+    }
+
+    /// Refuses a value the column cannot hold as meant (text for an INTEGER column would
+    /// silently match nothing).
+    fn check(self, flag: &str, v: &str, col: &Ident, table: &Ident) -> Result<()> {
+        if self == Affinity::Numeric && v.trim().parse::<f64>().is_err() {
+            bail!("{flag} {v:?} is not a number, but column {col} of table {table} holds numbers");
+        }
+        Ok(())
+    }
+}
 
 /// The parts of the table recheck may use, found by `PRAGMA table_info`.
 #[derive(Debug, Clone, Default)]
 struct Shape {
-    /// Status column holds integers (INTEGER/NUMERIC affinity): bind numeric statuses as such.
-    status_is_int: bool,
-    /// Task column holds integers.
-    task_is_int: bool,
+    /// How the status column compares.
+    status: Affinity,
+    /// How the task column compares.
+    task: Affinity,
+    /// How the id column compares.
+    id: Affinity,
     has_url: bool,
     has_http_status: bool,
     has_attempts: bool,
@@ -61,8 +152,9 @@ struct Shape {
 }
 
 impl SqliteStore {
-    /// Opens (or, for a run or import, creates) the SQLite store at `path` and checks that
-    /// the table and every column the run needs exist. Nothing is written before that check.
+    /// Opens the SQLite store at `path` (creating it only for `import`/`init`) and checks
+    /// that the table, every column and every value the run needs fit. Nothing is written
+    /// before that check.
     pub async fn open(path: PathBuf, opts: StoreOptions, mode: OpenMode) -> Result<SqliteStore> {
         let inner = tokio::task::spawn_blocking(move || Inner::open(&path, opts, mode))
             .await
@@ -89,55 +181,95 @@ fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Creates the default schema in a table named `table` (`recheck init`).
+/// `recheck init`: creates the default schema in a table named `table`, or adds the
+/// bookkeeping, lease and schedule columns an existing table lacks.
 pub async fn init(path: &Path, table: &Ident) -> Result<String> {
     let path = path.to_path_buf();
     let table = table.clone();
     tokio::task::spawn_blocking(move || {
         let name = path.display().to_string();
+        let new_file = !path.exists();
         let conn = open_conn(&path, false)?;
         check_is_database(&conn, &name)?;
-        if table_exists(&conn, &table)? {
-            return Ok(format!("table {table} already exists in {name}"));
+        match object_type(&conn, &table)?.as_deref() {
+            None => {
+                create_schema(&conn, &table, &super::Columns::default(), new_file)
+                    .with_context(|| format!("{name}: cannot create table {table}"))?;
+                Ok(format!("created table {table} in {name}"))
+            }
+            Some("table") => {
+                let cols = table_info(&conn, &table)?;
+                let has = |n: &str| cols.iter().any(|(c, _)| c.eq_ignore_ascii_case(n));
+                let stmts: Vec<String> = INIT_COLUMNS
+                    .iter()
+                    .filter(|(n, _)| !has(n))
+                    .map(|(n, decl)| format!("ALTER TABLE {} ADD COLUMN {n} {decl}", table.quoted()))
+                    .collect();
+                if stmts.is_empty() {
+                    return Ok(format!(
+                        "table {table} in {name} already has every column recheck uses"
+                    ));
+                }
+                conn.execute_batch(&format!("BEGIN IMMEDIATE; {}; COMMIT", stmts.join("; ")))
+                    .with_context(|| format!("{name}: cannot alter table {table}"))?;
+                let mut msg = format!(
+                    "table {table} in {name} exists; added the columns recheck uses for bookkeeping, leases and the schedule:"
+                );
+                for s in &stmts {
+                    msg.push_str(&format!("\n{s};"));
+                }
+                Ok(msg)
+            }
+            Some(other) => bail!("{name}: {table} is a {other}, not a table"),
         }
-        create_schema(&conn, &table, &super::Columns::default())
-            .with_context(|| format!("{name}: cannot create table {table}"))?;
-        Ok(format!("created table {table} in {name}"))
     })
     .await
     .context("SQLite init task failed")?
 }
 
+/// Opens the file. A reader (`status`, `--dry-run`) opens it so that nothing can be
+/// written (`query_only`), but read-write when the file allows it: a read-only SQLite
+/// connection to a WAL file leaves `-wal`/`-shm` behind, while the last read-write
+/// connection to close removes them. A file the process may not write is opened
+/// read-only.
 fn open_conn(path: &Path, read_only: bool) -> Result<Connection> {
-    let flags = if read_only {
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    let base = OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let rw = OpenFlags::SQLITE_OPEN_READ_WRITE | base;
+    let conn = if read_only {
+        Connection::open_with_flags(path, rw)
+            .or_else(|_| Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | base))
+            .and_then(|c| c.pragma_update(None, "query_only", true).map(|()| c))
     } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-    };
-    let conn = Connection::open_with_flags(path, flags)
-        .with_context(|| format!("{}: cannot open SQLite store", path.display()))?;
+        Connection::open_with_flags(path, rw | OpenFlags::SQLITE_OPEN_CREATE)
+    }
+    .with_context(|| format!("{}: cannot open SQLite store", path.display()))?;
     conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
     Ok(conn)
 }
 
-/// Fails with a readable message when the file is not a SQLite database.
+/// Fails with a readable message when the file is not a SQLite database, or a damaged one
+/// (`quick_check` reads every page, so a malformed page is refused before any write).
 fn check_is_database(conn: &Connection, name: &str) -> Result<()> {
     conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0))
-        .map(|_| ())
-        .map_err(|e| anyhow!("{name}: not a SQLite database ({e})"))
+        .map_err(|e| anyhow!("{name}: not a SQLite database ({e})"))?;
+    let verdict: String = conn
+        .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
+        .map_err(|e| anyhow!("{name}: damaged SQLite database ({e})"))?;
+    if verdict != "ok" {
+        bail!("{name}: damaged SQLite database ({verdict})");
+    }
+    Ok(())
 }
 
-fn table_exists(conn: &Connection, table: &Ident) -> Result<bool> {
+/// `table`, `view`... of the schema object named `table`, if there is one.
+fn object_type(conn: &Connection, table: &Ident) -> Result<Option<String>> {
     Ok(conn
         .query_row(
-            "SELECT 1 FROM sqlite_master WHERE type IN ('table','view') AND name = ?1 COLLATE NOCASE",
+            "SELECT type FROM sqlite_master WHERE type IN ('table','view') AND name = ?1 COLLATE NOCASE",
             [table.as_str()],
-            |_| Ok(()),
+            |r| r.get(0),
         )
-        .optional()?
-        .is_some())
+        .optional()?)
 }
 
 fn user_tables(conn: &Connection) -> Result<Vec<String>> {
@@ -150,8 +282,25 @@ fn user_tables(conn: &Connection) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// The SPEC §2 default schema, with the mapped names for the four core columns.
-fn create_schema(conn: &Connection, table: &Ident, c: &super::Columns) -> Result<()> {
+fn table_info(conn: &Connection, table: &Ident) -> Result<Vec<(String, String)>> {
+    let mut stmt = conn.prepare(&format!("PRAGMA table_info({})", table.quoted()))?;
+    let cols = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(cols)
+}
+
+/// The SPEC §2 default schema, with the mapped names for the four core columns. A file
+/// recheck creates is put in WAL mode (`new_file`); an existing one keeps its mode.
+fn create_schema(
+    conn: &Connection,
+    table: &Ident,
+    c: &super::Columns,
+    new_file: bool,
+) -> Result<()> {
+    if new_file {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+    }
     let t = table.quoted();
     let sql = format!(
         "CREATE TABLE IF NOT EXISTS {t} (
@@ -165,6 +314,9 @@ fn create_schema(conn: &Connection, table: &Ident, c: &super::Columns) -> Result
             checked_at TEXT NULL,
             lease_owner TEXT NULL,
             lease_until TEXT NULL,
+            checks INTEGER NOT NULL DEFAULT 0,
+            first_checked_at TEXT NULL,
+            next_check_at TEXT NULL,
             PRIMARY KEY ({task}, {id})
         );
         CREATE INDEX IF NOT EXISTS {idx} ON {t} ({task}, {status});",
@@ -176,30 +328,6 @@ fn create_schema(conn: &Connection, table: &Ident, c: &super::Columns) -> Result
     );
     conn.execute_batch(&sql)?;
     Ok(())
-}
-
-/// Declared type → does SQLite give it INTEGER or NUMERIC affinity (§3.1 of its docs)?
-fn is_numeric_affinity(decl: &str) -> bool {
-    let d = decl.to_ascii_uppercase();
-    if d.contains("INT") {
-        return true;
-    }
-    let texty = d.contains("CHAR") || d.contains("CLOB") || d.contains("TEXT");
-    let blobby = d.contains("BLOB") || d.is_empty();
-    let realish = d.contains("REAL") || d.contains("FLOA") || d.contains("DOUB");
-    !texty && !blobby && !realish
-}
-
-/// A status or task value bound the way the column stores it.
-fn bind_value(text: &str, as_int: Option<i64>, column_is_int: bool) -> Value {
-    match (column_is_int, as_int) {
-        (true, Some(n)) => Value::Integer(n),
-        _ => Value::Text(text.to_string()),
-    }
-}
-
-fn status_value(v: &StatusValue, column_is_int: bool) -> Value {
-    bind_value(v.as_str(), v.as_int(), column_is_int)
 }
 
 fn value_text(v: ValueRef<'_>) -> Option<String> {
@@ -214,91 +342,134 @@ fn value_text(v: ValueRef<'_>) -> Option<String> {
 impl Inner {
     fn open(path: &Path, opts: StoreOptions, mode: OpenMode) -> Result<Inner> {
         let name = path.display().to_string();
-        let exists = path.exists();
         let table = opts.columns.table.clone();
-        let conn = match (exists, mode) {
-            (false, OpenMode::Status) => bail!("{name}: no such store"),
-            // A dry run writes nothing, not even a new file: an empty in-memory store
-            // answers "nothing to check".
-            (false, OpenMode::Run) if opts.read_only => {
-                let conn = Connection::open_in_memory()?;
-                create_schema(&conn, &table, &opts.columns)?;
-                conn
-            }
-            _ => {
-                let read_only = opts.read_only || mode == OpenMode::Status;
-                let conn = open_conn(path, read_only)?;
-                check_is_database(&conn, &name)?;
-                if !table_exists(&conn, &table)? {
-                    let tables = user_tables(&conn)?;
-                    if tables.is_empty() && !read_only {
-                        // A new or empty file: SPEC §2 says run and import create the schema.
-                        create_schema(&conn, &table, &opts.columns)
-                            .with_context(|| format!("{name}: cannot create table {table}"))?;
-                    } else if tables.is_empty() {
-                        bail!("{name}: table {table} not found (the database has no tables)");
-                    } else {
-                        bail!(
-                            "{name}: table {table} not found (tables: {})",
-                            tables.join(", ")
-                        );
-                    }
-                }
-                conn
-            }
-        };
-        let shape = inspect(&conn, &name, &opts)?;
         let read_only = opts.read_only || mode == OpenMode::Status;
-        let leasing = shape.has_leases && !read_only;
-        // Without lease columns two runs on the table would both check everything: the
-        // second one is refused instead.
-        let lock = if mode == OpenMode::Run && !read_only && !shape.has_leases {
-            Some(LockFile::acquire(
-                path,
-                &format!("sqlite:{name} (table {table} has no lease columns)"),
-            )?)
-        } else {
-            None
-        };
-        if !read_only {
-            // WAL only after validation: a refused run leaves the file's bytes alone.
-            // WAL lets `recheck status` read while a run writes; NORMAL sync is durable
-            // at each checkpoint and never corrupts the file.
-            conn.pragma_update(None, "journal_mode", "WAL")
-                .with_context(|| format!("{name}: cannot switch to WAL"))?;
-            conn.pragma_update(None, "synchronous", "NORMAL")?;
+        if !path.exists() {
+            match mode {
+                OpenMode::Status => bail!("{name}: no such store"),
+                // A mistyped path must not pass as "nothing to check".
+                OpenMode::Run => {
+                    bail!("{name}: no such store (`recheck import` or `recheck init` creates one)")
+                }
+                OpenMode::Create => {}
+            }
         }
-        let since = if leasing {
-            reap_dead_owners(&conn, &opts)
-                .with_context(|| format!("{name}: cannot free the leases of dead workers"))?;
-            round_start(&conn, &opts)?
-        } else {
-            opts.started
-        };
-        let inner = Inner {
+        let new_file = !path.exists();
+        let conn = open_conn(path, read_only)?;
+        check_is_database(&conn, &name)?;
+        match object_type(&conn, &table)?.as_deref() {
+            Some("table") => {}
+            Some(other) => bail!("{name}: {table} is a {other}, not a table recheck can write"),
+            None => {
+                let tables = user_tables(&conn)?;
+                if mode == OpenMode::Create && tables.is_empty() {
+                    // A new or empty file: import creates the schema.
+                    create_schema(&conn, &table, &opts.columns, new_file)
+                        .with_context(|| format!("{name}: cannot create table {table}"))?;
+                } else if tables.is_empty() {
+                    bail!("{name}: table {table} not found (the database has no tables)");
+                } else {
+                    bail!(
+                        "{name}: table {table} not found (tables: {})",
+                        tables.join(", ")
+                    );
+                }
+            }
+        }
+        let shape = inspect(&conn, &name, &opts, mode)?;
+        let leasing = shape.has_leases && !read_only && mode == OpenMode::Run;
+        let mut inner = Inner {
             conn,
             opts,
             shape,
             last_rowid: i64::MIN,
             swept: false,
             leasing,
-            since: rfc3339(since),
-            _lock: lock,
+            since: String::new(),
+            _lock: None,
             name,
         };
-        // Prepare the claim query once now, so a WITHOUT ROWID table or another surprise is
-        // a start-up error, not a mid-run one.
-        inner
-            .conn
-            .prepare_cached(&inner.claim_sql())
-            .with_context(|| format!("{}: cannot read table {table}", inner.name))?;
+        // Prepare every statement of the mode now, so a WITHOUT ROWID table or another
+        // surprise is a start-up error, not a mid-run one (and nothing was written).
+        let statements = match mode {
+            OpenMode::Run if leasing => vec![inner.lease_sql(), inner.save_sql()],
+            OpenMode::Run => vec![inner.claim_sql(), inner.save_sql()],
+            OpenMode::Create | OpenMode::Status => vec![inner.pending_sql()],
+        };
+        for sql in statements {
+            inner
+                .conn
+                .prepare_cached(&sql)
+                .with_context(|| format!("{}: cannot use table {table}", inner.name))?;
+        }
+        if mode == OpenMode::Run {
+            inner.check_task_exists()?;
+        }
+        // Without lease columns two runs on the table would both check everything: the
+        // second one is refused instead.
+        if mode == OpenMode::Run && !read_only && !inner.shape.has_leases {
+            inner._lock = Some(LockFile::acquire(
+                path,
+                &format!("sqlite:{} (table {table} has no lease columns)", inner.name),
+            )?);
+        }
+        if !read_only {
+            // Durable at each commit in WAL mode with NORMAL; other journal modes keep
+            // SQLite's default (FULL).
+            let journal: String = inner
+                .conn
+                .query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+            if journal.eq_ignore_ascii_case("wal") {
+                inner.conn.pragma_update(None, "synchronous", "NORMAL")?;
+            }
+        }
+        inner.since = rfc3339(if leasing {
+            inner.reap().with_context(|| {
+                format!("{}: cannot free the leases of dead workers", inner.name)
+            })?;
+            let task_eq = inner.shape.task.eq(&inner.opts.columns.task.quoted(), 1);
+            round_start(&inner.conn, &inner.opts, &inner.task_value(), &task_eq)?
+        } else {
+            inner.opts.started
+        });
         Ok(inner)
     }
 
-    /// The columns an [`Item`] is built from, after `rowid`.
+    /// A task id with no row at all is a typo, not "nothing to check" (SPEC §2).
+    fn check_task_exists(&self) -> Result<()> {
+        let c = &self.opts.columns;
+        let t = c.table.quoted();
+        let sql = format!(
+            "SELECT 1 FROM {t} WHERE {} LIMIT 1",
+            self.shape.task.eq(&c.task.quoted(), 1)
+        );
+        let found = self
+            .conn
+            .query_row(&sql, [self.task_value()], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if found {
+            return Ok(());
+        }
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT DISTINCT CAST({task} AS TEXT) FROM {t} WHERE {task} IS NOT NULL LIMIT 10000",
+            task = c.task.quoted()
+        ))?;
+        let known = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Err(super::unknown_task(
+            &format!("sqlite:{}", self.name),
+            &self.opts.task,
+            &known,
+        ))
+    }
+
+    /// The columns an [`Item`] is built from, after `rowid`. The id is read as text (NULL
+    /// as empty, which the URL template refuses), the form the save compares it in.
     fn item_columns(&self) -> String {
         let c = &self.opts.columns;
-        let mut cols = vec![c.id.quoted()];
+        let mut cols = vec![format!("COALESCE(CAST({} AS TEXT), '')", c.id.quoted())];
         if self.shape.has_url {
             cols.push(c.url.quoted());
         }
@@ -306,21 +477,32 @@ impl Inner {
         cols.join(", ")
     }
 
+    /// `task = ?1 AND status = ?2`, as the columns compare.
+    fn task_and_failed(&self) -> String {
+        let c = &self.opts.columns;
+        format!(
+            "{} AND {}",
+            self.shape.task.eq(&c.task.quoted(), 1),
+            self.shape.status.eq(&c.status.quoted(), 2)
+        )
+    }
+
     /// Claims by lease, in one statement: the next failed items after the cursor that no
     /// live worker holds and nobody checked in this round. An expired lease is a crashed
-    /// worker's: its items are free again.
+    /// worker's: its items are free again. "Checked in this round" is a `checked_at`
+    /// between the round's start and now: any other value (older, in the future, or text
+    /// that is no time at all) does not keep an item from being claimed.
     fn lease_sql(&self) -> String {
         let c = &self.opts.columns;
         format!(
             "UPDATE {t} SET lease_owner = ?5, lease_until = ?6 WHERE rowid IN (\
-               SELECT rowid FROM {t} WHERE {task} = ?1 AND {status} = ?2 AND rowid > ?3 \
+               SELECT rowid FROM {t} WHERE {base} AND rowid > ?3 \
                  AND (lease_owner IS NULL OR lease_until IS NULL OR lease_until < ?7) \
-                 AND (checked_at IS NULL OR checked_at < ?8) \
+                 AND (checked_at IS NULL OR NOT (checked_at >= ?8 AND checked_at <= ?7)) \
                ORDER BY rowid LIMIT ?4) \
              RETURNING rowid, {cols}",
             t = c.table.quoted(),
-            task = c.task.quoted(),
-            status = c.status.quoted(),
+            base = self.task_and_failed(),
             cols = self.item_columns(),
         )
     }
@@ -329,8 +511,7 @@ impl Inner {
         let sql = self.lease_sql();
         let now = SystemTime::now();
         let until = rfc3339(now + self.opts.lease);
-        let task = self.task_value();
-        let failed = status_value(&self.opts.failed, self.shape.status_is_int);
+        let (task, failed) = (self.task_value(), self.failed_value());
         let (has_url, extra) = (self.shape.has_url, self.opts.extra_columns.len());
         let tx = self
             .conn
@@ -366,21 +547,18 @@ impl Inner {
         if !self.leasing {
             return Ok(());
         }
-        let c = &self.opts.columns;
         let sql = format!(
-            "UPDATE {t} SET lease_until = ?1 WHERE {task} = ?2 AND {status} = ?3 AND lease_owner = ?4",
-            t = c.table.quoted(),
-            task = c.task.quoted(),
-            status = c.status.quoted(),
+            "UPDATE {t} SET lease_until = ?3 WHERE {base} AND lease_owner = ?4",
+            t = self.opts.columns.table.quoted(),
+            base = self.task_and_failed(),
         );
         let until = rfc3339(SystemTime::now() + self.opts.lease);
-        let failed = status_value(&self.opts.failed, self.shape.status_is_int);
         self.conn
             .prepare_cached(&sql)?
             .execute(rusqlite::params![
-                until,
                 self.task_value(),
-                failed,
+                self.failed_value(),
+                until,
                 self.opts.owner
             ])
             .with_context(|| format!("{}: cannot renew leases", self.name))?;
@@ -393,20 +571,16 @@ impl Inner {
         if !self.leasing {
             return Ok(());
         }
-        let c = &self.opts.columns;
         let sql = format!(
-            "UPDATE {t} SET lease_owner = NULL, lease_until = NULL \
-             WHERE {task} = ?1 AND {status} = ?2 AND lease_owner = ?3",
-            t = c.table.quoted(),
-            task = c.task.quoted(),
-            status = c.status.quoted(),
+            "UPDATE {t} SET lease_owner = NULL, lease_until = NULL WHERE {base} AND lease_owner = ?3",
+            t = self.opts.columns.table.quoted(),
+            base = self.task_and_failed(),
         );
-        let failed = status_value(&self.opts.failed, self.shape.status_is_int);
         self.conn
             .prepare_cached(&sql)?
             .execute(rusqlite::params![
                 self.task_value(),
-                failed,
+                self.failed_value(),
                 self.opts.owner
             ])
             .with_context(|| format!("{}: cannot release leases", self.name))?;
@@ -414,20 +588,33 @@ impl Inner {
     }
 
     fn claim_sql(&self) -> String {
-        let c = &self.opts.columns;
         format!(
-            "SELECT rowid, {cols} FROM {t} WHERE {task} = ?1 AND {status} = ?2 AND rowid > ?3 \
-             ORDER BY rowid LIMIT ?4",
+            "SELECT rowid, {cols} FROM {t} WHERE {base} AND rowid > ?3 ORDER BY rowid LIMIT ?4",
             cols = self.item_columns(),
-            t = c.table.quoted(),
-            task = c.task.quoted(),
-            status = c.status.quoted(),
+            t = self.opts.columns.table.quoted(),
+            base = self.task_and_failed(),
         )
     }
 
+    fn pending_sql(&self) -> String {
+        format!(
+            "SELECT COUNT(*) FROM {t} WHERE {base}",
+            t = self.opts.columns.table.quoted(),
+            base = self.task_and_failed(),
+        )
+    }
+
+    fn reap(&self) -> Result<()> {
+        let task_eq = self.shape.task.eq(&self.opts.columns.task.quoted(), 1);
+        reap_dead_owners(&self.conn, &self.opts, &self.task_value(), &task_eq)
+    }
+
     fn task_value(&self) -> Value {
-        let task = &self.opts.task;
-        bind_value(task, task.parse().ok(), self.shape.task_is_int)
+        self.shape.task.bind(&self.opts.task)
+    }
+
+    fn failed_value(&self) -> Value {
+        self.shape.status.bind(self.opts.failed.as_str())
     }
 
     fn claim(&mut self, n: usize) -> Result<Vec<Item>> {
@@ -442,7 +629,7 @@ impl Inner {
             } else if self.leasing && !self.swept {
                 // One more pass from the start picks up claims that were released or whose
                 // worker died while this one walked past them.
-                reap_dead_owners(&self.conn, &self.opts)?;
+                self.reap()?;
                 self.swept = true;
                 self.last_rowid = i64::MIN;
                 continue;
@@ -453,8 +640,7 @@ impl Inner {
 
     fn claim_keyset(&mut self, n: usize) -> Result<Vec<Item>> {
         let sql = self.claim_sql();
-        let task = self.task_value();
-        let failed = status_value(&self.opts.failed, self.shape.status_is_int);
+        let (task, failed) = (self.task_value(), self.failed_value());
         let (has_url, extra) = (self.shape.has_url, self.opts.extra_columns.len());
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let mut rows = stmt.query(rusqlite::params![
@@ -470,100 +656,106 @@ impl Inner {
         Ok(items)
     }
 
-    fn save(&mut self, batch: &[Verdict]) -> Result<()> {
-        if self.opts.read_only || batch.is_empty() {
-            return Ok(());
-        }
+    /// The save statement: status set only when a value is bound (NULL means "leave it"),
+    /// bookkeeping only where the table has the column, and only on the row as claimed.
+    fn save_sql(&self) -> String {
         let s = &self.shape;
         let c = &self.opts.columns;
-        // One statement shape for the whole batch: status is set only when a value is
-        // bound (NULL means "leave it"), bookkeeping only where the table has the column.
-        // rowid is ?7, the highest number, so the statement always takes all 7 parameters
-        // whichever optional columns it uses.
         let mut sets = vec![format!(
-            "{st} = CASE WHEN ?1 IS NULL THEN {st} ELSE ?1 END",
+            "{st} = CASE WHEN ?3 IS NULL THEN {st} ELSE ?3 END",
             st = c.status.quoted()
         )];
         if s.has_http_status {
-            sets.push("http_status = ?2".into());
+            sets.push("http_status = ?4".into());
         }
         if s.has_attempts {
-            sets.push("attempts = COALESCE(attempts, 0) + ?3".into());
+            sets.push("attempts = COALESCE(attempts, 0) + ?5".into());
         }
         if s.has_last_error {
-            sets.push("last_error = ?4".into());
+            sets.push("last_error = ?6".into());
         }
         if s.has_checked_at {
-            sets.push("checked_at = ?5".into());
+            sets.push("checked_at = ?7".into());
         }
+        let mut cas = format!(
+            "rowid = ?8 AND {base} AND COALESCE(CAST({id} AS TEXT), '') = ?9",
+            base = self.task_and_failed(),
+            id = c.id.quoted(),
+        );
         if self.leasing {
-            // Both CASEs see the old lease_owner. Someone else's lease (ours expired and was
-            // taken over) is theirs to clear.
-            sets.push(
-                "lease_owner = CASE WHEN lease_owner = ?6 THEN NULL ELSE lease_owner END".into(),
-            );
-            sets.push(
-                "lease_until = CASE WHEN lease_owner = ?6 THEN NULL ELSE lease_until END".into(),
-            );
+            sets.push("lease_owner = NULL, lease_until = NULL".into());
+            cas.push_str(" AND lease_owner = ?10");
+        } else {
+            // Keeps ?10 in the statement, so it always takes ten parameters.
+            cas.push_str(" AND ?10 IS NOT NULL");
         }
-        let sql = format!(
-            "UPDATE {t} SET {sets} WHERE rowid = ?7",
+        format!(
+            "UPDATE {t} SET {sets} WHERE {cas}",
             t = c.table.quoted(),
             sets = sets.join(", ")
-        );
+        )
+    }
+
+    fn save(&mut self, batch: &[Verdict]) -> Result<Saved> {
+        let mut saved = Saved::default();
+        if self.opts.read_only || batch.is_empty() {
+            return Ok(saved);
+        }
+        let sql = self.save_sql();
+        let (task, failed) = (self.task_value(), self.failed_value());
+        let status_aff = self.shape.status;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .with_context(|| format!("{}: cannot start a write", self.name))?;
         {
             let mut stmt = tx.prepare_cached(&sql)?;
-            for v in batch {
+            for (i, v) in batch.iter().enumerate() {
                 let status = self
                     .opts
                     .status_for(v.outcome)
-                    .map(|sv| status_value(sv, s.status_is_int))
+                    .map(|sv| status_aff.bind(sv.as_str()))
                     .unwrap_or(Value::Null);
-                stmt.execute(rusqlite::params![
-                    status,
-                    v.http_status.map(i64::from),
-                    i64::from(v.attempts),
-                    v.error,
-                    rfc3339(v.checked_at),
-                    self.opts.owner,
-                    v.key,
-                ])
-                .with_context(|| format!("{}: cannot save item {:?}", self.name, v.id))?;
+                let changed = stmt
+                    .execute(rusqlite::params![
+                        task,
+                        failed,
+                        status,
+                        v.http_status.map(i64::from),
+                        i64::from(v.attempts),
+                        v.error,
+                        rfc3339(v.checked_at),
+                        v.key,
+                        v.id,
+                        self.opts.owner,
+                    ])
+                    .with_context(|| format!("{}: cannot save item {:?}", self.name, v.id))?;
+                if changed == 0 {
+                    saved.conflicts.push(i);
+                }
             }
         }
         tx.commit()
             .with_context(|| format!("{}: cannot commit results", self.name))?;
-        Ok(())
+        Ok(saved)
     }
 
     fn pending(&self) -> Result<u64> {
-        let c = &self.opts.columns;
-        let sql = format!(
-            "SELECT COUNT(*) FROM {t} WHERE {task} = ?1 AND {status} = ?2",
-            t = c.table.quoted(),
-            task = c.task.quoted(),
-            status = c.status.quoted(),
-        );
-        let failed = status_value(&self.opts.failed, self.shape.status_is_int);
-        let n: i64 =
-            self.conn
-                .query_row(&sql, rusqlite::params![self.task_value(), failed], |r| {
-                    r.get(0)
-                })?;
+        let n: i64 = self.conn.query_row(
+            &self.pending_sql(),
+            rusqlite::params![self.task_value(), self.failed_value()],
+            |r| r.get(0),
+        )?;
         Ok(n.max(0) as u64)
     }
 
     fn status_counts(&self) -> Result<StatusCounts> {
         let c = &self.opts.columns;
+        let task_eq = self.shape.task.eq(&c.task.quoted(), 1);
         let sql = format!(
-            "SELECT {st}, COUNT(*) FROM {t} WHERE {task} = ?1 GROUP BY {st}",
+            "SELECT {st}, COUNT(*) FROM {t} WHERE {task_eq} GROUP BY {st}",
             st = c.status.quoted(),
             t = c.table.quoted(),
-            task = c.task.quoted()
         );
         let mut stmt = self.conn.prepare(&sql)?;
         let mut counts: Vec<(String, u64)> = stmt
@@ -574,12 +766,19 @@ impl Inner {
                 ))
             })?
             .collect::<rusqlite::Result<_>>()?;
+        // An untyped column may hold 5 and '5': one status.
         counts.sort();
+        counts.dedup_by(|b, a| {
+            let same = a.0 == b.0;
+            if same {
+                a.1 += b.1;
+            }
+            same
+        });
         let (oldest, newest) = if self.shape.has_checked_at {
             let sql = format!(
-                "SELECT MIN(checked_at), MAX(checked_at) FROM {t} WHERE {task} = ?1",
+                "SELECT MIN(checked_at), MAX(checked_at) FROM {t} WHERE {task_eq}",
                 t = c.table.quoted(),
-                task = c.task.quoted()
             );
             self.conn.query_row(&sql, [self.task_value()], |r| {
                 Ok((value_text(r.get_ref(0)?), value_text(r.get_ref(1)?)))
@@ -594,39 +793,12 @@ impl Inner {
         })
     }
 
-    fn import(&mut self, items: &[NewItem]) -> Result<u64> {
+    /// Adds the items that are new; an id already there is left alone, or set back to
+    /// failed with `reset`. One transaction per batch.
+    fn import(&mut self, items: &[NewItem], reset: bool) -> Result<ImportCounts> {
         let c = self.opts.columns.clone();
         let t = c.table.quoted();
-        let failed = status_value(&self.opts.failed, self.shape.status_is_int);
-        let task = self.task_value();
         let has_url = self.shape.has_url;
-        let url_set = if has_url {
-            format!(", {u} = COALESCE(?2, {u})", u = c.url.quoted())
-        } else {
-            String::new()
-        };
-        let update = format!(
-            "UPDATE {t} SET {st} = ?1{url_set} WHERE {task} = ?3 AND {id} = ?4",
-            st = c.status.quoted(),
-            task = c.task.quoted(),
-            id = c.id.quoted(),
-        );
-        let insert = if has_url {
-            format!(
-                "INSERT INTO {t} ({task}, {id}, {st}, {u}) VALUES (?1, ?2, ?3, ?4)",
-                task = c.task.quoted(),
-                id = c.id.quoted(),
-                st = c.status.quoted(),
-                u = c.url.quoted()
-            )
-        } else {
-            format!(
-                "INSERT INTO {t} ({task}, {id}, {st}) VALUES (?1, ?2, ?3)",
-                task = c.task.quoted(),
-                id = c.id.quoted(),
-                st = c.status.quoted(),
-            )
-        };
         if !has_url && items.iter().any(|i| i.url.is_some()) {
             bail!(
                 "{}: table {} has no {} column for the imported urls",
@@ -635,28 +807,78 @@ impl Inner {
                 c.url
             );
         }
+        let failed = self.failed_value();
+        let task = self.task_value();
+        let key = format!(
+            "{} AND {}",
+            self.shape.task.eq(&c.task.quoted(), 1),
+            self.shape.id.eq(&c.id.quoted(), 2)
+        );
+        let exists = format!("SELECT 1 FROM {t} WHERE {key} LIMIT 1");
+        let url_set = if has_url {
+            format!(", {u} = COALESCE(?4, {u})", u = c.url.quoted())
+        } else {
+            String::new()
+        };
+        let update = format!(
+            "UPDATE {t} SET {st} = ?3{url_set} WHERE {key}",
+            st = c.status.quoted(),
+        );
+        let insert = format!(
+            "INSERT INTO {t} ({task}, {id}, {st}{u}) VALUES (?1, ?2, ?3{uv})",
+            task = c.task.quoted(),
+            id = c.id.quoted(),
+            st = c.status.quoted(),
+            u = if has_url {
+                format!(", {}", c.url.quoted())
+            } else {
+                String::new()
+            },
+            uv = if has_url { ", ?4" } else { "" },
+        );
+        let id_aff = self.shape.id;
         let tx = self
             .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut written = 0u64;
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .with_context(|| format!("{}: cannot start the import", self.name))?;
+        let mut counts = ImportCounts::default();
         {
+            let mut ex = tx.prepare_cached(&exists)?;
             let mut up = tx.prepare_cached(&update)?;
             let mut ins = tx.prepare_cached(&insert)?;
             for item in items {
-                let changed = up.execute(rusqlite::params![failed, item.url, task, item.id])?;
-                if changed == 0 {
-                    if has_url {
-                        ins.execute(rusqlite::params![task, item.id, failed, item.url])?;
-                    } else {
-                        ins.execute(rusqlite::params![task, item.id, failed])?;
+                let id = id_aff.bind(&item.id);
+                let found = ex
+                    .query_row(rusqlite::params![task, id], |_| Ok(()))
+                    .optional()?
+                    .is_some();
+                let what = || format!("{}: cannot import item {:?}", self.name, item.id);
+                match (found, reset) {
+                    (true, false) => counts.already += 1,
+                    (true, true) => {
+                        if has_url {
+                            up.execute(rusqlite::params![task, id, failed, item.url])
+                        } else {
+                            up.execute(rusqlite::params![task, id, failed])
+                        }
+                        .with_context(what)?;
+                        counts.reset += 1;
+                    }
+                    (false, _) => {
+                        if has_url {
+                            ins.execute(rusqlite::params![task, id, failed, item.url])
+                        } else {
+                            ins.execute(rusqlite::params![task, id, failed])
+                        }
+                        .with_context(what)?;
+                        counts.added += 1;
                     }
                 }
-                written += 1;
             }
         }
         tx.commit()
             .with_context(|| format!("{}: cannot commit the import", self.name))?;
-        Ok(written)
+        Ok(counts)
     }
 }
 
@@ -683,24 +905,27 @@ fn item_from(row: &rusqlite::Row<'_>, has_url: bool, extra: usize) -> rusqlite::
 }
 
 /// Frees the leases held by workers of this host that are no longer running (killed,
-/// crashed): their items need not wait for the lease to expire.
-fn reap_dead_owners(conn: &Connection, opts: &StoreOptions) -> Result<()> {
-    let c = &opts.columns;
+/// crashed): their items need not wait for the lease to expire. Every row of the task the
+/// dead worker held is freed, whatever its status (a lease means nothing once its owner
+/// is gone).
+fn reap_dead_owners(
+    conn: &Connection,
+    opts: &StoreOptions,
+    task: &Value,
+    task_eq: &str,
+) -> Result<()> {
+    let t = opts.columns.table.quoted();
     let owners: Vec<String> = conn
         .prepare(&format!(
-            "SELECT DISTINCT lease_owner FROM {t} WHERE {task} = ?1 AND lease_owner IS NOT NULL",
-            t = c.table.quoted(),
-            task = c.task.quoted(),
+            "SELECT DISTINCT lease_owner FROM {t} WHERE {task_eq} AND lease_owner IS NOT NULL"
         ))?
-        .query_map([&opts.task], |r| r.get::<_, String>(0))?
+        .query_map([task], |r| r.get::<_, String>(0))?
         .collect::<rusqlite::Result<_>>()?;
     let free = format!(
-        "UPDATE {t} SET lease_owner = NULL, lease_until = NULL WHERE {task} = ?1 AND lease_owner = ?2",
-        t = c.table.quoted(),
-        task = c.task.quoted(),
+        "UPDATE {t} SET lease_owner = NULL, lease_until = NULL WHERE {task_eq} AND lease_owner = ?2"
     );
     for owner in owners.iter().filter(|o| super::owner_is_dead_here(o)) {
-        let n = conn.execute(&free, rusqlite::params![opts.task, owner])?;
+        let n = conn.execute(&free, rusqlite::params![task, owner])?;
         tracing::info!(owner = %owner, items = n, "took over the claims of a worker that is gone");
     }
     Ok(())
@@ -709,14 +934,16 @@ fn reap_dead_owners(conn: &Connection, opts: &StoreOptions) -> Result<()> {
 /// When this round of checks started: this worker's start, or the start of the earliest
 /// live worker on the task (read from its `lease_owner` name), so a worker joining a run
 /// does not check again what the others already checked.
-fn round_start(conn: &Connection, opts: &StoreOptions) -> Result<SystemTime> {
-    let c = &opts.columns;
+fn round_start(
+    conn: &Connection,
+    opts: &StoreOptions,
+    task: &Value,
+    task_eq: &str,
+) -> Result<SystemTime> {
     let sql = format!(
-        "SELECT DISTINCT lease_owner FROM {t} WHERE {task} = ?1 AND lease_owner IS NOT NULL AND lease_until >= ?2",
-        t = c.table.quoted(),
-        task = c.task.quoted(),
+        "SELECT DISTINCT lease_owner FROM {t} WHERE {task_eq} AND lease_owner IS NOT NULL AND lease_until >= ?2",
+        t = opts.columns.table.quoted(),
     );
-    let task = &opts.task;
     let mut stmt = conn.prepare(&sql)?;
     let owners = stmt
         .query_map(rusqlite::params![task, rfc3339(SystemTime::now())], |r| {
@@ -729,18 +956,28 @@ fn round_start(conn: &Connection, opts: &StoreOptions) -> Result<SystemTime> {
         .fold(opts.started, SystemTime::min))
 }
 
-/// Reads the table's columns and checks the ones the run needs.
-fn inspect(conn: &Connection, name: &str, opts: &StoreOptions) -> Result<Shape> {
+/// Reads the table's columns and checks the ones the run needs, and the values it binds.
+fn inspect(conn: &Connection, name: &str, opts: &StoreOptions, mode: OpenMode) -> Result<Shape> {
     let c = &opts.columns;
-    let mut stmt = conn.prepare(&format!("PRAGMA table_info({})", c.table.quoted()))?;
-    let cols: Vec<(String, String)> = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    let cols = TableColumns::new(name, &c.table, cols);
-    let (task_t, _, status_t) = cols.check_run(opts)?;
+    let cols = TableColumns::new(name, &c.table, table_info(conn, &c.table)?);
+    let (task_t, id_t, status_t) = cols.check_run(opts)?;
+    let status = Affinity::of(status_t);
+    if mode == OpenMode::Run {
+        let check = |flag: &str, v: &StatusValue| {
+            status
+                .check(flag, v.as_str(), &c.status, &c.table)
+                .map_err(|e| anyhow!("{name}: {e}"))
+        };
+        check("--failed-status", &opts.failed)?;
+        check("--ok-status", &opts.ok)?;
+        if let Some(nf) = &opts.not_found {
+            check("--not-found-status", nf)?;
+        }
+    }
     Ok(Shape {
-        status_is_int: is_numeric_affinity(status_t),
-        task_is_int: is_numeric_affinity(task_t),
+        status,
+        task: Affinity::of(task_t),
+        id: Affinity::of(id_t),
         has_url: cols.has(c.url.as_str()),
         has_http_status: cols.has("http_status"),
         has_attempts: cols.has("attempts"),
@@ -755,10 +992,8 @@ impl Store for SqliteStore {
         self.with(move |i| i.claim(n)).await
     }
 
-    async fn save(&self, batch: Vec<Verdict>) -> Result<super::Saved> {
-        self.with(move |i| i.save(&batch))
-            .await
-            .map(|()| super::Saved::default())
+    async fn save(&self, batch: Vec<Verdict>) -> Result<Saved> {
+        self.with(move |i| i.save(&batch)).await
     }
 
     async fn pending(&self) -> Result<u64> {
@@ -774,7 +1009,7 @@ impl Store for SqliteStore {
             i.release()?;
             if !i.opts.read_only {
                 // Fold the WAL back so the file alone holds everything (nice for copies);
-                // failure is harmless, the WAL stays valid.
+                // failure is harmless, the WAL stays valid. A no-op in other modes.
                 let _ = i
                     .conn
                     .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
@@ -788,13 +1023,8 @@ impl Store for SqliteStore {
         self.with(|i| i.status_counts()).await
     }
 
-    async fn import(&self, items: Vec<NewItem>, _reset: bool) -> Result<super::ImportCounts> {
-        self.with(move |i| i.import(&items))
-            .await
-            .map(|added| super::ImportCounts {
-                added,
-                ..Default::default()
-            })
+    async fn import(&self, items: Vec<NewItem>, reset: bool) -> Result<ImportCounts> {
+        self.with(move |i| i.import(&items, reset)).await
     }
 }
 
@@ -809,10 +1039,10 @@ mod tests {
         StoreOptions::basic(task, Columns::default(), StatusValue::new("failed"))
     }
 
-    fn verdict(key: i64, outcome: Outcome) -> Verdict {
+    fn verdict(item: &Item, outcome: Outcome) -> Verdict {
         Verdict {
-            key,
-            id: key.to_string(),
+            key: item.key,
+            id: item.id.clone(),
             outcome,
             http_status: Some(200),
             attempts: 2,
@@ -825,14 +1055,43 @@ mod tests {
 
     #[test]
     fn affinity() {
-        assert!(is_numeric_affinity("INTEGER"));
-        assert!(is_numeric_affinity("tinyint"));
-        assert!(is_numeric_affinity("NUMERIC"));
-        assert!(is_numeric_affinity("BOOLEAN"));
-        assert!(!is_numeric_affinity("TEXT"));
-        assert!(!is_numeric_affinity("VARCHAR(20)"));
-        assert!(!is_numeric_affinity(""));
-        assert!(!is_numeric_affinity("REAL"));
+        use Affinity::*;
+        for (decl, want) in [
+            ("INTEGER", Numeric),
+            ("tinyint", Numeric),
+            ("NUMERIC", Numeric),
+            ("BOOLEAN", Numeric),
+            ("REAL", Numeric),
+            ("TEXT", Text),
+            ("VARCHAR(20)", Text),
+            ("", None),
+            ("BLOB", None),
+        ] {
+            assert_eq!(Affinity::of(decl), want, "{decl}");
+        }
+        assert_eq!(None.bind("5"), Value::Integer(5));
+        assert_eq!(Text.bind("5"), Value::Text("5".into()));
+        assert_eq!(Numeric.bind("05"), Value::Text("05".into()));
+        assert!(
+            Numeric
+                .check(
+                    "--failed-status",
+                    "failed",
+                    &Ident::new("c", "status").unwrap(),
+                    &Ident::new("t", "items").unwrap()
+                )
+                .is_err()
+        );
+        assert!(
+            Numeric
+                .check(
+                    "--failed-status",
+                    "5",
+                    &Ident::new("c", "status").unwrap(),
+                    &Ident::new("t", "items").unwrap()
+                )
+                .is_ok()
+        );
     }
 
     #[tokio::test]
@@ -856,8 +1115,8 @@ mod tests {
         assert!(store.claim(3).await.unwrap().is_empty());
         store
             .save(vec![
-                verdict(page1[0].key, Outcome::Ok),
-                verdict(page1[1].key, Outcome::Error),
+                verdict(&page1[0], Outcome::Ok),
+                verdict(&page1[1], Outcome::Error),
             ])
             .await
             .unwrap();

@@ -84,7 +84,7 @@ fn init_import_status() {
         .args(["init"])
         .assert()
         .success()
-        .stdout("table items already exists in recheck.db\n");
+        .stdout("table items in recheck.db already has every column recheck uses\n");
     sb.cmd()
         .args(["import", "--task", "t"])
         .write_stdin("a\n\nb\n{\"id\": \"c\", \"url\": \"http://127.0.0.1:9/c\"}\n{\"id\": 4}\n")
@@ -133,24 +133,17 @@ fn init_import_status() {
 }
 
 #[test]
-fn run_creates_a_new_sqlite_store() {
+fn run_does_not_create_a_missing_sqlite_store() {
+    // A mistyped path must not pass as "nothing to check" (SPEC §2: run never creates).
     let sb = Sandbox::new();
     let out = sb
         .cmd()
-        .args([
-            "run",
-            "--task",
-            "t",
-            "--url",
-            "http://127.0.0.1:9/{id}",
-            "--format",
-            "json",
-        ])
+        .args(["run", "--task", "t", "--url", "http://127.0.0.1:9/{id}"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    assert_eq!(support::summary(&out)["checked"], 0);
-    assert!(sb.path("recheck.db").exists());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("recheck.db: no such store"));
+    assert!(!sb.path("recheck.db").exists());
 }
 
 #[test]

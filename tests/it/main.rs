@@ -22,3 +22,4 @@ mod secrets;
 mod seed_shape;
 mod stop;
 mod workers;
+mod writeback;

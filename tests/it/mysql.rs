@@ -572,7 +572,10 @@ fn mysql_init_creates_and_completes_the_schema() {
             "last_error",
             "checked_at",
             "lease_owner",
-            "lease_until"
+            "lease_until",
+            "checks",
+            "first_checked_at",
+            "next_check_at"
         ]
     );
     let pk = db.rows(&format!(
@@ -610,13 +613,16 @@ fn mysql_init_creates_and_completes_the_schema() {
         "checked_at",
         "lease_owner",
         "lease_until",
+        "checks",
+        "first_checked_at",
+        "next_check_at",
     ] {
         assert!(
             text.contains(&format!("ALTER TABLE `data` ADD COLUMN `{col}`")),
             "{col}: {text}"
         );
     }
-    assert_eq!(columns("data").len(), 9);
+    assert_eq!(columns("data").len(), 12);
     let out = sb
         .cmd()
         .args(["init", "--store", &db.url, "--table", "data"])

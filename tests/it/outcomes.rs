@@ -173,11 +173,11 @@ fn dry_run_writes_nothing() {
     assert_eq!(s["checked"], 2);
     assert_eq!(server.requests("ok-1"), 1);
     assert_eq!(support::snapshot(&db), before);
-    // A dry run on a store that does not exist creates nothing.
+    // A dry run on a store that does not exist is refused and creates nothing.
     sb.run(&server, "t", "new.db")
         .arg("--dry-run")
         .assert()
-        .code(0);
+        .code(2);
     assert!(!sb.path("new.db").exists());
 }
 

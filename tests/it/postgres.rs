@@ -584,7 +584,8 @@ fn pg_init_creates_the_schema_and_adds_lease_columns() {
         Some(
             "task_id text NO, item_id text NO, status text NO, url text YES, http_status integer YES, \
              attempts integer NO, last_error text YES, checked_at timestamp with time zone YES, \
-             lease_owner text YES, lease_until timestamp with time zone YES"
+             lease_owner text YES, lease_until timestamp with time zone YES, checks integer NO, \
+             first_checked_at timestamp with time zone YES, next_check_at timestamp with time zone YES"
         )
     );
     assert_eq!(
@@ -621,7 +622,7 @@ fn pg_init_creates_the_schema_and_adds_lease_columns() {
         .lines()
         .filter(|l| l.starts_with("ALTER TABLE \"data\" ADD COLUMN"))
         .collect();
-    assert_eq!(alters.len(), 6, "{text}");
+    assert_eq!(alters.len(), 9, "{text}");
     for col in [
         "http_status",
         "attempts",
