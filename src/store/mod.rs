@@ -6,9 +6,7 @@ pub mod json;
 pub mod jsondoc;
 pub mod jsonl;
 pub mod lock;
-pub mod mysql;
-pub mod postgres;
-pub mod sqlite;
+pub mod sql;
 
 use std::fmt;
 use std::future::Future;
@@ -432,6 +430,9 @@ pub fn is_transient(e: &anyhow::Error) -> bool {
         if let Some(t) = c.downcast_ref::<Transient>() {
             return t.0;
         }
+        if let Some(t) = c.downcast_ref::<ServerError>() {
+            return t.transient;
+        }
         if let Some(r) = c.downcast_ref::<rusqlite::Error>() {
             return matches!(
                 r.sqlite_error_code(),
@@ -474,6 +475,47 @@ pub fn sqlx_transient(e: &sqlx::Error) -> bool {
         _ => false,
     }
 }
+
+/// A database server's error, its message scrubbed of secrets, and whether trying again
+/// may help (see [`is_transient`]).
+#[derive(Debug, Clone)]
+pub struct ServerError {
+    /// The message, on one line, with every secret replaced by `***`.
+    pub message: String,
+    /// Whether the cause may pass (deadlock, dropped connection...).
+    pub transient: bool,
+    /// The server rolled the transaction back for a deadlock, a lock wait timeout or a
+    /// serialization failure: running the same transaction again is safe.
+    pub rolled_back: bool,
+}
+
+impl ServerError {
+    /// The error of a database server's driver, its message scrubbed by `scrub`.
+    pub fn from_sqlx(what: &str, e: &sqlx::Error, scrub: impl Fn(&str) -> String) -> Self {
+        let rolled_back = match e {
+            sqlx::Error::Database(db) => {
+                matches!(db.code().as_deref(), Some("40001" | "40P01"))
+                    || db
+                        .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                        .is_some_and(|m| matches!(m.number(), 1205 | 1213))
+            }
+            _ => false,
+        };
+        ServerError {
+            message: format!("{what}: {}", scrub(&e.to_string())),
+            transient: sqlx_transient(e) || rolled_back,
+            rolled_back,
+        }
+    }
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ServerError {}
 
 /// Marks an error as transient (`Transient(true)`) or final (`Transient(false)`) for
 /// [`is_transient`], where the driver's own error does not tell.
@@ -590,15 +632,15 @@ pub trait Store: Send + Sync + 'static {
 /// Every backend behind one type, chosen once from the [`StoreSpec`].
 pub enum AnyStore {
     /// SQLite file.
-    Sqlite(sqlite::SqliteStore),
+    Sqlite(sql::SqlStore<sql::sqlite::SqliteDb>),
     /// One JSON document.
     Json(json::JsonStore),
     /// JSON Lines.
     Jsonl(jsonl::JsonlStore),
     /// PostgreSQL, shared by several workers.
-    Postgres(postgres::PgStore),
+    Postgres(sql::SqlStore<sql::postgres::PgDb>),
     /// MySQL / MariaDB, shared by several workers.
-    Mysql(mysql::MyStore),
+    Mysql(sql::SqlStore<sql::mysql::MyDb>),
 }
 
 /// Why a store is being opened: decides whether it may be created.
@@ -617,28 +659,44 @@ pub enum OpenMode {
 /// written.
 pub async fn open(spec: &StoreSpec, opts: StoreOptions, mode: OpenMode) -> Result<AnyStore> {
     match spec {
-        StoreSpec::Sqlite(p) => Ok(AnyStore::Sqlite(
-            sqlite::SqliteStore::open(p.clone(), opts, mode).await?,
-        )),
+        StoreSpec::Sqlite(p) => {
+            let read_only = opts.read_only || mode == OpenMode::Status;
+            let db = sql::sqlite::SqliteDb::open(p, mode, read_only).await?;
+            Ok(AnyStore::Sqlite(sql::SqlStore::open(db, opts, mode).await?))
+        }
         StoreSpec::Json(p) => Ok(AnyStore::Json(json::JsonStore::open(p, opts, mode)?)),
         StoreSpec::Jsonl(p) => Ok(AnyStore::Jsonl(jsonl::JsonlStore::open(p, opts, mode)?)),
-        StoreSpec::Postgres(url) => Ok(AnyStore::Postgres(
-            postgres::PgStore::open(url, &spec.to_string(), opts, mode).await?,
-        )),
-        StoreSpec::Mysql(url) => Ok(AnyStore::Mysql(
-            mysql::MyStore::open(url, &spec.to_string(), opts, mode).await?,
-        )),
+        StoreSpec::Postgres(url) => {
+            let db =
+                sql::postgres::PgDb::connect(url, &spec.to_string(), opts.db_connections).await?;
+            Ok(AnyStore::Postgres(
+                sql::SqlStore::open(db, opts, mode).await?,
+            ))
+        }
+        StoreSpec::Mysql(url) => {
+            let db = sql::mysql::MyDb::connect(url, &spec.to_string(), opts.db_connections).await?;
+            Ok(AnyStore::Mysql(sql::SqlStore::open(db, opts, mode).await?))
+        }
     }
 }
 
 /// Creates the default schema (`recheck init`). Returns a line saying what was done.
 pub async fn init(spec: &StoreSpec, table: &Ident) -> Result<String> {
     match spec {
-        StoreSpec::Sqlite(p) => sqlite::init(p, table).await,
+        StoreSpec::Sqlite(p) => {
+            let db = sql::sqlite::SqliteDb::open(p, OpenMode::Create, false).await?;
+            sql::protocol::init(&db, table).await
+        }
         StoreSpec::Json(p) => json::init(p),
         StoreSpec::Jsonl(p) => jsonl::init(p),
-        StoreSpec::Postgres(url) => postgres::init(url, &spec.to_string(), table).await,
-        StoreSpec::Mysql(url) => mysql::init(url, &spec.to_string(), table).await,
+        StoreSpec::Postgres(url) => {
+            let db = sql::postgres::PgDb::connect(url, &spec.to_string(), 1).await?;
+            sql::protocol::init(&db, table).await
+        }
+        StoreSpec::Mysql(url) => {
+            let db = sql::mysql::MyDb::connect(url, &spec.to_string(), 1).await?;
+            sql::protocol::init(&db, table).await
+        }
     }
 }
 

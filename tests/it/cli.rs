@@ -79,12 +79,12 @@ fn init_import_status() {
         .args(["init"])
         .assert()
         .success()
-        .stdout("created table items in recheck.db\n");
+        .stdout("created table items in sqlite:recheck.db\n");
     sb.cmd()
         .args(["init"])
         .assert()
         .success()
-        .stdout("table items in recheck.db already has every column recheck uses\n");
+        .stdout("table items in sqlite:recheck.db already has every column recheck uses\n");
     sb.cmd()
         .args(["import", "--task", "t"])
         .write_stdin("a\n\nb\n{\"id\": \"c\", \"url\": \"http://127.0.0.1:9/c\"}\n{\"id\": 4}\n")

@@ -318,7 +318,7 @@ fn mysql_seed_table_with_integer_statuses() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = one_line(&out.stderr);
     assert!(
-        err.contains("--failed-status \"failed\" is not a number"),
+        err.contains("--failed-status \"failed\" is not an integer"),
         "{err}"
     );
     assert_eq!(server.requests("ok-5"), 0);
@@ -442,7 +442,7 @@ fn mysql_a_killed_worker_is_taken_over() {
     let sb = Sandbox::new();
     let ids: Vec<String> = (0..N).map(|i| format!("ok-{i}")).collect();
     db.default_items("t", &ids);
-    let a = worker_args(&db, &server, &["--lease", "2s"]);
+    let a = worker_args(&db, &server, &["--lease", "4s"]);
     let victim = sb.spawn(&strs(&a));
     let survivors = [sb.spawn(&strs(&a)), sb.spawn(&strs(&a))];
     support::wait_until("the workers under way", Duration::from_secs(30), || {
@@ -630,7 +630,7 @@ fn mysql_init_creates_and_completes_the_schema() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("already exists"),
+        String::from_utf8_lossy(&out.stdout).contains("already has every column"),
         "{out:?}"
     );
 }

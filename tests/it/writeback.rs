@@ -247,7 +247,7 @@ fn text_status_for_an_integer_column_is_refused() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("--failed-status") && err.contains("holds numbers"),
+        err.contains("--failed-status") && err.contains("holds integers"),
         "{err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -410,7 +410,7 @@ fn init_adds_the_missing_columns_to_an_existing_sqlite_table() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(said.contains("ADD COLUMN lease_owner"), "{said}");
+    assert!(said.contains("ADD COLUMN \"lease_owner\""), "{said}");
     let cols: Vec<String> = query(&db, "SELECT name FROM pragma_table_info('data')")
         .into_iter()
         .filter_map(|r| r[0].clone())

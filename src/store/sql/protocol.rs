@@ -1,0 +1,1326 @@
+//! The claim-and-write protocol of every SQL store, written once over a [`Backend`].
+//!
+//! # How workers share a task
+//!
+//! - **Claim.** In one transaction: select the next page of the task's failed items after
+//!   this worker's keyset cursor that no live worker holds (`lease_owner` NULL, or
+//!   `lease_until` past) and that nobody checked in this round, locking them (`FOR UPDATE
+//!   SKIP LOCKED`, or SQLite's single writer), then lease them: `lease_owner` = this
+//!   worker, `lease_until` = now + `--lease` (the database's clock where it has one).
+//!   "Checked in this round" is a `checked_at` between the round's start and now; any other
+//!   value (older, in the future, text that is no time at all) leaves the item claimable,
+//!   so the claim never depends on parsing other people's text.
+//! - **Renew / release.** The leases this worker holds on items it has not saved are
+//!   extended three times per lease, and given back at the end (a stop, a limit). The
+//!   claim runs on a task of its own, so a stop cannot cut it off between the commit and
+//!   the bookkeeping of what this worker holds.
+//! - **Takeover.** When a pass runs dry, the worker frees the leases of dead workers of
+//!   its own host on the task (whatever the rows' status: a lease means nothing once its
+//!   owner is gone) and sweeps once more from the start. An expired lease is free anyway.
+//! - **Save (compare-and-set).** In one transaction, per chunk: lock the rows that are
+//!   still as claimed (task, key, id, the failed status and, with leases, this worker's
+//!   lease), then write only those. A row the pipeline changed, deleted or replaced, or
+//!   that another worker took over, keeps that change; the verdict is a conflict.
+//! - **Without lease columns** a table cannot share work: one run per task holds the
+//!   backend's task lock, and a second one fails fast.
+//!
+//! # Resolved one way for every backend
+//!
+//! - `import` never leases; it inserts new ids and leaves existing ones (`--reset` sets
+//!   them back to failed).
+//! - The dead-worker sweep frees every row of the task the dead worker held, any status.
+//! - A status (or task) value that an integer column cannot hold is refused at open
+//!   (exit 2), never silently matched against nothing.
+//! - `init` creates the default schema, or adds the bookkeeping, lease and schedule
+//!   columns an existing table lacks.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex as StdMutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use super::{Backend, Col, Kind, Row, Sql, TimeKind, Tx, Val};
+use crate::model::{Item, StatusValue, Verdict};
+use crate::store::{
+    Ident, ImportCounts, NewItem, OpenMode, Saved, StatusCounts, Store, StoreOptions,
+};
+
+/// Rows per save statement (a batch of 1000 verdicts is ten chunks in one transaction).
+const SAVE_CHUNK: usize = 100;
+/// Most keys in one `IN (...)` list (claims, renewals, releases, imports).
+const IN_CHUNK: usize = 500;
+/// Statement sizes: a short list is padded (its last entry repeated) up to the next of
+/// these, so a run prepares a handful of statement shapes, not one per length.
+const SHAPES: [usize; 4] = [1, 10, 100, 500];
+/// Attempts of a transaction that hits a deadlock or a lock wait timeout.
+const TX_ATTEMPTS: u32 = 6;
+
+/// Column types of the default schema, spelled by each backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaType {
+    /// task and item ids (part of the primary key).
+    Key,
+    /// The status.
+    Status,
+    /// Free text (url, last_error).
+    Text,
+    /// An integer (http_status, attempts, checks).
+    Int,
+    /// A point in time.
+    Time,
+    /// A worker's name.
+    Owner,
+}
+
+/// The default schema (SPEC §2): name, type, NOT NULL default. The first four are the
+/// mapped core columns.
+const SCHEMA: [(&str, SchemaType, &str); 13] = [
+    ("task_id", SchemaType::Key, "NOT NULL"),
+    ("item_id", SchemaType::Key, "NOT NULL"),
+    ("status", SchemaType::Status, "NOT NULL"),
+    ("url", SchemaType::Text, "NULL"),
+    ("http_status", SchemaType::Int, "NULL"),
+    ("attempts", SchemaType::Int, "NOT NULL DEFAULT 0"),
+    ("last_error", SchemaType::Text, "NULL"),
+    ("checked_at", SchemaType::Time, "NULL"),
+    ("lease_owner", SchemaType::Owner, "NULL"),
+    ("lease_until", SchemaType::Time, "NULL"),
+    ("checks", SchemaType::Int, "NOT NULL DEFAULT 0"),
+    ("first_checked_at", SchemaType::Time, "NULL"),
+    ("next_check_at", SchemaType::Time, "NULL"),
+];
+
+/// A store on a SQL backend.
+pub struct SqlStore<B: Backend> {
+    inner: Arc<Inner<B>>,
+}
+
+struct Inner<B: Backend> {
+    b: B,
+    opts: StoreOptions,
+    shape: Shape,
+    /// Claims are leases shared with other workers (the table has the lease columns and
+    /// the run writes).
+    leasing: bool,
+    /// Items checked at or after this time were checked in this round, by this worker or
+    /// one running alongside it: they are not claimed again.
+    since: SystemTime,
+    /// The task and the failed status as the columns hold them.
+    task: Val,
+    failed: Val,
+    /// Keyset position; held for the whole of a claim, so `finish` waits for one in flight.
+    cursor: tokio::sync::Mutex<Cursor>,
+    /// Keys this worker leased and has not saved yet (a few pages at most).
+    held: StdMutex<HashSet<String>>,
+    /// The task's lock, for tables without lease columns.
+    lock: tokio::sync::Mutex<Option<B::Lock>>,
+}
+
+#[derive(Debug, Default)]
+struct Cursor {
+    /// The key of the last item handed out.
+    last: Option<String>,
+    /// The keyset pass has reached the end once and started over for abandoned claims.
+    swept: bool,
+}
+
+/// The parts of the table recheck uses, found in the catalog at open.
+#[derive(Debug, Clone)]
+struct Shape {
+    table: String,
+    task: Col,
+    id: Col,
+    status: Col,
+    /// The row key: `rowid` (SQLite) or the id column.
+    key: Col,
+    key_is_rowid: bool,
+    url: Option<Col>,
+    extras: Vec<Col>,
+    http_status: Option<Col>,
+    attempts: Option<Col>,
+    last_error: Option<Col>,
+    checked_at: Option<(Col, TimeKind)>,
+    /// `lease_owner`, `lease_until` (with `checked_at`): workers can share the task.
+    lease: Option<(Col, Col, TimeKind)>,
+}
+
+fn held(m: &StdMutex<HashSet<String>>) -> MutexGuard<'_, HashSet<String>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The statement size a list of `n` entries is padded to.
+fn shape_for(n: usize) -> usize {
+    SHAPES.iter().copied().find(|&s| s >= n).unwrap_or(n)
+}
+
+fn int_of(row: &Row, i: usize) -> Result<i64> {
+    row.get(i)
+        .and_then(|v| v.as_deref())
+        .unwrap_or("0")
+        .parse::<f64>()
+        .map(|f| f as i64)
+        .map_err(|e| anyhow!("not a number in column {i}: {e}"))
+}
+
+/// Runs `f` again when the server rolled its transaction back for a deadlock or a lock
+/// wait.
+async fn retrying<B: Backend, T, F, Fut>(b: &B, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut attempt = 1;
+    loop {
+        match f().await {
+            Err(e) if attempt < TX_ATTEMPTS && b.retry_tx(&e) => {
+                tracing::debug!("transaction retried after: {e:#}");
+                let wait = 5u64 << attempt.min(6);
+                tokio::time::sleep(Duration::from_millis(wait + fastrand::u64(0..=wait))).await;
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// `recheck init`: creates the default schema in `table`, or adds the columns an existing
+/// table lacks, and says what it ran.
+pub async fn init<B: Backend>(b: &B, table: &Ident) -> Result<String> {
+    let name = b.name().to_string();
+    let Some((spelled, cols)) = b.columns(table).await? else {
+        let stmts = create_statements(b, table, &crate::store::Columns::default())?;
+        let mut tx = b.begin().await?;
+        for s in stmts {
+            tx.exec(s, Vec::new())
+                .await
+                .with_context(|| format!("{name}: cannot create table {table}"))?;
+        }
+        tx.commit()
+            .await
+            .with_context(|| format!("{name}: cannot create table {table}"))?;
+        return Ok(format!("created table {table} in {name}"));
+    };
+    let has = |n: &str| cols.iter().any(|c| c.name.as_str().eq_ignore_ascii_case(n));
+    let stmts: Vec<String> = SCHEMA[4..]
+        .iter()
+        .filter(|(n, _, _)| !has(n))
+        .map(|(n, ty, null)| {
+            format!(
+                "ALTER TABLE {} ADD COLUMN {} {} {null}",
+                b.quote(spelled.as_str()),
+                b.quote(n),
+                b.column_type(*ty)
+            )
+        })
+        .collect();
+    if stmts.is_empty() {
+        return Ok(format!(
+            "table {table} in {name} already has every column recheck uses"
+        ));
+    }
+    let mut tx = b.begin().await?;
+    for s in &stmts {
+        tx.exec(s.clone(), Vec::new())
+            .await
+            .with_context(|| format!("{name}: cannot alter table {table}"))?;
+    }
+    tx.commit()
+        .await
+        .with_context(|| format!("{name}: cannot alter table {table}"))?;
+    let mut msg = format!(
+        "table {table} in {name} exists; added the columns recheck uses for bookkeeping, leases and the schedule:"
+    );
+    for s in &stmts {
+        msg.push_str(&format!("\n{s};"));
+    }
+    Ok(msg)
+}
+
+/// `CREATE TABLE` (with the mapped names of the core columns) and its index.
+fn create_statements<B: Backend>(
+    b: &B,
+    table: &Ident,
+    c: &crate::store::Columns,
+) -> Result<Vec<String>> {
+    let names = [&c.task, &c.id, &c.status, &c.url];
+    let cols: Vec<String> = SCHEMA
+        .iter()
+        .enumerate()
+        .map(|(i, (n, ty, null))| {
+            let n = names.get(i).map_or(*n, |c| c.as_str());
+            format!("{} {} {null}", b.quote(n), b.column_type(*ty))
+        })
+        .collect();
+    // MySQL allows 64 characters in an index name, PostgreSQL 63.
+    let idx = format!("{}_task_status", table.as_str());
+    let idx = Ident::new(
+        "index",
+        if idx.len() <= 60 {
+            &idx
+        } else {
+            "recheck_task_status"
+        },
+    )?;
+    Ok(vec![
+        format!(
+            "CREATE TABLE {} ({}, PRIMARY KEY ({}, {}))",
+            b.quote(table.as_str()),
+            cols.join(", "),
+            b.quote(c.task.as_str()),
+            b.quote(c.id.as_str())
+        ),
+        format!(
+            "CREATE INDEX {} ON {} ({}, {})",
+            b.quote(idx.as_str()),
+            b.quote(table.as_str()),
+            b.quote(c.task.as_str()),
+            b.quote(c.status.as_str())
+        ),
+    ])
+}
+
+impl<B: Backend> SqlStore<B> {
+    /// Checks the table, every column and every value the run binds, then prepares to
+    /// serve the task. Nothing is written before that check.
+    pub async fn open(b: B, opts: StoreOptions, mode: OpenMode) -> Result<SqlStore<B>> {
+        let inner = Inner::open(b, opts, mode).await?;
+        Ok(SqlStore {
+            inner: Arc::new(inner),
+        })
+    }
+}
+
+impl<B: Backend> Inner<B> {
+    async fn open(b: B, opts: StoreOptions, mode: OpenMode) -> Result<Inner<B>> {
+        let name = b.name().to_string();
+        let c = &opts.columns;
+        let read_only = opts.read_only || mode == OpenMode::Status;
+        let found = match b.columns(&c.table).await? {
+            Some(found) => found,
+            None => {
+                let tables = b.tables().await;
+                if mode == OpenMode::Create && tables.is_empty() {
+                    // A new or empty database: `import` creates the schema.
+                    let mut tx = b.begin().await?;
+                    for s in create_statements(&b, &c.table, c)? {
+                        tx.exec(s, Vec::new())
+                            .await
+                            .with_context(|| format!("{name}: cannot create table {}", c.table))?;
+                    }
+                    tx.commit().await?;
+                    b.columns(&c.table)
+                        .await?
+                        .ok_or_else(|| anyhow!("{name}: table {} vanished", c.table))?
+                } else {
+                    let listed = match tables.len() {
+                        0 => "the database has no tables".to_string(),
+                        1..=20 => format!("tables: {}", tables.join(", ")),
+                        _ => format!("tables: {}, ...", tables[..20].join(", ")),
+                    };
+                    bail!(
+                        "{name}: table {} not found ({listed}); `recheck init --table {}` creates it",
+                        c.table,
+                        c.table
+                    );
+                }
+            }
+        };
+        let shape = inspect(&b, &name, found, &opts)?;
+        let col_of = |col: &Col| format!("column {} of table {}", col.name, shape.table);
+        let value = |flag: &str, col: &Col, v: &str| -> Result<Val> {
+            col.kind.val(v).map_err(|what| {
+                let article = if what == "integer" { "an" } else { "a" };
+                anyhow!(
+                    "{name}: {flag} {v:?} is not {article} {what}, but {} holds {what}s",
+                    col_of(col)
+                )
+            })
+        };
+        let task = value("--task", &shape.task, &opts.task)?;
+        let failed = match value("--failed-status", &shape.status, opts.failed.as_str()) {
+            // `status` counts every status and has no --failed-status: its default need
+            // not fit an integer column (it is never used).
+            Err(_) if mode == OpenMode::Status => Val::Null,
+            other => other?,
+        };
+        if mode == OpenMode::Run {
+            value("--ok-status", &shape.status, opts.ok.as_str())?;
+            if let Some(nf) = &opts.not_found {
+                value("--not-found-status", &shape.status, nf.as_str())?;
+            }
+        }
+        let leasing = shape.lease.is_some() && !read_only && mode == OpenMode::Run;
+        let inner = Inner {
+            since: opts.started,
+            b,
+            opts,
+            shape,
+            leasing,
+            task,
+            failed,
+            cursor: tokio::sync::Mutex::new(Cursor::default()),
+            held: StdMutex::new(HashSet::new()),
+            lock: tokio::sync::Mutex::new(None),
+        };
+        if mode == OpenMode::Run {
+            // Every query of the run once, on nothing: a table the statements cannot use
+            // (a view, WITHOUT ROWID, odd types) is a start-up error, not a mid-run one.
+            let (sql, args) = inner.page_sql(0, None, SystemTime::now());
+            inner.read(sql, args).await.with_context(|| {
+                format!(
+                    "{name}: table {} cannot be used as mapped",
+                    inner.shape.table
+                )
+            })?;
+            inner.check_task_exists().await?;
+        }
+        inner.start(mode, read_only).await
+    }
+
+    /// Takes the task's lock (tables without lease columns) or frees dead workers' leases
+    /// and finds the round's start (tables with them).
+    async fn start(mut self, mode: OpenMode, read_only: bool) -> Result<Inner<B>> {
+        let name = self.b.name().to_string();
+        if mode == OpenMode::Run && !read_only && self.shape.lease.is_none() {
+            let lock = self.b.try_lock(&self.shape.table, &self.opts.task).await?;
+            match lock {
+                Some(l) => *self.lock.get_mut() = Some(l),
+                None => bail!(
+                    "{name}: another recheck run holds the task's lock (task {}; table {} has no \
+                     lease columns, so one run at a time); add lease columns to share the work: \
+                     recheck init --store {name} --table {}",
+                    self.opts.task,
+                    self.shape.table,
+                    self.shape.table
+                ),
+            }
+        }
+        if self.leasing {
+            self.since = self
+                .reap_and_round_start()
+                .await
+                .with_context(|| format!("{name}: cannot free the leases of dead workers"))?;
+        }
+        Ok(self)
+    }
+
+    async fn read(&self, sql: String, args: Vec<Val>) -> Result<Vec<Row>> {
+        let mut tx = self.b.begin_read().await?;
+        let rows = tx.query(sql, args).await?;
+        tx.commit().await?;
+        Ok(rows)
+    }
+
+    fn sql(&self) -> Sql<'_, B> {
+        Sql::new(&self.b)
+    }
+
+    fn q(&self, col: &Col) -> String {
+        self.b.quote(col.name.as_str())
+    }
+
+    fn t(&self) -> String {
+        self.b.quote(&self.shape.table)
+    }
+
+    /// `task = ? AND status = ?` as the columns compare.
+    fn task_and_failed(&self, s: &mut Sql<'_, B>) {
+        self.task_is(s);
+        s.push(" AND ");
+        let st = self.q(&self.shape.status);
+        s.eq(&st, &self.shape.status, &self.failed);
+    }
+
+    fn task_is(&self, s: &mut Sql<'_, B>) {
+        let t = self.q(&self.shape.task);
+        s.eq(&t, &self.shape.task, &self.task);
+    }
+
+    /// The key column's SQL (`rowid` or the quoted id, as compared).
+    fn key_sql(&self) -> String {
+        if self.shape.key_is_rowid {
+            "rowid".into()
+        } else {
+            self.b.compare_expr(&self.q(&self.shape.id), &self.shape.id)
+        }
+    }
+
+    /// `key IN (...)` for `keys`, padded to a statement shape.
+    fn key_in(&self, s: &mut Sql<'_, B>, keys: &[&str]) {
+        let k = shape_for(keys.len());
+        let key = &self.shape.key;
+        if key.kind == Kind::Untyped {
+            s.push(&self.b.text(&self.q(key))).push(" IN (");
+        } else {
+            s.push(&self.key_sql()).push(" IN (");
+        }
+        for i in 0..k {
+            if i > 0 {
+                s.push(", ");
+            }
+            let v = keys[i.min(keys.len() - 1)];
+            let (val, kind) = match key.kind {
+                Kind::Untyped => (Val::Text(v.to_string()), Kind::Text),
+                kind => (
+                    kind.val(v).unwrap_or_else(|_| Val::Text(v.to_string())),
+                    kind,
+                ),
+            };
+            s.bind(val, kind);
+        }
+        s.push(")");
+    }
+
+    /// A time for a column of `kind`: "now" from the database's clock where it has one.
+    fn now(&self, s: &mut Sql<'_, B>, kind: TimeKind, at: SystemTime) {
+        match self.b.now(kind) {
+            Some(e) => {
+                s.push(&e);
+            }
+            None => {
+                s.bind(Val::Time(at, kind), Kind::Other);
+            }
+        }
+    }
+
+    /// The next page after `after` (or from the start), with the columns an item is built
+    /// from: key, id, url, extras, all as text. By lease: only free, not-yet-checked rows,
+    /// locked against other claimers.
+    fn page_sql(&self, n: usize, after: Option<&str>, now: SystemTime) -> (String, Vec<Val>) {
+        let sh = &self.shape;
+        let mut s = self.sql();
+        let key = self.key_sql();
+        s.push("SELECT ").push(&self.b.text(&key)).push(", ");
+        s.push(&format!("COALESCE({}, '')", self.b.text(&self.q(&sh.id))));
+        for col in sh.url.iter().chain(&sh.extras) {
+            s.push(", ").push(&self.b.text(&self.q(col)));
+        }
+        s.push(" FROM ").push(&self.t()).push(" WHERE ");
+        self.task_and_failed(&mut s);
+        if !sh.key_is_rowid {
+            // A NULL id is no key: such rows cannot be claimed on a shared server.
+            s.push(" AND ").push(&self.q(&sh.id)).push(" IS NOT NULL");
+        }
+        if let Some(after) = after {
+            s.push(" AND ").push(&key).push(" > ");
+            let (val, kind) = match sh.key.kind {
+                Kind::Int => (Val::Int(after.parse().unwrap_or(i64::MIN)), Kind::Int),
+                _ => (Val::Text(after.to_string()), Kind::Text),
+            };
+            s.bind(val, kind);
+        }
+        if self.leasing
+            && let (Some((owner, until, lk)), Some((checked, ck))) = (&sh.lease, &sh.checked_at)
+        {
+            let (owner, until, checked) = (self.q(owner), self.q(until), self.q(checked));
+            s.push(&format!(
+                " AND ({owner} IS NULL OR {until} IS NULL OR {until} < "
+            ));
+            self.now(&mut s, *lk, now);
+            s.push(&format!(") AND ({checked} IS NULL OR NOT ({checked} >= "));
+            s.bind(Val::Time(self.since, *ck), Kind::Other);
+            s.push(&format!(" AND {checked} <= "));
+            self.now(&mut s, *ck, now);
+            s.push("))");
+        }
+        s.push(&format!(" ORDER BY {key} LIMIT {n}"));
+        if self.leasing {
+            s.push(self.b.for_update(true));
+        }
+        s.done()
+    }
+
+    /// A task id with no row at all is a typo, not "nothing to check" (SPEC §2).
+    async fn check_task_exists(&self) -> Result<()> {
+        let mut s = self.sql();
+        s.push("SELECT 1 FROM ").push(&self.t()).push(" WHERE ");
+        self.task_is(&mut s);
+        s.push(" LIMIT 1");
+        let (sql, args) = s.done();
+        let name = self.b.name();
+        if !self
+            .read(sql, args)
+            .await
+            .with_context(|| format!("{name}: cannot look up the task"))?
+            .is_empty()
+        {
+            return Ok(());
+        }
+        let task = self.q(&self.shape.task);
+        let known: Vec<String> = self
+            .read(
+                format!(
+                    "SELECT DISTINCT {} FROM {} WHERE {task} IS NOT NULL LIMIT 10000",
+                    self.b.text(&task),
+                    self.t()
+                ),
+                Vec::new(),
+            )
+            .await
+            .with_context(|| format!("{name}: cannot list the tasks"))?
+            .into_iter()
+            .filter_map(|r| r.into_iter().next().flatten())
+            .collect();
+        Err(crate::store::unknown_task(name, &self.opts.task, &known))
+    }
+
+    /// Frees the leases of this host's dead workers on the task, and returns when this
+    /// round of checks started: this worker's start, or the start of the earliest live
+    /// worker on the task (read from its `lease_owner` name), so a worker joining a run
+    /// does not check again what the others already checked.
+    async fn reap_and_round_start(&self) -> Result<SystemTime> {
+        let Some((owner, until, lk)) = &self.shape.lease else {
+            return Ok(self.opts.started);
+        };
+        let (owner, until) = (self.q(owner), self.q(until));
+        let mut s = self.sql();
+        s.push(&format!(
+            "SELECT {}, MAX(CASE WHEN {until} >= ",
+            self.b.text(&owner)
+        ));
+        self.now(&mut s, *lk, SystemTime::now());
+        s.push(" THEN 1 ELSE 0 END) FROM ")
+            .push(&self.t())
+            .push(" WHERE ");
+        self.task_is(&mut s);
+        s.push(&format!(
+            " AND {owner} IS NOT NULL GROUP BY {}",
+            self.b.text(&owner)
+        ));
+        let (sql, args) = s.done();
+        let owners = self.read(sql, args).await?;
+        let mut since = self.opts.started;
+        for row in &owners {
+            let Some(name) = row.first().cloned().flatten() else {
+                continue;
+            };
+            if crate::store::owner_is_dead_here(&name) {
+                let mut s = self.sql();
+                s.push(&format!(
+                    "UPDATE {} SET {owner} = NULL, {until} = NULL WHERE ",
+                    self.t()
+                ));
+                self.task_is(&mut s);
+                s.push(&format!(" AND {owner} = "));
+                s.bind(Val::Text(name.clone()), Kind::Text);
+                let (sql, args) = s.done();
+                let mut tx = self.b.begin().await?;
+                let n = tx.exec(sql, args).await?;
+                tx.commit().await?;
+                tracing::info!(owner = %name, items = n, "took over the claims of a worker that is gone");
+            } else if int_of(row, 1)? == 1
+                && let Some(start) = crate::store::owner_started(&name)
+            {
+                since = since.min(start);
+            }
+        }
+        Ok(since)
+    }
+
+    async fn claim(&self, n: usize) -> Result<Vec<Item>> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut cursor = self.cursor.lock().await;
+        loop {
+            let items = retrying(&self.b, || self.claim_page(n, cursor.last.as_deref()))
+                .await
+                .with_context(|| format!("{}: cannot claim items", self.b.name()))?;
+            if let Some((last, _)) = items.last() {
+                cursor.last = Some(last.clone());
+            } else if self.leasing && !cursor.swept {
+                // One more pass from the start picks up claims that were released or whose
+                // worker died while this one walked past them.
+                self.reap_and_round_start().await.with_context(|| {
+                    format!("{}: cannot free the leases of dead workers", self.b.name())
+                })?;
+                cursor.swept = true;
+                cursor.last = None;
+                continue;
+            }
+            return Ok(items.into_iter().map(|(_, item)| item).collect());
+        }
+    }
+
+    /// One page: `(key, item)` in key order. By lease, in one transaction: select and lock
+    /// the page, then lease it.
+    async fn claim_page(&self, n: usize, after: Option<&str>) -> Result<Vec<(String, Item)>> {
+        let now = SystemTime::now();
+        let (sql, args) = self.page_sql(n, after, now);
+        let rows = if self.leasing {
+            let mut tx = self.b.begin().await?;
+            let rows = tx.query(sql, args).await?;
+            let keys: Vec<&str> = rows
+                .iter()
+                .filter_map(|r| r.first().and_then(|k| k.as_deref()))
+                .collect();
+            for chunk in keys.chunks(IN_CHUNK) {
+                let (sql, args) = self.lease_sql(chunk, now);
+                tx.exec(sql, args).await?;
+            }
+            tx.commit().await?;
+            rows
+        } else {
+            self.read(sql, args).await?
+        };
+        let extra = self.shape.extras.len();
+        let has_url = self.shape.url.is_some();
+        let items: Vec<(String, Item)> = rows
+            .into_iter()
+            .map(|r| {
+                let mut cols = r.into_iter();
+                let key = cols.next().flatten().unwrap_or_default();
+                let id = cols.next().flatten().unwrap_or_default();
+                let url = if has_url { cols.next().flatten() } else { None };
+                let fields: Vec<Option<String>> = cols.take(extra).collect();
+                let item = Item {
+                    key: if self.shape.key_is_rowid {
+                        key.parse().unwrap_or(0)
+                    } else {
+                        0
+                    },
+                    id,
+                    url,
+                    fields,
+                };
+                (key, item)
+            })
+            .collect();
+        if self.leasing {
+            held(&self.held).extend(items.iter().map(|(k, _)| k.clone()));
+        }
+        Ok(items)
+    }
+
+    /// `UPDATE ... SET lease_owner = me, lease_until = now + lease WHERE task AND key IN`.
+    fn lease_sql(&self, keys: &[&str], now: SystemTime) -> (String, Vec<Val>) {
+        let mut s = self.sql();
+        if let Some((owner, until, lk)) = &self.shape.lease {
+            s.push(&format!("UPDATE {} SET {} = ", self.t(), self.q(owner)));
+            s.bind(Val::Text(self.opts.owner.clone()), Kind::Text);
+            s.push(&format!(", {} = ", self.q(until)));
+            self.lease_end(&mut s, *lk, now);
+            s.push(" WHERE ");
+            self.task_is(&mut s);
+            s.push(" AND ");
+            self.key_in(&mut s, keys);
+        }
+        s.done()
+    }
+
+    fn lease_end(&self, s: &mut Sql<'_, B>, kind: TimeKind, now: SystemTime) {
+        let ms = millis(self.opts.lease);
+        let placeholder = self
+            .b
+            .placeholder(s.args.len() + 1, &Val::Int(ms), Kind::Int);
+        match self.b.now_plus_ms(kind, &placeholder) {
+            Some(e) => {
+                s.args.push(Val::Int(ms));
+                s.push(&e);
+            }
+            None => {
+                s.bind(Val::Time(now + self.opts.lease, kind), Kind::Other);
+            }
+        }
+    }
+
+    /// Extends (`renew`) or gives back the leases this worker holds on unsaved items.
+    async fn touch_held(&self, renew: bool) -> Result<()> {
+        let Some((owner, until, lk)) = self.shape.lease.clone() else {
+            return Ok(());
+        };
+        if !self.leasing {
+            return Ok(());
+        }
+        let keys: Vec<String> = if renew {
+            held(&self.held).iter().cloned().collect()
+        } else {
+            held(&self.held).drain().collect()
+        };
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let mut tx = self.b.begin().await?;
+        for chunk in refs.chunks(IN_CHUNK) {
+            let mut s = self.sql();
+            s.push(&format!("UPDATE {} SET ", self.t()));
+            if renew {
+                s.push(&format!("{} = ", self.q(&until)));
+                self.lease_end(&mut s, lk, SystemTime::now());
+            } else {
+                s.push(&format!(
+                    "{} = NULL, {} = NULL",
+                    self.q(&owner),
+                    self.q(&until)
+                ));
+            }
+            s.push(" WHERE ");
+            self.task_is(&mut s);
+            s.push(&format!(" AND {} = ", self.q(&owner)));
+            s.bind(Val::Text(self.opts.owner.clone()), Kind::Text);
+            s.push(" AND ");
+            self.key_in(&mut s, chunk);
+            let (sql, args) = s.done();
+            tx.exec(sql, args).await?;
+        }
+        tx.commit().await
+    }
+
+    async fn save(&self, batch: &[Verdict]) -> Result<Saved> {
+        if self.opts.read_only || batch.is_empty() {
+            return Ok(Saved::default());
+        }
+        let conflicts = retrying(&self.b, || self.save_tx(batch))
+            .await
+            .with_context(|| format!("{}: cannot save results", self.b.name()))?;
+        if self.leasing {
+            let mut held = held(&self.held);
+            for v in batch {
+                held.remove(&self.key_of(v));
+            }
+        }
+        Ok(Saved { conflicts })
+    }
+
+    fn key_of(&self, v: &Verdict) -> String {
+        if self.shape.key_is_rowid {
+            v.key.to_string()
+        } else {
+            v.id.clone()
+        }
+    }
+
+    /// One transaction: per chunk, lock the rows that are still as claimed (the others are
+    /// conflicts), then write those. Returns the positions of the conflicts.
+    async fn save_tx(&self, batch: &[Verdict]) -> Result<Vec<usize>> {
+        let mut tx = self.b.begin().await?;
+        let mut conflicts = Vec::new();
+        for (n, chunk) in batch.chunks(SAVE_CHUNK).enumerate() {
+            let keys: Vec<String> = chunk.iter().map(|v| self.key_of(v)).collect();
+            let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+            // Compare-and-set: the row as claimed.
+            let mut s = self.sql();
+            s.push("SELECT ")
+                .push(&self.b.text(&self.key_sql()))
+                .push(", ")
+                .push(&format!(
+                    "COALESCE({}, '')",
+                    self.b.text(&self.q(&self.shape.id))
+                ))
+                .push(" FROM ")
+                .push(&self.t())
+                .push(" WHERE ");
+            self.task_and_failed(&mut s);
+            if self.leasing
+                && let Some((owner, _, _)) = &self.shape.lease
+            {
+                s.push(&format!(" AND {} = ", self.q(owner)));
+                s.bind(Val::Text(self.opts.owner.clone()), Kind::Text);
+            }
+            s.push(" AND ");
+            self.key_in(&mut s, &refs);
+            s.push(self.b.for_update(false));
+            let (sql, args) = s.done();
+            let live: HashSet<(String, String)> = tx
+                .query(sql, args)
+                .await?
+                .into_iter()
+                .map(|r| {
+                    let mut c = r.into_iter();
+                    (
+                        c.next().flatten().unwrap_or_default(),
+                        c.next().flatten().unwrap_or_default(),
+                    )
+                })
+                .collect();
+            let mut write: Vec<&Verdict> = Vec::with_capacity(chunk.len());
+            for (i, v) in chunk.iter().enumerate() {
+                if live.contains(&(keys[i].clone(), v.id.clone())) {
+                    write.push(v);
+                } else {
+                    conflicts.push(n * SAVE_CHUNK + i);
+                }
+            }
+            if write.is_empty() {
+                continue;
+            }
+            let (sql, args) = self.update_sql(&write);
+            tx.exec(sql, args).await?;
+        }
+        tx.commit().await?;
+        Ok(conflicts)
+    }
+
+    /// The write of a chunk of verdicts whose rows are locked and as claimed: status (where
+    /// the outcome sets one), bookkeeping where the table has the column, lease cleared.
+    fn update_sql(&self, rows: &[&Verdict]) -> (String, Vec<Val>) {
+        let sh = &self.shape;
+        let k = shape_for(rows.len());
+        let row = |i: usize| rows[i.min(rows.len() - 1)];
+        let keys: Vec<String> = (0..k).map(|i| self.key_of(row(i))).collect();
+        let key_val = |key: &str| match sh.key.kind {
+            Kind::Int => (Val::Int(key.parse().unwrap_or(0)), Kind::Int),
+            Kind::Untyped => (Val::Text(key.to_string()), Kind::Text),
+            kind => (
+                kind.val(key).unwrap_or_else(|_| Val::Text(key.to_string())),
+                kind,
+            ),
+        };
+        let key_expr = if sh.key.kind == Kind::Untyped {
+            self.b.text(&self.q(&sh.key))
+        } else {
+            self.key_sql()
+        };
+        let mut s = self.sql();
+        s.push(&format!("UPDATE {} SET ", self.t()));
+        // `col = CASE key WHEN k1 THEN v1 ... ELSE col END`, one per column. A padded
+        // repeat of the last row never matches (its first WHEN does).
+        let case =
+            |s: &mut Sql<'_, B>, col: &Col, how: Set, f: &dyn Fn(&Verdict) -> (Val, Kind)| {
+                let q = self.q(col);
+                s.push(&format!("{q} = "));
+                if how == Set::Add {
+                    s.push(&format!("COALESCE({q}, 0) + "));
+                }
+                s.push(&format!("CASE {key_expr}"));
+                for (i, key) in keys.iter().enumerate() {
+                    let (kv, kk) = key_val(key);
+                    s.push(" WHEN ");
+                    s.bind(kv, kk);
+                    s.push(" THEN ");
+                    let (v, vk) = f(row(i));
+                    if how == Set::UnlessNull {
+                        s.push("COALESCE(");
+                        s.bind(v, vk);
+                        s.push(&format!(", {q})"));
+                    } else {
+                        s.bind(v, vk);
+                    }
+                }
+                let keep = if how == Set::Add { "0".to_string() } else { q };
+                s.push(&format!(" ELSE {keep} END"));
+            };
+        case(&mut s, &sh.status, Set::UnlessNull, &|v| {
+            let val = self
+                .opts
+                .status_for(v.outcome)
+                .map_or(Val::Null, |sv| status_val(sv, sh.status.kind));
+            (val, sh.status.kind)
+        });
+        if let Some(c) = &sh.http_status {
+            s.push(", ");
+            case(&mut s, c, Set::To, &|v| {
+                (
+                    v.http_status.map_or(Val::Null, |h| Val::Int(h.into())),
+                    Kind::Int,
+                )
+            });
+        }
+        if let Some(c) = &sh.attempts {
+            s.push(", ");
+            case(&mut s, c, Set::Add, &|v| {
+                (Val::Int(v.attempts.into()), Kind::Int)
+            });
+        }
+        if let Some(c) = &sh.last_error {
+            s.push(", ");
+            // NULL clears the previous error when the item is fine now.
+            case(&mut s, c, Set::To, &|v| {
+                (v.error.clone().map_or(Val::Null, Val::Text), Kind::Text)
+            });
+        }
+        if let Some((c, ck)) = &sh.checked_at {
+            s.push(", ");
+            case(&mut s, c, Set::To, &|v| {
+                (Val::Time(v.checked_at, *ck), Kind::Other)
+            });
+        }
+        if self.leasing
+            && let Some((owner, until, _)) = &sh.lease
+        {
+            s.push(&format!(
+                ", {} = NULL, {} = NULL",
+                self.q(owner),
+                self.q(until)
+            ));
+        }
+        s.push(" WHERE ");
+        self.task_is(&mut s);
+        s.push(" AND ");
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        self.key_in(&mut s, &refs);
+        s.done()
+    }
+
+    async fn pending(&self) -> Result<u64> {
+        let mut s = self.sql();
+        s.push("SELECT COUNT(*) FROM ")
+            .push(&self.t())
+            .push(" WHERE ");
+        self.task_and_failed(&mut s);
+        let (sql, args) = s.done();
+        let rows = self
+            .read(sql, args)
+            .await
+            .with_context(|| format!("{}: cannot count items", self.b.name()))?;
+        Ok(rows.first().map_or(Ok(0), |r| int_of(r, 0))?.max(0) as u64)
+    }
+
+    async fn status_counts(&self) -> Result<StatusCounts> {
+        let name = self.b.name();
+        let st = self.b.text(&self.q(&self.shape.status));
+        let mut s = self.sql();
+        s.push(&format!("SELECT {st}, COUNT(*) FROM {} WHERE ", self.t()));
+        self.task_is(&mut s);
+        s.push(&format!(" GROUP BY {st}"));
+        let (sql, args) = s.done();
+        let mut counts = self
+            .read(sql, args)
+            .await
+            .with_context(|| format!("{name}: cannot count items"))?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.first()
+                        .cloned()
+                        .flatten()
+                        .unwrap_or_else(|| "NULL".into()),
+                    int_of(r, 1)?.max(0) as u64,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        counts.sort();
+        let (oldest, newest) = match &self.shape.checked_at {
+            Some((c, ck)) => {
+                let q = self.q(c);
+                let mut s = self.sql();
+                s.push(&format!(
+                    "SELECT {}, {} FROM {} WHERE ",
+                    self.b.time_text(&format!("MIN({q})"), *ck),
+                    self.b.time_text(&format!("MAX({q})"), *ck),
+                    self.t()
+                ));
+                self.task_is(&mut s);
+                let (sql, args) = s.done();
+                let rows = self
+                    .read(sql, args)
+                    .await
+                    .with_context(|| format!("{name}: cannot read checked_at"))?;
+                let r = rows.into_iter().next().unwrap_or_default();
+                (r.first().cloned().flatten(), r.get(1).cloned().flatten())
+            }
+            None => (None, None),
+        };
+        Ok(StatusCounts {
+            counts,
+            oldest_checked_at: oldest,
+            newest_checked_at: newest,
+        })
+    }
+
+    /// Adds the ids that are new; an id already there is left as it is, or set back to
+    /// failed with `reset`. One transaction per call.
+    async fn import(&self, items: Vec<NewItem>, reset: bool) -> Result<ImportCounts> {
+        let name = self.b.name();
+        let sh = &self.shape;
+        if items.is_empty() {
+            return Ok(ImportCounts::default());
+        }
+        if sh.url.is_none() && items.iter().any(|i| i.url.is_some()) {
+            bail!(
+                "{name}: table {} has no {} column for the imported urls",
+                sh.table,
+                self.opts.columns.url
+            );
+        }
+        if let Some(bad) = items.iter().find(|i| sh.id.kind.val(&i.id).is_err()) {
+            bail!(
+                "{name}: id {:?} cannot be imported: column {} of table {} holds numbers",
+                bad.id,
+                sh.id.name,
+                sh.table
+            );
+        }
+        retrying(&self.b, || self.import_tx(&items, reset))
+            .await
+            .with_context(|| format!("{name}: cannot import items"))
+    }
+
+    async fn import_tx(&self, items: &[NewItem], reset: bool) -> Result<ImportCounts> {
+        let sh = &self.shape;
+        let id_q = self.q(&sh.id);
+        let id_text = self.b.text(&id_q);
+        let mut counts = ImportCounts::default();
+        let mut tx = self.b.begin().await?;
+        for chunk in items.chunks(IN_CHUNK) {
+            // The ids as the column gives them back (`7` for an integer column's `07`).
+            let canon: Vec<String> = chunk
+                .iter()
+                .map(|i| match sh.id.kind.val(&i.id) {
+                    Ok(Val::Int(n)) if sh.id.kind == Kind::Int => n.to_string(),
+                    _ => i.id.clone(),
+                })
+                .collect();
+            let mut s = self.sql();
+            s.push(&format!("SELECT {id_text} FROM {} WHERE ", self.t()));
+            self.task_is(&mut s);
+            s.push(" AND ");
+            let k = shape_for(chunk.len());
+            if sh.id.kind == Kind::Untyped {
+                s.push(&id_text);
+            } else {
+                s.push(&self.b.compare_expr(&id_q, &sh.id));
+            }
+            s.push(" IN (");
+            for i in 0..k {
+                if i > 0 {
+                    s.push(", ");
+                }
+                let v = &canon[i.min(canon.len() - 1)];
+                match sh.id.kind {
+                    Kind::Untyped => s.bind(Val::Text(v.clone()), Kind::Text),
+                    kind => s.bind(kind.val(v).unwrap_or(Val::Text(v.clone())), kind),
+                };
+            }
+            s.push(")").push(self.b.for_update(false));
+            let (sql, args) = s.done();
+            let mut seen: HashSet<String> = tx
+                .query(sql, args)
+                .await?
+                .into_iter()
+                .filter_map(|r| r.into_iter().next().flatten())
+                .collect();
+            let mut new = Vec::new();
+            for (item, id) in chunk.iter().zip(&canon) {
+                if seen.insert(id.clone()) {
+                    new.push(item);
+                    continue;
+                }
+                if !reset {
+                    counts.already += 1;
+                    continue;
+                }
+                let st = self.q(&sh.status);
+                let mut s = self.sql();
+                s.push(&format!("UPDATE {} SET {st} = ", self.t()));
+                s.bind(self.failed.clone(), sh.status.kind);
+                if let (Some(u), Some(url)) = (&sh.url, &item.url) {
+                    s.push(&format!(", {} = ", self.q(u)));
+                    s.bind(Val::Text(url.clone()), Kind::Text);
+                }
+                s.push(" WHERE ");
+                self.task_is(&mut s);
+                s.push(" AND ");
+                s.eq(
+                    &id_q,
+                    &sh.id,
+                    &sh.id.kind.val(id).unwrap_or(Val::Text(id.clone())),
+                );
+                let (sql, args) = s.done();
+                tx.exec(sql, args).await?;
+                counts.reset += 1;
+            }
+            if new.is_empty() {
+                continue;
+            }
+            let mut s = self.sql();
+            s.push(&format!(
+                "INSERT INTO {} ({}, {id_q}, {}",
+                self.t(),
+                self.q(&sh.task),
+                self.q(&sh.status)
+            ));
+            if let Some(u) = &sh.url {
+                s.push(", ").push(&self.q(u));
+            }
+            s.push(") VALUES ");
+            for (i, item) in new.iter().enumerate() {
+                s.push(if i == 0 { "(" } else { ", (" });
+                s.bind(self.task.clone(), sh.task.kind);
+                s.push(", ");
+                let id = sh
+                    .id
+                    .kind
+                    .val(&item.id)
+                    .unwrap_or(Val::Text(item.id.clone()));
+                s.bind(id, sh.id.kind);
+                s.push(", ");
+                s.bind(self.failed.clone(), sh.status.kind);
+                if sh.url.is_some() {
+                    s.push(", ");
+                    s.bind(item.url.clone().map_or(Val::Null, Val::Text), Kind::Text);
+                }
+                s.push(")");
+            }
+            let (sql, args) = s.done();
+            tx.exec(sql, args).await?;
+            counts.added += new.len() as u64;
+        }
+        tx.commit().await?;
+        Ok(counts)
+    }
+
+    async fn finish(&self) -> Result<()> {
+        // Waits for a claim still running (its caller may have given up on it).
+        let _cursor = self.cursor.lock().await;
+        let released = retrying(&self.b, || self.touch_held(false))
+            .await
+            .with_context(|| format!("{}: cannot release leases", self.b.name()));
+        if let Some(lock) = self.lock.lock().await.take() {
+            self.b.unlock(lock).await;
+        }
+        self.b.finish().await;
+        released
+    }
+}
+
+/// How one column of a save is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Set {
+    /// To the value.
+    To,
+    /// To the value, or left as it is where the value is NULL.
+    UnlessNull,
+    /// The value added to what is there.
+    Add,
+}
+
+/// A status value bound the way its column holds it.
+fn status_val(v: &StatusValue, kind: Kind) -> Val {
+    kind.val(v.as_str())
+        .unwrap_or_else(|_| Val::Text(v.as_str().to_string()))
+}
+
+/// Reads the table's columns and checks the ones the run needs (SPEC §2: a missing column
+/// is a one-line error naming it and its flag).
+fn inspect<B: Backend>(
+    b: &B,
+    name: &str,
+    (table, cols): (Ident, Vec<Col>),
+    opts: &StoreOptions,
+) -> Result<Shape> {
+    let c = &opts.columns;
+    let find = |n: &str| -> Option<Col> {
+        cols.iter()
+            .find(|col| col.name.as_str() == n)
+            .or_else(|| {
+                cols.iter()
+                    .find(|col| col.name.as_str().eq_ignore_ascii_case(n))
+            })
+            .cloned()
+    };
+    let need = |flag: &str, col: &Ident| -> Result<Col> {
+        find(col.as_str()).ok_or_else(|| {
+            anyhow!(
+                "{name}: table {table} has no column {col} ({flag}; columns: {})",
+                cols.iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    };
+    let task = need("--task-column", &c.task)?;
+    let id = need("--id-column", &c.id)?;
+    let status = need("--status-column", &c.status)?;
+    let url = if opts.need_url {
+        Some(need("--url-column (no --url given)", &c.url)?)
+    } else {
+        find(c.url.as_str())
+    };
+    let extras = opts
+        .extra_columns
+        .iter()
+        .map(|col| need("placeholder in --url", col))
+        .collect::<Result<Vec<_>>>()?;
+    let time = |n: &str| -> Result<Option<(Col, TimeKind)>> {
+        let Some(col) = find(n) else {
+            return Ok(None);
+        };
+        let kind = col.time.ok_or_else(|| {
+            anyhow!(
+                "{name}: column {} of table {table} has type {}; recheck reads and writes it as a \
+                 time type (UTC) or text (RFC 3339)",
+                col.name,
+                col.type_name
+            )
+        })?;
+        Ok(Some((col, kind)))
+    };
+    let checked_at = time("checked_at")?;
+    let lease_until = time("lease_until")?;
+    let lease = match (find("lease_owner"), lease_until, &checked_at) {
+        (Some(owner), Some((until, kind)), Some(_)) => Some((owner, until, kind)),
+        _ => None,
+    };
+    let key_is_rowid = b.rowid().is_some();
+    let key = if key_is_rowid {
+        Col {
+            name: Ident::new("rowid", "rowid")?,
+            type_name: "INTEGER".into(),
+            kind: Kind::Int,
+            time: None,
+        }
+    } else {
+        id.clone()
+    };
+    Ok(Shape {
+        table: table.as_str().to_string(),
+        task,
+        id,
+        status,
+        key,
+        key_is_rowid,
+        url,
+        extras,
+        http_status: find("http_status"),
+        attempts: find("attempts"),
+        last_error: find("last_error"),
+        checked_at,
+        lease,
+    })
+}
+
+impl<B: Backend> Store for SqlStore<B> {
+    async fn claim(&self, n: usize) -> Result<Vec<Item>> {
+        // On a task of its own: a caller that gives up (a stop) does not cut a claim off
+        // between the server's commit and the bookkeeping of what this worker holds.
+        let inner = Arc::clone(&self.inner);
+        tokio::spawn(async move { inner.claim(n).await })
+            .await
+            .context("claim task failed")?
+    }
+
+    async fn pending(&self) -> Result<u64> {
+        self.inner.pending().await
+    }
+
+    async fn save(&self, batch: Vec<Verdict>) -> Result<Saved> {
+        self.inner.save(&batch).await
+    }
+
+    async fn renew(&self) -> Result<()> {
+        let inner = &self.inner;
+        if let Some(lock) = inner.lock.lock().await.as_mut() {
+            inner.b.keep_alive(lock).await?;
+        }
+        retrying(&inner.b, || inner.touch_held(true))
+            .await
+            .with_context(|| format!("{}: cannot renew leases", inner.b.name()))
+    }
+
+    async fn finish(&self) -> Result<()> {
+        self.inner.finish().await
+    }
+
+    async fn status_counts(&self) -> Result<StatusCounts> {
+        self.inner.status_counts().await
+    }
+
+    async fn import(&self, items: Vec<NewItem>, reset: bool) -> Result<ImportCounts> {
+        self.inner.import(items, reset).await
+    }
+}
