@@ -127,7 +127,7 @@ fn mixed_run_writes_all_three_files() {
     );
 }
 
-const KEYS: [&str; 9] = [
+const KEYS: [&str; 10] = [
     "task",
     "item_id",
     "url",
@@ -137,6 +137,7 @@ const KEYS: [&str; 9] = [
     "error",
     "latency_ms",
     "checked_at",
+    "store",
 ];
 
 fn check_report(path: &Path) {
@@ -179,6 +180,8 @@ fn check_report(path: &Path) {
         assert!(v["latency_ms"].is_u64(), "{v}");
         let at = v["checked_at"].as_str().unwrap();
         assert!(at.ends_with('Z') && at.len() >= 20, "{v}");
+        // Written after the store: every answer of this run is in it.
+        assert_eq!(v["store"], "written", "{v}");
     }
 }
 
