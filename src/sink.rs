@@ -254,7 +254,7 @@ pub async fn run<S: Store>(
                 &mut batch,
                 Vec::with_capacity(BATCH_ROWS),
             ));
-            saving = Some(start_save(&store, &page, opts.retry_for));
+            saving = Some(start_save(&store, &page, opts.retry_for, &halt));
         }
     }
     if let Some(prev) = saving.take() {
@@ -267,7 +267,7 @@ pub async fn run<S: Store>(
             }
         } else {
             let page = Arc::new(batch);
-            let save = start_save(&store, &page, opts.retry_for);
+            let save = start_save(&store, &page, opts.retry_for, &halt);
             sunk.resolve(save, &halt).await;
         }
     }
@@ -275,12 +275,23 @@ pub async fn run<S: Store>(
     sunk
 }
 
-/// Saves `page` on its own task, retrying transient failures.
-fn start_save<S: Store>(store: &Arc<S>, page: &Arc<Vec<Verdict>>, budget: Duration) -> Saving {
-    let (store, todo) = (Arc::clone(store), Arc::clone(page));
+/// Saves `page` on its own task, retrying transient failures. A save that fails for good
+/// cancels `halt` right there, not when the sink next looks at it: no new check is
+/// admitted after the failure.
+fn start_save<S: Store>(
+    store: &Arc<S>,
+    page: &Arc<Vec<Verdict>>,
+    budget: Duration,
+    halt: &CancellationToken,
+) -> Saving {
+    let (store, todo, halt) = (Arc::clone(store), Arc::clone(page), halt.clone());
     let handle = tokio::spawn(async move {
         // Each try gets its own copy: a failed save consumed the last one.
-        retry_transient("saving answers", budget, || store.save(todo.to_vec())).await
+        let r = retry_transient("saving answers", budget, || store.save(todo.to_vec())).await;
+        if r.is_err() {
+            halt.cancel();
+        }
+        r
     });
     (Arc::clone(page), handle)
 }
@@ -443,6 +454,278 @@ mod tests {
             Duration::from_secs(120)
         );
         assert_eq!(retry_budget(Duration::from_secs(10)), STORE_RETRY_MIN);
+    }
+
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use anyhow::bail;
+
+    use crate::model::{Item, Outcome};
+    use crate::report::OutputConfig;
+    use crate::store::{ImportCounts, NewItem, StatusCounts, Transient};
+
+    /// What the fake store answers to the next non-empty save.
+    enum Answer {
+        Saved(Vec<usize>),
+        /// Saved, and the store's file replaced (a checkpoint of a file store).
+        Checkpoint,
+        Busy,
+        Full,
+    }
+
+    /// A store that answers saves from a script and remembers what it was given.
+    #[derive(Default)]
+    struct Fake {
+        script: Mutex<VecDeque<Answer>>,
+        saved: Mutex<Vec<String>>,
+        /// The file a checkpoint replaces.
+        file: Option<PathBuf>,
+        finish_fails: bool,
+    }
+
+    impl Fake {
+        fn new(script: Vec<Answer>) -> Fake {
+            Fake {
+                script: Mutex::new(script.into()),
+                ..Fake::default()
+            }
+        }
+
+        fn replace_file(&self) {
+            let path = self.file.as_ref().unwrap();
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, format!("{:?}", self.saved.lock().unwrap())).unwrap();
+            std::fs::rename(&tmp, path).unwrap();
+        }
+    }
+
+    impl Store for Fake {
+        async fn claim(&self, _n: usize) -> Result<Vec<Item>> {
+            Ok(Vec::new())
+        }
+        async fn pending(&self) -> Result<u64> {
+            Ok(0)
+        }
+        async fn save(&self, batch: Vec<Verdict>) -> Result<Saved> {
+            if batch.is_empty() {
+                return Ok(Saved::default());
+            }
+            let answer = self.script.lock().unwrap().pop_front();
+            match answer {
+                Some(Answer::Busy) => Err(anyhow::Error::new(Transient(true))),
+                Some(Answer::Full) => Err(anyhow!("database or disk is full")),
+                Some(Answer::Checkpoint) => {
+                    let mut saved = self.saved.lock().unwrap();
+                    saved.extend(batch.iter().map(|v| v.id.clone()));
+                    drop(saved);
+                    self.replace_file();
+                    Ok(Saved::default())
+                }
+                Some(Answer::Saved(conflicts)) => {
+                    let mut saved = self.saved.lock().unwrap();
+                    for (i, v) in batch.iter().enumerate() {
+                        if !conflicts.contains(&i) {
+                            saved.push(v.id.clone());
+                        }
+                    }
+                    Ok(Saved { conflicts })
+                }
+                None => {
+                    let mut saved = self.saved.lock().unwrap();
+                    saved.extend(batch.iter().map(|v| v.id.clone()));
+                    Ok(Saved::default())
+                }
+            }
+        }
+        async fn finish(&self) -> Result<()> {
+            if self.finish_fails {
+                bail!("cannot write: No space left on device");
+            }
+            if self.file.is_some() {
+                self.replace_file();
+            }
+            Ok(())
+        }
+        async fn status_counts(&self) -> Result<StatusCounts> {
+            Ok(StatusCounts::default())
+        }
+        async fn import(&self, _items: Vec<NewItem>, _reset: bool) -> Result<ImportCounts> {
+            Ok(ImportCounts::default())
+        }
+    }
+
+    fn verdict(id: &str) -> Verdict {
+        Verdict {
+            key: 0,
+            id: id.into(),
+            outcome: Outcome::Ok,
+            http_status: Some(200),
+            attempts: 1,
+            error: None,
+            checked_at: std::time::SystemTime::now(),
+            elapsed: Duration::from_millis(3),
+            url: None,
+        }
+    }
+
+    /// Runs the sink over `waves` of verdicts (a pause of two batch intervals between
+    /// waves, so each wave is its own save); returns the summary, the report's `store`
+    /// field per id, whether the run was halted, and what the store holds.
+    async fn sink_over(
+        store: Fake,
+        waves: &[&[&str]],
+    ) -> (Summary, Vec<(String, String)>, bool, Vec<String>) {
+        let checkpointed = store.file.clone();
+        let dir = tempfile::tempdir().unwrap();
+        let report = dir.path().join("r.jsonl");
+        let cfg = OutputConfig {
+            report: Some(report.clone()),
+            ..OutputConfig::default()
+        };
+        let outputs = OutputFiles::check(&cfg, None).unwrap().open("t").unwrap();
+        let store = Arc::new(store);
+        let halt = CancellationToken::new();
+        let (tx, rx) = mpsc::channel(16);
+        let progress = Arc::new(Progress::start(crate::cli::ProgressMode::Never, 0));
+        let opts = SinkOptions {
+            dry_run: false,
+            retry_for: Duration::from_secs(60),
+            checkpointed,
+        };
+        let sink = tokio::spawn(run(
+            Arc::clone(&store),
+            rx,
+            Summary::new("t", "fake", false),
+            outputs,
+            progress,
+            opts,
+            halt.clone(),
+        ));
+        // Waves arrive half-way between two ticks (the clock is paused, so exactly), so a
+        // tick never splits a wave into two saves.
+        tokio::time::sleep(BATCH_INTERVAL * 5 / 2).await;
+        for wave in waves {
+            for id in *wave {
+                tx.send(verdict(id)).await.unwrap();
+            }
+            tokio::time::sleep(BATCH_INTERVAL * 2).await;
+        }
+        drop(tx);
+        let (summary, outputs) = sink.await.unwrap().finish(store.as_ref()).await;
+        assert_eq!(outputs.finish(&summary), 0);
+        let lines = std::fs::read_to_string(&report)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    v["item_id"].as_str().unwrap().to_string(),
+                    v["store"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let saved = store.saved.lock().unwrap().clone();
+        (summary, lines, halt.is_cancelled(), saved)
+    }
+
+    fn stored(lines: &[(String, String)], what: &str) -> Vec<String> {
+        let mut ids: Vec<String> = lines
+            .iter()
+            .filter(|(_, s)| s == what)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn conflicts_are_counted_and_reported_per_item() {
+        let store = Fake::new(vec![Answer::Saved(vec![1, 3])]);
+        let (s, lines, halted, saved) = sink_over(store, &[&["a", "b", "c", "d", "e"]]).await;
+        assert_eq!(
+            (s.checked, s.written, s.conflicts, s.unwritten),
+            (5, 3, 2, 0)
+        );
+        assert_eq!(stored(&lines, "conflict"), ["b", "d"]);
+        assert_eq!(stored(&lines, "written"), ["a", "c", "e"]);
+        assert_eq!(saved, ["a", "c", "e"]);
+        assert!(!halted && s.store_error.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_store_is_waited_out() {
+        let store = Fake::new(vec![Answer::Busy, Answer::Busy, Answer::Busy]);
+        let (s, lines, halted, saved) = sink_over(store, &[&["a", "b"], &["c"]]).await;
+        assert_eq!((s.checked, s.written, s.unwritten), (3, 3, 0));
+        assert_eq!(stored(&lines, "written"), ["a", "b", "c"]);
+        assert_eq!(saved.len(), 3);
+        assert!(!halted && s.store_error.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_final_failure_halts_and_counts_the_unwritten() {
+        let store = Fake::new(vec![Answer::Saved(vec![]), Answer::Full]);
+        let (s, lines, halted, saved) = sink_over(store, &[&["a", "b"], &["c", "d"], &["e"]]).await;
+        assert!(halted, "no new checks after the failure");
+        assert!(s.store_error.as_deref().unwrap().contains("disk is full"));
+        assert_eq!((s.checked, s.written, s.unwritten), (5, 2, 3));
+        assert_eq!(stored(&lines, "written"), ["a", "b"]);
+        assert_eq!(stored(&lines, "unwritten"), ["c", "d", "e"]);
+        // Nothing was given to the store after it failed.
+        assert_eq!(saved, ["a", "b"]);
+        let line = s.store_failure_line().unwrap();
+        assert!(
+            line.contains("2 answers written, 3 could not be written"),
+            "{line}"
+        );
+    }
+
+    fn file_store(script: Vec<Answer>, dir: &tempfile::TempDir, finish_fails: bool) -> Fake {
+        let file = dir.path().join("items.json");
+        std::fs::write(&file, "[]").unwrap();
+        Fake {
+            file: Some(file),
+            finish_fails,
+            ..Fake::new(script)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_checkpointed_store_counts_answers_written_once_its_file_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = file_store(
+            vec![
+                Answer::Saved(vec![]),
+                Answer::Checkpoint,
+                Answer::Saved(vec![]),
+            ],
+            &dir,
+            false,
+        );
+        let (s, lines, _, _) = sink_over(store, &[&["a"], &["b"], &["c"]]).await;
+        assert_eq!((s.written, s.unwritten), (3, 0));
+        // The report lists a and b once the checkpoint with b was seen, c after finish.
+        let order: Vec<&str> = lines.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(order, ["a", "b", "c"]);
+        assert_eq!(stored(&lines, "written"), ["a", "b", "c"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_checkpointed_store_that_fails_counts_what_only_its_memory_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = file_store(
+            vec![Answer::Checkpoint, Answer::Saved(vec![]), Answer::Full],
+            &dir,
+            true,
+        );
+        let (s, lines, halted, _) = sink_over(store, &[&["a"], &["b"], &["c"], &["d"]]).await;
+        assert!(halted);
+        // a reached the file; b was only in memory when the next write failed; c's write
+        // failed; d came after the failure; the final write failed too.
+        assert_eq!((s.checked, s.written, s.unwritten), (4, 1, 3));
+        assert_eq!(stored(&lines, "written"), ["a"]);
+        assert_eq!(stored(&lines, "unwritten"), ["b", "c", "d"]);
     }
 
     #[test]

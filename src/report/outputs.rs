@@ -62,8 +62,11 @@ pub struct OutputPlan {
 struct ReportTarget {
     flag: &'static str,
     path: PathBuf,
+    /// The path names an existing regular file.
+    exists: bool,
     /// The existing file, opened for writing without truncating it (a regular file, so the
-    /// open cannot block): the file truncated later is the very file that was checked.
+    /// open cannot block) once every check passed: the file truncated later is the very
+    /// file that was checked.
     existing: Option<File>,
 }
 
@@ -95,6 +98,12 @@ impl OutputFiles {
             None => None,
         };
         distinct(cfg, store)?;
+        // Only now, with every path found fine, is an existing report opened (not
+        // truncated): a report that is the store under another name is never opened.
+        let report = match report {
+            Some(r) => Some(r.open_existing()?),
+            None => None,
+        };
         Ok(OutputPlan {
             report,
             junit,
@@ -192,26 +201,39 @@ impl ReportTarget {
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => bail!("{flag} {shown}: {e}"),
         };
-        let existing = match meta {
-            Some(m) => {
-                refuse_non_regular(flag, path, &m)?;
-                // A regular file: opening it cannot block. Not truncated yet.
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .map_err(|e| anyhow!("{flag} {shown}: cannot open for writing: {e}"))?;
-                Some(file)
-            }
-            None => {
-                check_dir_takes_files(flag, path, parent_dir(path))?;
-                None
-            }
-        };
+        match &meta {
+            Some(m) => refuse_non_regular(flag, path, m)?,
+            None => check_dir_takes_files(flag, path, parent_dir(path))?,
+        }
         Ok(ReportTarget {
             flag,
             path: path.to_path_buf(),
-            existing,
+            exists: meta.is_some(),
+            existing: None,
         })
+    }
+
+    /// Opens an existing report for writing, without truncating it: proves it may be
+    /// written before the store is opened. A regular file (checked), so this cannot block.
+    fn open_existing(mut self) -> Result<ReportTarget> {
+        if self.exists {
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&self.path)
+                .map_err(|e| {
+                    anyhow!(
+                        "{} {}: cannot open for writing: {e}",
+                        self.flag,
+                        self.path.display()
+                    )
+                })?;
+            let meta = file
+                .metadata()
+                .with_context(|| format!("{} {}", self.flag, self.path.display()))?;
+            refuse_non_regular(self.flag, &self.path, &meta)?;
+            self.existing = Some(file);
+        }
+        Ok(self)
     }
 
     fn open(self, task: &str) -> Result<JsonlReport> {
@@ -510,6 +532,65 @@ mod tests {
         };
         let e = distinct(&cfg, None).unwrap_err().to_string();
         assert!(e.contains("--report and --metrics-file"), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn links_and_side_files_are_the_same_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.db");
+        fs::write(&db, "store").unwrap();
+        let hard = dir.path().join("hard.jsonl");
+        fs::hard_link(&db, &hard).unwrap();
+        let report = dir.path().join("r.jsonl");
+        fs::write(&report, "r").unwrap();
+        let link = dir.path().join("j.xml");
+        std::os::unix::fs::symlink(&report, &link).unwrap();
+        let cfg = |report: Option<&Path>, junit: Option<&Path>| OutputConfig {
+            report: report.map(Path::to_path_buf),
+            junit: junit.map(Path::to_path_buf),
+            metrics: None,
+        };
+        let e = distinct(&cfg(Some(&hard), None), Some(&db)).unwrap_err();
+        assert!(e.to_string().contains("--report and --store"), "{e}");
+        let e = distinct(&cfg(Some(&report), Some(&link)), None).unwrap_err();
+        assert!(e.to_string().contains("--report and --junit"), "{e}");
+        let wal = dir.path().join("s.db-wal");
+        let e = distinct(&cfg(None, Some(&wal)), Some(&db)).unwrap_err();
+        assert!(e.to_string().contains("--junit and --store"), "{e}");
+        // Files that do not exist yet compare by canonical directory and name.
+        let sub = dir.path().join("sub");
+        fs::create_dir(&sub).unwrap();
+        let a = sub.join("new.jsonl");
+        let b = dir.path().join("sub/../sub/./new.jsonl");
+        let e = distinct(&cfg(Some(&a), Some(&b)), None).unwrap_err();
+        assert!(e.to_string().contains("name the same file"), "{e}");
+        distinct(&cfg(Some(&a), Some(&report)), Some(&db)).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn report_check_creates_nothing_and_refuses_fifos() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let e = ReportTarget::check("--report", &fifo).err().unwrap();
+        assert!(e.to_string().contains("FIFO"), "{e}");
+        let cfg = OutputConfig {
+            report: Some(dir.path().join("r.jsonl")),
+            ..OutputConfig::default()
+        };
+        let plan = OutputFiles::check(&cfg, None).unwrap();
+        assert!(!dir.path().join("r.jsonl").exists(), "checked, not created");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "probe left");
+        let mut out = plan.open("t").unwrap();
+        assert!(dir.path().join("r.jsonl").exists());
+        out.flush();
+        assert_eq!(out.finish(&Summary::new("t", "x", false)), 0);
     }
 
     #[test]
