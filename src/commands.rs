@@ -105,7 +105,7 @@ pub async fn run(cfg: RunConfig, stop: CancellationToken) -> Result<Summary> {
         retry_for,
     ));
     let summary = Summary::new(&cfg.task, &cfg.store.to_string(), cfg.dry_run);
-    let total = store.pending().await?;
+    let total = sink::retry_transient("counting items", retry_for, || store.pending()).await?;
     let total = cfg.limit.map_or(total, |l| l.min(total));
     let progress = Arc::new(Progress::start(cfg.progress, total));
     let sink_opts = sink::SinkOptions {
