@@ -30,27 +30,41 @@ pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// Items imported per transaction.
 const IMPORT_BATCH: usize = 10_000;
 
-/// The exit code for a finished run (SPEC §4).
+/// Exit code of a run whose store failed during the run (SPEC §4).
+pub const EXIT_STORE_FAILED: u8 = 4;
+
+/// The exit code for a finished run (SPEC §4). When several apply: 4 (the store failed),
+/// then 130 (interrupted), then 3 (deadline), then 1 (items not OK, or an output file
+/// failed: that is never hidden by `--fail-on never`, since the file the user asked for is
+/// missing or incomplete).
 pub fn exit_code(summary: &Summary, fail_on: FailOn) -> u8 {
-    if summary.interrupted {
+    if summary.store_error.is_some() {
+        EXIT_STORE_FAILED
+    } else if summary.interrupted {
         EXIT_INTERRUPTED
     } else if summary.deadline_reached {
         EXIT_DEADLINE
-    } else if summary.all_ok() || fail_on == FailOn::Never {
-        0
-    } else {
+    } else if summary.output_errors > 0 || (!summary.all_ok() && fail_on != FailOn::Never) {
         1
+    } else {
+        0
     }
 }
 
 /// `recheck run`: checks the task's failed items and writes the verdicts back. `stop`
-/// (signals) makes it take no new item and finish what is in flight. Errors are store or
-/// setup errors (exit 2); item failures are data in the [`Summary`].
+/// (signals) makes it take no new item and finish what is in flight. Errors are setup
+/// errors before anything was written (exit 2); item failures are data in the
+/// [`Summary`], and so is a store that fails during the run (`store_error`, exit 4: no new
+/// checks after it, every answer still counted and reported).
 pub async fn run(cfg: RunConfig, stop: CancellationToken) -> Result<Summary> {
     let started = Instant::now();
     crate::limits::ensure_open_files(cfg.concurrency)?;
-    let outputs = OutputFiles::open(&cfg.outputs, &cfg.task)?;
+    // Every output path is checked first, creating nothing; the report is created only
+    // once the store was opened and validated, so a refused run touches no output file.
+    let outputs = OutputFiles::check(&cfg.outputs, cfg.store.path())?;
     let store = Arc::new(store::open(&cfg.store, cfg.store_opts.clone(), OpenMode::Run).await?);
+    let outputs = outputs.open(&cfg.task)?;
+    let retry_for = sink::retry_budget(cfg.store_opts.lease);
     let client = reqwest::Client::builder()
         .user_agent(concat!("recheck/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(cfg.connect_timeout)
@@ -83,18 +97,34 @@ pub async fn run(cfg: RunConfig, stop: CancellationToken) -> Result<Summary> {
     let (item_tx, item_rx) = mpsc::channel::<Item>(CLAIM_BATCH);
     let (verdict_tx, verdict_rx) = mpsc::channel(sink::BATCH_ROWS.max(cfg.concurrency * 2));
 
-    let feeder = tokio::spawn(feed(Arc::clone(&store), item_tx, cfg.limit, halt.clone()));
+    let feeder = tokio::spawn(feed(
+        Arc::clone(&store),
+        item_tx,
+        cfg.limit,
+        halt.clone(),
+        retry_for,
+    ));
     let summary = Summary::new(&cfg.task, &cfg.store.to_string(), cfg.dry_run);
-    let total = store.pending().await?;
+    let total = sink::retry_transient("counting items", retry_for, || store.pending()).await?;
     let total = cfg.limit.map_or(total, |l| l.min(total));
     let progress = Arc::new(Progress::start(cfg.progress, total));
+    let sink_opts = sink::SinkOptions {
+        dry_run: cfg.dry_run,
+        retry_for,
+        // JSON and JSON Lines stores write their file by checkpoints, not on each save.
+        checkpointed: match &cfg.store {
+            StoreSpec::Json(p) | StoreSpec::Jsonl(p) => Some(p.clone()),
+            _ => None,
+        },
+    };
     let sink = tokio::spawn(sink::run(
         Arc::clone(&store),
         verdict_rx,
         summary,
         outputs,
         Arc::clone(&progress),
-        cfg.dry_run,
+        sink_opts,
+        halt.clone(),
     ));
     // Claims of a shared store are renewed while the pool works, three times per lease.
     let renewing = CancellationToken::new();
@@ -133,24 +163,35 @@ pub async fn run(cfg: RunConfig, stop: CancellationToken) -> Result<Summary> {
         STOP_GRACE,
     )
     .await;
-    let fed = feeder.await.context("item feeder task failed")?;
-    let sunk = sink.await.context("store writer task failed")?;
+    let fed = feeder
+        .await
+        .unwrap_or_else(|e| Err(anyhow!("item feeder task failed: {e}")));
+    let mut sunk = sink.await.context("store writer task failed")?;
     renewing.cancel();
     let _ = renewer.await;
-    let finished = store.finish().await;
+    if let Err(e) = fed {
+        if sunk.summary().checked == 0 && sunk.summary().store_error.is_none() {
+            // Refused before a single answer: nothing was written (exit 2).
+            let _ = store.finish().await;
+            halt.cancel();
+            progress.finish();
+            return Err(e);
+        }
+        // Answers were received (and maybe written): a store failure during the run.
+        sunk.store_failed(&e);
+    }
+    let (mut summary, outputs) = sunk.finish(store.as_ref()).await;
     halt.cancel(); // ends the deadline timer
     progress.finish();
-    let (mut summary, outputs) = sunk?;
-    fed?;
-    finished?;
     summary.duration = started.elapsed();
     summary.interrupted = stop.is_cancelled();
     summary.deadline_reached = deadline_hit.load(Ordering::SeqCst) && !summary.interrupted;
     summary.abandoned = stats.abandoned;
-    if let Err(e) = outputs.finish(&summary) {
-        // The store is written by now: exit 2 ("nothing was written") would be wrong, and
-        // the summary must still be printed.
-        tracing::error!("{e:#}");
+    // An output that fails costs no answer: the store is written by now. It is one error
+    // line (logged by `finish`) and exit 1 at least.
+    summary.output_errors = outputs.finish(&summary) as u64;
+    if let Some(line) = summary.store_failure_line() {
+        tracing::error!("{line}");
     }
     tracing::info!(
         checked = summary.checked,
@@ -170,12 +211,15 @@ pub fn max_in_progress(concurrency: usize) -> usize {
 }
 
 /// Claims pages of items and hands them to the pool until none are left, `limit` is
-/// reached or the run halts. A store error halts the run.
+/// reached or the run halts. A transient store failure is retried for `retry_for` (as the
+/// sink's saves: a lock held by another process is waited out); any other store error
+/// halts the run.
 async fn feed<S: Store>(
     store: Arc<S>,
     tx: mpsc::Sender<Item>,
     limit: Option<u64>,
     halt: CancellationToken,
+    retry_for: std::time::Duration,
 ) -> Result<()> {
     let mut sent = 0u64;
     loop {
@@ -185,7 +229,7 @@ async fn feed<S: Store>(
             None => CLAIM_BATCH,
         };
         let page = tokio::select! {
-            page = store.claim(want) => page,
+            page = sink::retry_transient("claiming items", retry_for, || store.claim(want)) => page,
             _ = halt.cancelled() => return Ok(()),
         };
         let page = match page {
@@ -349,6 +393,36 @@ pub async fn init(args: &InitArgs, out: &mut dyn Write) -> Result<()> {
 mod tests {
     use super::*;
     use crate::cli::StoreArgs;
+
+    #[test]
+    fn exit_code_precedence() {
+        let s = |store: bool, interrupted: bool, deadline: bool, not_ok: bool| {
+            let mut s = Summary::new("t", "x", false);
+            s.checked = 1;
+            s.ok = u64::from(!not_ok);
+            s.store_error = store.then(|| "disk full".to_string());
+            s.interrupted = interrupted;
+            s.deadline_reached = deadline;
+            s
+        };
+        // 4, then 130, then 3, then 1 (SPEC §4).
+        assert_eq!(exit_code(&s(true, true, true, true), FailOn::Any), 4);
+        assert_eq!(exit_code(&s(true, false, false, false), FailOn::Never), 4);
+        assert_eq!(exit_code(&s(false, true, true, true), FailOn::Any), 130);
+        assert_eq!(exit_code(&s(false, false, true, true), FailOn::Any), 3);
+        assert_eq!(exit_code(&s(false, false, false, true), FailOn::Any), 1);
+        assert_eq!(exit_code(&s(false, false, false, true), FailOn::Never), 0);
+        assert_eq!(exit_code(&s(false, false, false, false), FailOn::Any), 0);
+        // A failed output file is at least 1, even with --fail-on never, and never hides
+        // a higher code.
+        let mut out = s(false, false, false, false);
+        out.output_errors = 1;
+        assert_eq!(exit_code(&out, FailOn::Never), 1);
+        out.deadline_reached = true;
+        assert_eq!(exit_code(&out, FailOn::Any), 3);
+        out.store_error = Some("x".into());
+        assert_eq!(exit_code(&out, FailOn::Any), 4);
+    }
 
     fn store_args(path: &std::path::Path) -> StoreArgs {
         StoreArgs {

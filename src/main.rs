@@ -38,8 +38,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             let stop = tokio_util::sync::CancellationToken::new();
             recheck::shutdown::listen(stop.clone());
             let summary = recheck::run(cfg, stop).await?;
-            summary.write(format, &mut stdout)?;
-            stdout.flush()?;
+            // SPEC §4: a summary that cannot be printed (stdout closed) does not change the
+            // exit code, which says what happened to the store.
+            if let Err(e) = summary
+                .write(format, &mut stdout)
+                .and_then(|()| stdout.flush())
+                && e.kind() != std::io::ErrorKind::BrokenPipe
+            {
+                tracing::warn!("cannot print the summary: {e}");
+            }
             Ok(recheck::exit_code(&summary, fail_on))
         }
         Command::Status(args) => recheck::commands::status(&args, &mut stdout)

@@ -29,7 +29,9 @@
 //!
 //! Testcases are held in memory until the end (O(items)): `--junit` is meant for CI-sized
 //! runs. The file is written at the end, atomically, also after an interrupt or a deadline
-//! (then with what was checked, and a `<system-out>` line saying so).
+//! (then with what was checked, and a `<system-out>` line saying so), and after a store
+//! failure (a `store_failed` property and a `<system-out>` line with how many answers the
+//! store lacks).
 
 use std::time::SystemTime;
 
@@ -113,6 +115,7 @@ fn build(mut suite: TestSuite, task: &str, started: SystemTime, summary: &Summar
         Property::new("interrupted", summary.interrupted.to_string()),
         Property::new("deadline_reached", summary.deadline_reached.to_string()),
         Property::new("dry_run", summary.dry_run.to_string()),
+        Property::new("store_failed", summary.store_error.is_some().to_string()),
     ]);
     let stopped = if summary.interrupted {
         Some("interrupted")
@@ -121,11 +124,19 @@ fn build(mut suite: TestSuite, task: &str, started: SystemTime, summary: &Summar
     } else {
         None
     };
+    let mut notes = String::new();
+    if let Some(line) = summary.store_failure_line() {
+        // The testcases are the answers; this says which of them the store lacks.
+        notes.push_str(&format!("recheck: {line}\n"));
+    }
     if let Some(why) = stopped {
-        suite.set_system_out(format!(
+        notes.push_str(&format!(
             "recheck: run {why}: {} items checked; {} checks abandoned in flight; items not checked are not listed\n",
             summary.checked, summary.abandoned
         ));
+    }
+    if !notes.is_empty() {
+        suite.set_system_out(notes);
     }
     let mut report = Report::new("recheck");
     report
@@ -187,6 +198,12 @@ mod tests {
         assert_eq!(f.attribute("message"), Some("/a is \"b\""));
         assert_eq!(f.attribute("type"), Some("still_failed"));
         assert!(f.text().unwrap().contains("url: http://h/x&<\""));
+        assert!(xml.contains("run interrupted"), "{xml}");
+        summary.store_error = Some("disk full".into());
+        let xml = build(TestSuite::new("s"), "t", SystemTime::UNIX_EPOCH, &summary)
+            .to_string()
+            .unwrap();
+        assert!(xml.contains("the store failed: disk full"), "{xml}");
         assert!(xml.contains("run interrupted"), "{xml}");
     }
 }

@@ -13,6 +13,9 @@
 //! recheck_last_run_timestamp_seconds{task="42"} 1738317600.123
 //! recheck_run_interrupted{task="42"} 0                   # 1: stopped by a signal
 //! recheck_run_deadline_reached{task="42"} 0              # 1: stopped by --deadline
+//! recheck_run_store_failed{task="42"} 0                  # 1: the store failed (exit 4)
+//! recheck_last_run_conflicts{task="42"} 0                # rows changed meanwhile, not written
+//! recheck_last_run_unwritten{task="42"} 0                # answers the failed store lost
 //! recheck_check_duration_seconds_bucket{task="42",le="0.005"} 0
 //! ...
 //! recheck_check_duration_seconds_bucket{task="42",le="+Inf"} 11
@@ -140,7 +143,7 @@ pub fn render(task: &str, s: &Summary, latency: &Latency, now: SystemTime) -> St
     let at = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
-    let single: [(&str, &str, String); 6] = [
+    let single: [(&str, &str, String); 9] = [
         (
             "recheck_last_run_requests",
             "HTTP attempts made by the last run of the task.",
@@ -170,6 +173,21 @@ pub fn render(task: &str, s: &Summary, latency: &Latency, now: SystemTime) -> St
             "recheck_run_deadline_reached",
             "1 if the last run of the task was stopped by --deadline.",
             u8::from(s.deadline_reached).to_string(),
+        ),
+        (
+            "recheck_run_store_failed",
+            "1 if the store failed during the last run of the task (exit 4).",
+            u8::from(s.store_error.is_some()).to_string(),
+        ),
+        (
+            "recheck_last_run_conflicts",
+            "Answers of the last run not written because their row had changed meanwhile.",
+            s.conflicts.to_string(),
+        ),
+        (
+            "recheck_last_run_unwritten",
+            "Answers of the last run not written because the store failed.",
+            s.unwritten.to_string(),
         ),
     ];
     for (name, help, value) in single {
@@ -253,6 +271,13 @@ mod tests {
             text.contains(r#"recheck_last_run_requests{task="we\"ird\\\n"} 0"#),
             "{text}"
         );
+        for name in [
+            "recheck_run_store_failed",
+            "recheck_last_run_conflicts",
+            "recheck_last_run_unwritten",
+        ] {
+            assert!(text.contains(&format!("\n{name}{{task=")), "{name}: {text}");
+        }
         // Every sample is one line: the newline in the task did not split one.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("recheck_"), "{line}");

@@ -13,3 +13,32 @@ pub mod summary;
 pub use outputs::{OutputConfig, OutputFiles};
 pub use progress::Progress;
 pub use summary::{Format, Summary};
+
+/// What became of one answer in the store: the `store` field of each `--report` line, and
+/// what the summary's `written`, `conflicts` and `unwritten` count. Known only once the
+/// answer's batch was saved (or could not be), so the report is written after the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stored {
+    /// Written to the store.
+    Written,
+    /// Not written because the row changed (or was replaced) since it was claimed: the
+    /// other process's change is kept (compare-and-set, SPEC §3).
+    Conflict,
+    /// Not written because the store failed during the run (exit 4).
+    Unwritten,
+    /// `--dry-run`: nothing is written.
+    DryRun,
+}
+
+impl Stored {
+    /// The name used in the report.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stored::Written => "written",
+            Stored::Conflict => "conflict",
+            Stored::Unwritten => "unwritten",
+            Stored::DryRun => "dry_run",
+        }
+    }
+}

@@ -1,19 +1,33 @@
 //! The run's files: `--report` (JSON Lines, one object per item), `--junit` (JUnit XML)
 //! and `--metrics-file` (Prometheus text format, replaced atomically).
 //!
-//! Every path is checked by [`OutputFiles::open`], before the store is opened, so a bad
-//! path is a one-line start-up error naming the flag (exit 2) and never a surprise after
-//! the store was written. `-` is refused: stdout carries the summary.
+//! Opening is two steps, so a refused run touches no output file:
+//!
+//! 1. [`OutputFiles::check`], before the store is opened, checks every path without
+//!    creating or truncating anything: not `-` (stdout carries the summary), an existing
+//!    path must be a regular file (a FIFO, a device or a directory is refused from its
+//!    metadata, never opened, so nothing can block), its directory must take a new file,
+//!    and no two paths, nor any path and the store's file (or its `-wal`/`-shm`/`-journal`/
+//!    `.lock` side files), may be one file: compared by device and inode for existing files,
+//!    so hard links and symlinks are caught, and by canonical directory plus name for files
+//!    that do not exist yet. A bad path is a one-line error naming the flag (exit 2).
+//! 2. [`OutputPlan::open`], once the store was opened and validated, creates (or
+//!    truncates) the `--report` file.
 //!
 //! | flag | written | memory |
 //! | --- | --- | --- |
-//! | `--report` | created (truncated) at open, one line per verdict as it arrives, flushed at the end | O(1) |
+//! | `--report` | created (truncated) after the store was opened, one line per answer once its batch was saved, flushed after each batch | O(1) |
 //! | `--junit` | at the end, atomically (temp file in the same directory, fsync, rename) | O(items) |
 //! | `--metrics-file` | at the end, atomically | O(1) |
 //!
 //! An interrupted or deadline-stopped run still writes all three, with what was checked.
+//!
+//! An output that fails during the run (disk full, I/O error) never costs the store an
+//! answer (SPEC §5): it is disabled with one error line on stderr naming the flag, the file
+//! and the cause, the run and the store writes go on, and the exit code is at least 1
+//! ([`OutputFiles::finish`] counts the failures).
 
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -21,10 +35,10 @@ use std::time::SystemTime;
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::model::Verdict;
-use crate::report::Summary;
 use crate::report::jsonl::JsonlReport;
 use crate::report::junit::JunitReport;
 use crate::report::metrics::MetricsFile;
+use crate::report::{Stored, Summary};
 
 /// Which files to write.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -37,53 +51,74 @@ pub struct OutputConfig {
     pub metrics: Option<PathBuf>,
 }
 
-/// The open output files of a run. Owned by the sink, which sees every verdict.
+/// The output paths of a run, checked ([`OutputFiles::check`]) but not created yet.
+pub struct OutputPlan {
+    report: Option<ReportTarget>,
+    junit: Option<AtomicFile>,
+    metrics: Option<AtomicFile>,
+}
+
+/// The checked `--report` path.
+struct ReportTarget {
+    flag: &'static str,
+    path: PathBuf,
+    /// The path names an existing regular file.
+    exists: bool,
+    /// The existing file, opened for writing without truncating it (a regular file, so the
+    /// open cannot block) once every check passed: the file truncated later is the very
+    /// file that was checked.
+    existing: Option<File>,
+}
+
+/// The open output files of a run. Owned by the sink, which sees every answer once its
+/// store result is known.
 pub struct OutputFiles {
     report: Option<JsonlReport>,
     junit: Option<JunitReport>,
     metrics: Option<MetricsFile>,
+    /// Outputs disabled by a failure during the run.
+    failed: usize,
 }
 
 impl OutputFiles {
-    /// Opens (creates) the files, before anything else happens, so a bad path is a start-up
-    /// error (exit 2). The `--junit` and `--metrics-file` destinations are only checked
-    /// (a temporary file is created in their directory and removed): they are written at
-    /// [`finish`](Self::finish). The `--report` file is created, or truncated, last, so a
-    /// refused run leaves an earlier report alone unless its own path was fine.
-    pub fn open(cfg: &OutputConfig, task: &str) -> Result<OutputFiles> {
-        distinct(cfg)?;
-        let started = SystemTime::now();
+    /// Checks every output path, creating or truncating nothing (see the module docs).
+    /// `store` is the store's file, for file-based stores. The `--junit` and
+    /// `--metrics-file` directories are probed with a temporary file, removed at once.
+    pub fn check(cfg: &OutputConfig, store: Option<&Path>) -> Result<OutputPlan> {
         let metrics = match &cfg.metrics {
-            Some(p) => Some(MetricsFile::new(
-                AtomicFile::check("--metrics-file", p)?,
-                task,
-            )),
+            Some(p) => Some(AtomicFile::check("--metrics-file", p)?),
             None => None,
         };
         let junit = match &cfg.junit {
-            Some(p) => Some(JunitReport::new(
-                AtomicFile::check("--junit", p)?,
-                task,
-                started,
-            )),
+            Some(p) => Some(AtomicFile::check("--junit", p)?),
             None => None,
         };
         let report = match &cfg.report {
-            Some(p) => Some(JsonlReport::create("--report", p, task)?),
+            Some(p) => Some(ReportTarget::check("--report", p)?),
             None => None,
         };
-        Ok(OutputFiles {
+        distinct(cfg, store)?;
+        // Only now, with every path found fine, is an existing report opened (not
+        // truncated): a report that is the store under another name is never opened.
+        let report = match report {
+            Some(r) => Some(r.open_existing()?),
+            None => None,
+        };
+        Ok(OutputPlan {
             report,
             junit,
             metrics,
         })
     }
 
-    /// Records one verdict: a line of the report now, a testcase and a histogram
-    /// observation for the end.
-    pub fn record(&mut self, v: &Verdict) -> Result<()> {
-        if let Some(r) = &mut self.report {
-            r.record(v)?;
+    /// Records one answer, once its store result is known: a line of the report now, a
+    /// testcase and a histogram observation for the end. An output that fails is disabled
+    /// (one error line); the others, and the store, go on.
+    pub fn record(&mut self, v: &Verdict, stored: Stored) {
+        if let Some(r) = &mut self.report
+            && let Err(e) = r.record(v, stored)
+        {
+            self.disable_report(&e);
         }
         if let Some(j) = &mut self.junit {
             j.record(v);
@@ -91,25 +126,225 @@ impl OutputFiles {
         if let Some(m) = &mut self.metrics {
             m.record(v);
         }
-        Ok(())
     }
 
-    /// Completes the files once the summary is final. Every file is attempted; the first
-    /// error is returned.
-    pub fn finish(self, summary: &Summary) -> Result<()> {
+    /// Writes out the report's buffer (after each batch), so a reader follows the run and
+    /// a full disk is noticed early.
+    pub fn flush(&mut self) {
+        if let Some(r) = &mut self.report
+            && let Err(e) = r.flush()
+        {
+            self.disable_report(&e);
+        }
+    }
+
+    /// Outputs disabled by a failure so far.
+    pub fn failed(&self) -> usize {
+        self.failed
+    }
+
+    fn disable_report(&mut self, e: &anyhow::Error) {
+        if let Some(r) = self.report.take() {
+            r.abandon();
+        }
+        self.failed += 1;
+        tracing::error!(
+            "{e:#}; --report is disabled for the rest of the run (the store still gets every answer)"
+        );
+    }
+
+    /// Completes the files once the summary is final. Every file is attempted; each
+    /// failure is one error line. Returns how many outputs failed during the whole run
+    /// (those disabled earlier included): the run then exits with at least 1.
+    pub fn finish(self, summary: &Summary) -> usize {
         let results = [
             self.report.map(JsonlReport::finish),
             self.junit.map(|j| j.finish(summary)),
             self.metrics.map(|m| m.finish(summary, SystemTime::now())),
         ];
-        results.into_iter().flatten().collect::<Result<Vec<()>>>()?;
-        Ok(())
+        let mut failed = self.failed;
+        for e in results.into_iter().flatten().filter_map(Result::err) {
+            tracing::error!("{e:#}");
+            failed += 1;
+        }
+        failed
     }
 }
 
-/// Two flags naming one file would overwrite each other.
-fn distinct(cfg: &OutputConfig) -> Result<()> {
-    let named: Vec<(&str, PathBuf)> = [
+impl OutputPlan {
+    /// Creates (or truncates) the `--report` file, once the store was opened and validated.
+    pub fn open(self, task: &str) -> Result<OutputFiles> {
+        let started = SystemTime::now();
+        let report = match self.report {
+            Some(t) => Some(t.open(task)?),
+            None => None,
+        };
+        Ok(OutputFiles {
+            report,
+            junit: self.junit.map(|f| JunitReport::new(f, task, started)),
+            metrics: self.metrics.map(|f| MetricsFile::new(f, task)),
+            failed: 0,
+        })
+    }
+}
+
+impl ReportTarget {
+    /// Checks that `path` can be the report, creating and truncating nothing.
+    fn check(flag: &'static str, path: &Path) -> Result<ReportTarget> {
+        refuse_dash(flag, path)?;
+        let shown = path.display();
+        let meta = match fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_symlink() => Some(fs::metadata(path).map_err(|e| {
+                anyhow!("{flag} {shown}: cannot follow the symlink (its target is missing?): {e}")
+            })?),
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => bail!("{flag} {shown}: {e}"),
+        };
+        match &meta {
+            Some(m) => refuse_non_regular(flag, path, m)?,
+            None => check_dir_takes_files(flag, path, parent_dir(path))?,
+        }
+        Ok(ReportTarget {
+            flag,
+            path: path.to_path_buf(),
+            exists: meta.is_some(),
+            existing: None,
+        })
+    }
+
+    /// Opens an existing report for writing, without truncating it: proves it may be
+    /// written before the store is opened. A regular file (checked), so this cannot block.
+    fn open_existing(mut self) -> Result<ReportTarget> {
+        if self.exists {
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&self.path)
+                .map_err(|e| {
+                    anyhow!(
+                        "{} {}: cannot open for writing: {e}",
+                        self.flag,
+                        self.path.display()
+                    )
+                })?;
+            let meta = file
+                .metadata()
+                .with_context(|| format!("{} {}", self.flag, self.path.display()))?;
+            refuse_non_regular(self.flag, &self.path, &meta)?;
+            self.existing = Some(file);
+        }
+        Ok(self)
+    }
+
+    fn open(self, task: &str) -> Result<JsonlReport> {
+        let (flag, shown) = (self.flag, self.path.display());
+        let file = match self.existing {
+            Some(f) => {
+                f.set_len(0)
+                    .with_context(|| format!("{flag} {shown}: cannot truncate"))?;
+                f
+            }
+            // `create_new` never opens what appeared meanwhile (a FIFO would block).
+            None => OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&self.path)
+                .with_context(|| format!("{flag} {shown}: cannot create"))?,
+        };
+        Ok(JsonlReport::new(flag, &self.path, file, task))
+    }
+}
+
+/// An existing output path that is not a regular file is refused, from its metadata alone.
+fn refuse_non_regular(flag: &str, path: &Path, m: &fs::Metadata) -> Result<()> {
+    let shown = path.display();
+    if m.is_dir() {
+        bail!("{flag} {shown}: is a directory");
+    }
+    if m.is_file() {
+        return Ok(());
+    }
+    #[cfg(unix)]
+    let kind = {
+        use std::os::unix::fs::FileTypeExt;
+        let t = m.file_type();
+        if t.is_fifo() {
+            "a named pipe (FIFO)"
+        } else if t.is_socket() {
+            "a socket"
+        } else if t.is_block_device() || t.is_char_device() {
+            "a device"
+        } else {
+            "not a regular file"
+        }
+    };
+    #[cfg(not(unix))]
+    let kind = "not a regular file";
+    bail!("{flag} {shown}: is {kind}; give a regular file")
+}
+
+/// The directory of a file to be created exists and takes a new file (a temporary one is
+/// created and removed).
+fn check_dir_takes_files(flag: &str, path: &Path, dir: &Path) -> Result<()> {
+    let shown = path.display();
+    match fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => bail!("{flag} {shown}: {} is not a directory", dir.display()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            bail!("{flag} {shown}: directory {} does not exist", dir.display())
+        }
+        Err(e) => bail!("{flag} {shown}: {}: {e}", dir.display()),
+    }
+    // Dropped at once: it only proves the directory takes a new file.
+    tempfile::Builder::new()
+        .prefix(".recheck-probe.")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|e| {
+            anyhow!(
+                "{flag} {shown}: cannot create a file in {}: {}",
+                dir.display(),
+                plain(&e)
+            )
+        })?;
+    Ok(())
+}
+
+/// Which file a path names: device and inode when it exists (links and other spellings
+/// lead to the same pair), else the canonical directory plus the name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FileId {
+    Inode(u64, u64),
+    Path(PathBuf),
+}
+
+fn file_id(path: &Path) -> FileId {
+    #[cfg(unix)]
+    if let Ok(m) = fs::metadata(path) {
+        use std::os::unix::fs::MetadataExt;
+        return FileId::Inode(m.dev(), m.ino());
+    }
+    if let Ok(p) = fs::canonicalize(path) {
+        return FileId::Path(p);
+    }
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    match (abs.parent(), abs.file_name()) {
+        (Some(dir), Some(name)) => FileId::Path(
+            fs::canonicalize(dir)
+                .unwrap_or_else(|_| dir.to_path_buf())
+                .join(name),
+        ),
+        _ => FileId::Path(abs),
+    }
+}
+
+/// The side files SQLite and the file stores' lock keep next to the store's file.
+const STORE_SIDE_FILES: [&str; 4] = ["-wal", "-shm", "-journal", ".lock"];
+
+/// No two flags, and no flag and the store, may name one file: they would overwrite each
+/// other (a report truncating the store through a hard link).
+fn distinct(cfg: &OutputConfig, store: Option<&Path>) -> Result<()> {
+    let named: Vec<(&str, &Path, FileId)> = [
         ("--report", &cfg.report),
         ("--junit", &cfg.junit),
         ("--metrics-file", &cfg.metrics),
@@ -117,17 +352,38 @@ fn distinct(cfg: &OutputConfig) -> Result<()> {
     .into_iter()
     .filter_map(|(flag, p)| {
         let p = p.as_deref()?;
-        Some((
-            flag,
-            std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()),
-        ))
+        Some((flag, p, file_id(p)))
     })
     .collect();
-    for (i, (a, pa)) in named.iter().enumerate() {
-        for (b, pb) in &named[i + 1..] {
-            if pa == pb {
-                bail!("{a} and {b} name the same file {}", pa.display());
+    for (i, (a, pa, ia)) in named.iter().enumerate() {
+        for (b, pb, ib) in &named[i + 1..] {
+            if ia == ib {
+                bail!(
+                    "{a} and {b} name the same file ({} and {})",
+                    pa.display(),
+                    pb.display()
+                );
             }
+        }
+    }
+    let Some(store) = store else {
+        return Ok(());
+    };
+    let mut store_files = vec![(store.to_path_buf(), file_id(store))];
+    for suffix in STORE_SIDE_FILES {
+        let mut side = store.as_os_str().to_owned();
+        side.push(suffix);
+        let side = PathBuf::from(side);
+        let id = file_id(&side);
+        store_files.push((side, id));
+    }
+    for (flag, p, id) in &named {
+        if let Some((sp, _)) = store_files.iter().find(|(_, sid)| sid == id) {
+            bail!(
+                "{flag} and --store name the same file ({} and {}): the output would overwrite the store",
+                p.display(),
+                sp.display()
+            );
         }
     }
     Ok(())
@@ -274,8 +530,67 @@ mod tests {
             junit: None,
             metrics: Some("out/./x".into()),
         };
-        let e = distinct(&cfg).unwrap_err().to_string();
+        let e = distinct(&cfg, None).unwrap_err().to_string();
         assert!(e.contains("--report and --metrics-file"), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn links_and_side_files_are_the_same_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.db");
+        fs::write(&db, "store").unwrap();
+        let hard = dir.path().join("hard.jsonl");
+        fs::hard_link(&db, &hard).unwrap();
+        let report = dir.path().join("r.jsonl");
+        fs::write(&report, "r").unwrap();
+        let link = dir.path().join("j.xml");
+        std::os::unix::fs::symlink(&report, &link).unwrap();
+        let cfg = |report: Option<&Path>, junit: Option<&Path>| OutputConfig {
+            report: report.map(Path::to_path_buf),
+            junit: junit.map(Path::to_path_buf),
+            metrics: None,
+        };
+        let e = distinct(&cfg(Some(&hard), None), Some(&db)).unwrap_err();
+        assert!(e.to_string().contains("--report and --store"), "{e}");
+        let e = distinct(&cfg(Some(&report), Some(&link)), None).unwrap_err();
+        assert!(e.to_string().contains("--report and --junit"), "{e}");
+        let wal = dir.path().join("s.db-wal");
+        let e = distinct(&cfg(None, Some(&wal)), Some(&db)).unwrap_err();
+        assert!(e.to_string().contains("--junit and --store"), "{e}");
+        // Files that do not exist yet compare by canonical directory and name.
+        let sub = dir.path().join("sub");
+        fs::create_dir(&sub).unwrap();
+        let a = sub.join("new.jsonl");
+        let b = dir.path().join("sub/../sub/./new.jsonl");
+        let e = distinct(&cfg(Some(&a), Some(&b)), None).unwrap_err();
+        assert!(e.to_string().contains("name the same file"), "{e}");
+        distinct(&cfg(Some(&a), Some(&report)), Some(&db)).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn report_check_creates_nothing_and_refuses_fifos() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let e = ReportTarget::check("--report", &fifo).err().unwrap();
+        assert!(e.to_string().contains("FIFO"), "{e}");
+        let cfg = OutputConfig {
+            report: Some(dir.path().join("r.jsonl")),
+            ..OutputConfig::default()
+        };
+        let plan = OutputFiles::check(&cfg, None).unwrap();
+        assert!(!dir.path().join("r.jsonl").exists(), "checked, not created");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "probe left");
+        let mut out = plan.open("t").unwrap();
+        assert!(dir.path().join("r.jsonl").exists());
+        out.flush();
+        assert_eq!(out.finish(&Summary::new("t", "x", false)), 0);
     }
 
     #[test]

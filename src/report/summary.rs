@@ -9,6 +9,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::model::{Outcome, Verdict};
+use crate::report::Stored;
 
 /// Distinct error messages counted; later new ones are lumped as "other errors".
 const MAX_DISTINCT_ERRORS: usize = 1000;
@@ -57,6 +58,18 @@ pub struct Summary {
     pub dry_run: bool,
     /// Checks abandoned at a stop (their items keep their status).
     pub abandoned: u64,
+    /// Answers written to the store.
+    pub written: u64,
+    /// Answers not written because their row changed since it was claimed (the other
+    /// change was kept).
+    pub conflicts: u64,
+    /// Answers not written because the store failed (they are still counted above and in
+    /// `--report`).
+    pub unwritten: u64,
+    /// Why the store failed during the run (exit 4), if it did.
+    pub store_error: Option<String>,
+    /// Output files (`--report`, `--junit`, `--metrics-file`) that failed (exit ≥ 1).
+    pub output_errors: u64,
     latency_ms: Histogram<u64>,
     error_counts: HashMap<String, u64>,
     other_errors: u64,
@@ -80,6 +93,11 @@ impl Summary {
             deadline_reached: false,
             dry_run,
             abandoned: 0,
+            written: 0,
+            conflicts: 0,
+            unwritten: 0,
+            store_error: None,
+            output_errors: 0,
             // 1 ms .. 1 hour at 2 significant figures: a few KiB, fixed.
             latency_ms: Histogram::new_with_bounds(1, 3_600_000, 2)
                 .expect("static histogram bounds are valid"),
@@ -114,6 +132,26 @@ impl Summary {
                 self.other_errors += 1;
             }
         }
+    }
+
+    /// Counts what became of one answer in the store.
+    pub fn add_stored(&mut self, stored: Stored) {
+        match stored {
+            Stored::Written => self.written += 1,
+            Stored::Conflict => self.conflicts += 1,
+            Stored::Unwritten => self.unwritten += 1,
+            Stored::DryRun => {}
+        }
+    }
+
+    /// The one stderr line of a run whose store failed: the cause, and how many answers
+    /// were and were not written. `None` when the store did not fail.
+    pub fn store_failure_line(&self) -> Option<String> {
+        let cause = self.store_error.as_deref()?;
+        Some(format!(
+            "the store failed: {cause}; no new checks after it; {} answers written, {} could not be written (unwritten), {} conflicts",
+            self.written, self.unwritten, self.conflicts
+        ))
     }
 
     /// Whether every checked item is OK (exit 0), or nothing was checked.
@@ -180,6 +218,11 @@ impl Summary {
             interrupted: bool,
             deadline_reached: bool,
             dry_run: bool,
+            written: u64,
+            conflicts: u64,
+            unwritten: u64,
+            store_error: Option<&'a str>,
+            output_errors: u64,
             latency_ms: Latency,
             top_errors: Vec<TopError<'a>>,
         }
@@ -198,6 +241,11 @@ impl Summary {
             interrupted: self.interrupted,
             deadline_reached: self.deadline_reached,
             dry_run: self.dry_run,
+            written: self.written,
+            conflicts: self.conflicts,
+            unwritten: self.unwritten,
+            store_error: self.store_error.as_deref(),
+            output_errors: self.output_errors,
             latency_ms: Latency {
                 p50: self.latency_percentile(0.50),
                 p95: self.latency_percentile(0.95),
@@ -226,6 +274,9 @@ impl Summary {
         if self.deadline_reached {
             head.push_str(" (deadline reached)");
         }
+        if self.store_error.is_some() {
+            head.push_str(" (store failed)");
+        }
         writeln!(out, "{head}")?;
         let mut rows: Vec<(&str, String)> = vec![
             ("checked", self.checked.to_string()),
@@ -248,6 +299,28 @@ impl Summary {
         }
         for (name, value) in rows {
             writeln!(out, "  {name:<13}{value:>10}")?;
+        }
+        if self.conflicts > 0 {
+            writeln!(
+                out,
+                "  {:<13}{:>10}  (rows changed by someone else meanwhile; their change kept)",
+                "conflicts", self.conflicts
+            )?;
+        }
+        if self.store_error.is_some() || self.unwritten > 0 {
+            writeln!(out, "  {:<13}{:>10}", "written", self.written)?;
+            writeln!(
+                out,
+                "  {:<13}{:>10}  (the store failed; these answers are not in it)",
+                "unwritten", self.unwritten
+            )?;
+        }
+        if self.output_errors > 0 {
+            writeln!(
+                out,
+                "  {:<13}{:>10}  (see stderr)",
+                "output errors", self.output_errors
+            )?;
         }
         if self.abandoned > 0 {
             writeln!(
@@ -333,6 +406,8 @@ mod tests {
             "duration_ms",
             "interrupted",
             "dry_run",
+            "conflicts",
+            "unwritten",
         ] {
             assert!(j.get(key).is_some(), "missing {key}");
         }
@@ -410,6 +485,46 @@ mod tests {
         let mut out = Vec::new();
         s.write(Format::Text, &mut out).unwrap();
         insta::assert_snapshot!(String::from_utf8(out).unwrap());
+    }
+
+    #[test]
+    fn text_snapshot_store_failed() {
+        let mut s = Summary::new("t", "sqlite:full.db", false);
+        for stored in [
+            Stored::Written,
+            Stored::Written,
+            Stored::Conflict,
+            Stored::Unwritten,
+        ] {
+            s.add(&v(Outcome::Ok, 1, None));
+            s.add_stored(stored);
+        }
+        s.store_error =
+            Some("sqlite:full.db: cannot commit results: database or disk is full".into());
+        s.output_errors = 1;
+        s.duration = Duration::from_millis(1_500);
+        let mut out = Vec::new();
+        s.write(Format::Text, &mut out).unwrap();
+        insta::assert_snapshot!(String::from_utf8(out).unwrap());
+        assert_eq!(
+            s.store_failure_line().unwrap(),
+            "the store failed: sqlite:full.db: cannot commit results: database or disk is full; \
+             no new checks after it; 2 answers written, 1 could not be written (unwritten), 1 conflicts"
+        );
+        let mut out = Vec::new();
+        s.write(Format::Json, &mut out).unwrap();
+        let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            (
+                j["written"].as_u64(),
+                j["conflicts"].as_u64(),
+                j["unwritten"].as_u64()
+            ),
+            (Some(2), Some(1), Some(1))
+        );
+        assert_eq!(j["output_errors"], 1);
+        assert!(j["store_error"].as_str().unwrap().contains("disk is full"));
+        assert!(Summary::new("t", "x", false).store_failure_line().is_none());
     }
 
     #[test]

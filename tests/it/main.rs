@@ -8,6 +8,7 @@ mod cli;
 mod concurrency;
 mod crash;
 mod encoding;
+mod faults;
 mod hostile;
 mod json_store;
 mod limits;

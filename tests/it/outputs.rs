@@ -127,7 +127,7 @@ fn mixed_run_writes_all_three_files() {
     );
 }
 
-const KEYS: [&str; 9] = [
+const KEYS: [&str; 10] = [
     "task",
     "item_id",
     "url",
@@ -137,6 +137,7 @@ const KEYS: [&str; 9] = [
     "error",
     "latency_ms",
     "checked_at",
+    "store",
 ];
 
 fn check_report(path: &Path) {
@@ -179,6 +180,8 @@ fn check_report(path: &Path) {
         assert!(v["latency_ms"].is_u64(), "{v}");
         let at = v["checked_at"].as_str().unwrap();
         assert!(at.ends_with('Z') && at.len() >= 20, "{v}");
+        // Written after the store: every answer of this run is in it.
+        assert_eq!(v["store"], "written", "{v}");
     }
 }
 
@@ -559,5 +562,131 @@ fn task_ids_are_escaped_in_metrics_and_junit() {
     assert_eq!(
         tc.attribute("classname"),
         Some(task.replace('\n', " ").as_str())
+    );
+}
+
+#[test]
+fn report_as_a_hard_link_of_the_store_is_refused() {
+    let server = support::default_server();
+    let sb = Sandbox::new();
+    let db = sb.path("s.db");
+    support::sqlite_store(&db, "t", &["ok-1"]);
+    std::fs::hard_link(&db, sb.path("r.jsonl")).unwrap();
+    std::fs::create_dir(sb.path("sub")).unwrap();
+    std::os::unix::fs::symlink(&db, sb.path("sub/m.prom")).unwrap();
+    let before = support::snapshot(&db);
+    for args in [
+        &["--report", "r.jsonl"][..],
+        &["--metrics-file", "sub/m.prom"][..],
+        &["--junit", "s.db-wal"][..],
+    ] {
+        let out = sb.run(&server, "t", "s.db").args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        // (config.rs refuses a path that resolves to the store by its own words.)
+        assert!(
+            err.contains(&format!("{} and --store name the same file", args[0]))
+                || err.contains(&format!("{} {} is the store itself", args[0], args[1])),
+            "{args:?}: {err}"
+        );
+        assert_eq!(support::snapshot(&db), before, "{args:?} touched the store");
+    }
+    assert_eq!(server.total_requests(), 0);
+}
+
+#[test]
+fn junit_as_a_symlink_to_the_report_is_refused() {
+    let server = support::default_server();
+    let sb = Sandbox::new();
+    support::sqlite_store(&sb.path("s.db"), "t", &["ok-1"]);
+    std::fs::write(sb.path("r.jsonl"), "earlier report\n").unwrap();
+    std::fs::create_dir(sb.path("ci")).unwrap();
+    std::os::unix::fs::symlink("../r.jsonl", sb.path("ci/j.xml")).unwrap();
+    let out = sb
+        .run(&server, "t", "s.db")
+        .args(["--report", "r.jsonl", "--junit", "ci/j.xml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--report and --junit name the same file"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(sb.path("r.jsonl")).unwrap(),
+        "earlier report\n"
+    );
+    assert_eq!(server.total_requests(), 0);
+}
+
+#[test]
+fn a_refused_second_run_leaves_the_first_report_alone() {
+    let server = support::default_server();
+    let sb = Sandbox::new();
+    support::sqlite_store(&sb.path("s.db"), "t", &["ok-1", "ok-2"]);
+    let out = sb
+        .run(&server, "t", "s.db")
+        .args(["--report", "r.jsonl"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let first = std::fs::read(sb.path("r.jsonl")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&first).lines().count(), 2);
+    // Refused by the store (a missing JSON file, a missing table), after the output paths
+    // were found fine: the report is created only once the store was accepted.
+    for (store, extra) in [
+        ("json:missing.json", &[][..]),
+        ("s.db", &["--table", "nope"][..]),
+    ] {
+        let out = sb
+            .run(&server, "t", store)
+            .args(extra)
+            .args(["--report", "r.jsonl"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{store}: {out:?}");
+        assert_eq!(
+            std::fs::read(sb.path("r.jsonl")).unwrap(),
+            first,
+            "{store}: the refused run changed the first run's report"
+        );
+    }
+    assert!(!sb.path("missing.json").exists());
+}
+
+#[test]
+fn report_on_a_fifo_is_refused_at_once() {
+    let server = support::default_server();
+    let sb = Sandbox::new();
+    support::sqlite_store(&sb.path("s.db"), "t", &["ok-1"]);
+    let fifo = sb.path("pipe");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) with a valid C string; no memory is shared.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    for flag in ["--report", "--junit", "--metrics-file"] {
+        let started = std::time::Instant::now();
+        // Opening a FIFO for writing would block until a reader comes: the timeout turns
+        // a hang into a failure instead of a stuck test.
+        let out = sb
+            .run(&server, "t", "s.db")
+            .args([flag, "pipe"])
+            .timeout(Duration::from_secs(20))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("{flag} pipe")), "{flag}: {err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{flag}: {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(server.total_requests(), 0);
+    assert_eq!(
+        support::sqlite_row(&sb.path("s.db"), "t", "ok-1").status,
+        "failed"
     );
 }
