@@ -9,6 +9,7 @@ mod concurrency;
 mod crash;
 mod encoding;
 mod hostile;
+mod items;
 mod json_store;
 mod limits;
 mod mysql;
