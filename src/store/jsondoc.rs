@@ -50,9 +50,10 @@
 //!   process changed afterwards, is dropped: that change is the newer one (as a later
 //!   UPDATE in a SQL store); answers already written are left to whatever the other
 //!   process does with them.
-//! - Contents that do not parse (read again three times, 100 ms apart, in case the other
-//!   writer was half-way) or a removed file fail the save with a final error naming the
-//!   file; nothing is written over them.
+//! - Changed contents are merged only once they stayed the same for 50 ms (a writer that
+//!   rewrites in place may be half-way, and a JSON Lines file cut at a line end parses).
+//!   Contents that do not parse (read again three times, 100 ms apart) or a removed file
+//!   fail the save with a final error naming the file; nothing is written over them.
 //!
 //! What remains is the window between the last `stat` and the rename (microseconds): an
 //! edit landing exactly there is lost. Closing it would need a lock every writer honours,
@@ -981,7 +982,7 @@ struct Cand {
 /// Whether a verdict was merged, or lost to another process's change (compare-and-set).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Applied {
-    Written,
+    Merged,
     Conflict,
 }
 
@@ -1063,7 +1064,7 @@ impl State {
         let error = v.error.as_deref().map_or_else(|| "null".into(), json_str);
         self.set(idx, LAST_ERROR, error);
         self.set(idx, CHECKED_AT, json_str(&rfc3339(v.checked_at)));
-        Ok(Applied::Written)
+        Ok(Applied::Merged)
     }
 
     /// Makes `doc` (another process's version of the file) the base: finds every candidate
@@ -1123,6 +1124,11 @@ const WRITE_ATTEMPTS: usize = 5;
 /// process may be half-way through a non-atomic rewrite), before the save fails.
 const REREADS: usize = 3;
 const REREAD_PAUSE: Duration = Duration::from_millis(100);
+/// How long changed contents must stay the same before they are merged.
+const SETTLE: Duration = Duration::from_millis(50);
+/// How many times the contents may change again while settling before the save gives up
+/// (a transient error).
+const UNSETTLED: usize = 20;
 
 /// A final store error (the file is broken or gone: trying again will not help). No
 /// [`super::Transient`] marker, so [`super::is_transient`] says no.
@@ -1132,9 +1138,12 @@ fn final_error(msg: String) -> anyhow::Error {
 
 impl Inner {
     /// Notices a change of the file by another process since recheck last read or wrote
-    /// it, and merges it ([`State::rebase`]). Without `full`, a cheap `stat` decides
+    /// it, and merges it (`State::rebase`). Without `full`, a cheap `stat` decides
     /// whether to read the file; with it, the bytes are always compared (before a write).
-    fn refresh(&self, st: &mut State, full: bool) -> Result<()> {
+    ///
+    /// Called with `writer` held: only writer holders change the base, so the file can be
+    /// read and parsed without the state lock, which `claim` needs meanwhile.
+    fn refresh(&self, full: bool) -> Result<()> {
         let label = &self.label;
         let meta = match fs::metadata(&self.target) {
             Ok(m) => m,
@@ -1146,26 +1155,48 @@ impl Inner {
             }
             Err(e) => bail!("{label}: cannot stat: {e}"),
         };
-        if !full && st.stamp == Some(Stamp::of(&meta)) {
+        if !full && lock(&self.state).stamp == Some(Stamp::of(&meta)) {
             return Ok(());
         }
-        let mut rereads = 0;
+        let read = || {
+            read_stamped(&self.target).map_err(|e| anyhow!("{label}: cannot read it again: {e}"))
+        };
+        let (mut bytes, mut stamp) = read()?;
+        let (mut rereads, mut unsettled) = (0, 0);
         loop {
-            let (bytes, stamp) = read_stamped(&self.target)
-                .map_err(|e| anyhow!("{label}: cannot read it again: {e}"))?;
-            if bytes == st.doc.text.as_bytes() {
-                // Touched, or rewritten with the same bytes: nothing to merge.
-                st.stamp = Some(stamp);
-                return Ok(());
+            let keys = {
+                let mut st = lock(&self.state);
+                if bytes == st.doc.text.as_bytes() {
+                    // Touched, or rewritten with the same bytes: nothing to merge.
+                    st.stamp = Some(stamp);
+                    return Ok(());
+                }
+                st.doc.keys.clone()
+            };
+            // A writer that rewrites in place may be half-way: a JSON Lines file cut at a
+            // line end still parses, and would look like removed items. Merge only
+            // contents that stayed the same for a moment.
+            std::thread::sleep(SETTLE);
+            let (again, again_stamp) = read()?;
+            if again != bytes {
+                unsettled += 1;
+                if unsettled > UNSETTLED {
+                    return Err(anyhow::Error::new(super::Transient(true)).context(format!(
+                        "{label}: another process keeps rewriting the file; not written"
+                    )));
+                }
+                (bytes, stamp) = (again, again_stamp);
+                continue;
             }
-            let parsed = String::from_utf8(bytes)
+            let parsed = String::from_utf8(std::mem::take(&mut bytes))
                 .map_err(|e| {
                     let at = e.utf8_error().valid_up_to();
                     anyhow!("not valid UTF-8 (line {})", line_at(e.as_bytes(), at))
                 })
-                .and_then(|text| Doc::parse(text, self.format, st.doc.keys.clone()));
+                .and_then(|text| Doc::parse(text, self.format, keys));
             match parsed {
                 Ok(doc) => {
+                    let mut st = lock(&self.state);
                     let dropped = st.rebase(doc, &self.opts);
                     st.stamp = Some(stamp);
                     tracing::info!(
@@ -1178,6 +1209,7 @@ impl Inner {
                 Err(_) if rereads < REREADS => {
                     rereads += 1;
                     std::thread::sleep(REREAD_PAUSE);
+                    (bytes, stamp) = read()?;
                 }
                 Err(e) => {
                     return Err(final_error(format!(
@@ -1189,13 +1221,19 @@ impl Inner {
         }
     }
 
-    /// Writes the base plus the patches (merged into the file's current contents first),
-    /// then makes the written text the base. Called with `writer` held.
-    fn write(&self, st: &mut MutexGuard<'_, State>) -> Result<()> {
+    /// Writes the base plus the patches, merged into the file's current contents first,
+    /// then makes the written text the base. Called with `writer` held; the state lock is
+    /// not held while the file is written.
+    fn write(&self) -> Result<()> {
         for _ in 0..WRITE_ATTEMPTS {
-            self.refresh(st, true)?;
-            let text = st.doc.render(&st.patches, &[]);
-            let base = st.stamp;
+            self.refresh(true)?;
+            let (text, base) = {
+                let st = lock(&self.state);
+                if st.patches.is_empty() {
+                    return Ok(()); // every unwritten answer lost to the other process
+                }
+                (st.doc.render(&st.patches, &[]), st.stamp)
+            };
             let target = &self.target;
             let unchanged = || match fs::metadata(target) {
                 Ok(m) => Ok(Some(Stamp::of(&m)) == base),
@@ -1208,10 +1246,13 @@ impl Inner {
                 continue; // changed under us: merge again
             };
             // Item indices are unchanged: a run's patches add no item and remove none.
-            let doc = Doc::parse(text, self.format, st.doc.keys.clone())
+            let keys = lock(&self.state).doc.keys.clone();
+            let doc = Doc::parse(text, self.format, keys)
                 .map_err(|e| anyhow!("{}: after writing: {e}", self.label))?;
+            let mut st = lock(&self.state);
             st.doc = doc;
             st.stamp = Some(stamp);
+            // No save ran meanwhile (they hold `writer`): every patch is in the text.
             st.patches.clear();
             st.last_write = Instant::now();
             return Ok(());
@@ -1225,20 +1266,36 @@ impl Inner {
     /// See [`FileStore::save`].
     fn save_blocking(&self, batch: Vec<Verdict>) -> Result<super::Saved> {
         let _writer = lock(&self.writer);
-        let mut st = lock(&self.state);
         let mut saved = super::Saved::default();
         if !batch.is_empty() {
             // Compare-and-set against the newest contents: an item another process changed
             // since it was claimed keeps that change.
-            self.refresh(&mut st, false)?;
+            self.refresh(false)?;
+            let mut st = lock(&self.state);
+            // All or nothing: a verdict for an item this run never claimed is a bug, and
+            // must not leave the rest of its batch half merged.
+            for v in &batch {
+                if st.cand_of(v.key).is_none_or(|c| st.cands[c].seen.is_none()) {
+                    bail!(
+                        "{}: no claimed item with key {} (id {:?})",
+                        self.label,
+                        v.key,
+                        v.id
+                    );
+                }
+            }
             for (pos, v) in batch.iter().enumerate() {
                 if st.apply(&self.opts, v, &self.label)? == Applied::Conflict {
                     saved.conflicts.push(pos);
                 }
             }
         }
-        if !st.patches.is_empty() && st.last_write.elapsed() >= CHECKPOINT {
-            self.write(&mut st)?;
+        let due = {
+            let st = lock(&self.state);
+            !st.patches.is_empty() && st.last_write.elapsed() >= CHECKPOINT
+        };
+        if due {
+            self.write()?;
         }
         Ok(saved)
     }
@@ -1246,18 +1303,17 @@ impl Inner {
     /// Writes what is unwritten (the end of a run).
     fn flush_blocking(&self) -> Result<()> {
         let _writer = lock(&self.writer);
-        let mut st = lock(&self.state);
-        if st.patches.is_empty() {
+        if lock(&self.state).patches.is_empty() {
             return Ok(());
         }
-        self.write(&mut st)
+        self.write()
     }
 
     fn import_blocking(&self, items: Vec<NewItem>, reset: bool) -> Result<ImportCounts> {
         let _writer = lock(&self.writer);
-        let mut st = lock(&self.state);
         // Import into the file as it is now, not as it was at open.
-        self.refresh(&mut st, true)?;
+        self.refresh(true)?;
+        let mut st = lock(&self.state);
         let opts = &self.opts;
         let mut by_id: HashMap<String, usize> = HashMap::new();
         for idx in 0..st.doc.items.len() {
