@@ -1084,7 +1084,6 @@ impl State {
                 .and_then(|at| at.get(cand.occ as usize))
                 .copied();
         }
-        drop(positions);
         let extra = opts.extra_columns.len();
         let mut dropped = 0;
         let old_patches = std::mem::take(&mut self.patches);
