@@ -181,12 +181,12 @@ fn foreign_write(path: &std::path::Path, text: &str) {
 /// A run that lasts a few seconds (`n` items, one at a time, 300 ms each) on a file store,
 /// edited by "another process" after recheck's first checkpoint: one written item set to
 /// `cancelled`, the last (not yet checked) item set to `done`, one item appended. Both
-/// sides' edits must survive. Returns the file's final text.
+/// sides' edits must survive. Returns the file's final text and the id cancelled.
 fn foreign_edit_during_a_run(
     name: &str,
     render: impl Fn(&[(String, String)]) -> String,
     appended: &str,
-) -> String {
+) -> (String, String) {
     let server = support::server(support::MockConfig {
         latency: std::time::Duration::from_millis(300),
         ..Default::default()
@@ -211,23 +211,22 @@ fn foreign_edit_during_a_run(
         "--format",
         "json",
     ]);
-    // The first checkpoint has written ok-01 (items are checked in file order).
+    // Wait for the first checkpoint, then cancel one item it wrote.
     support::wait_until(
         "the first checkpoint",
         std::time::Duration::from_secs(60),
         || std::fs::read_to_string(&path).is_ok_and(|t| t.contains("\"checked_at\"")),
     );
     let now = std::fs::read_to_string(&path).unwrap();
-    let first_ok = "\"item_id\": \"ok-01\", \"status\": \"ok\"";
+    let cancelled = (1..16)
+        .map(|i| format!("ok-{i:02}"))
+        .find(|id| now.contains(&format!("\"item_id\": \"{id}\", \"status\": \"ok\"")))
+        .unwrap_or_else(|| panic!("no answer written: {now}"));
+    let written = format!("\"item_id\": \"{cancelled}\", \"status\": \"ok\"");
     let last_failed = "\"item_id\": \"ok-16\", \"status\": \"failed\"}";
-    assert!(now.contains(first_ok), "{now}");
     assert!(now.contains(last_failed), "the run went too fast: {now}");
     let theirs = now
-        .replacen(
-            first_ok,
-            "\"item_id\": \"ok-01\", \"status\": \"cancelled\"",
-            1,
-        )
+        .replacen(&written, &written.replace("\"ok\"", "\"cancelled\""), 1)
         .replacen(
             last_failed,
             "\"item_id\": \"ok-16\", \"status\": \"done\"}",
@@ -248,11 +247,11 @@ fn foreign_edit_during_a_run(
     let out = run.wait(std::time::Duration::from_secs(90));
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(support::summary(&out)["ok"], 16, "every check answered ok");
-    std::fs::read_to_string(&path).unwrap()
+    (std::fs::read_to_string(&path).unwrap(), cancelled)
 }
 
 /// Asserts the outcome of [`foreign_edit_during_a_run`] on the file's items.
-fn assert_both_edits_survived(items: &[serde_json::Value], appended_id: &str) {
+fn assert_both_edits_survived(items: &[serde_json::Value], cancelled: &str, appended_id: &str) {
     let status = |id: &str| {
         let it = items
             .iter()
@@ -264,7 +263,7 @@ fn assert_both_edits_survived(items: &[serde_json::Value], appended_id: &str) {
         )
     };
     assert_eq!(
-        status("ok-01"),
+        status(cancelled),
         ("cancelled".into(), true),
         "the other process's edit of a written item"
     );
@@ -278,7 +277,7 @@ fn assert_both_edits_survived(items: &[serde_json::Value], appended_id: &str) {
         ("failed".into(), false),
         "the appended item stays"
     );
-    for i in 2..=15 {
+    for i in (1..=15).filter(|i| format!("ok-{i:02}") != cancelled) {
         assert_eq!(
             status(&format!("ok-{i:02}")),
             ("ok".into(), true),
@@ -291,7 +290,7 @@ fn assert_both_edits_survived(items: &[serde_json::Value], appended_id: &str) {
 #[test]
 fn a_foreign_json_edit_during_a_run_survives() {
     let appended = "    {\"task_id\": \"t\", \"item_id\": \"added-1\", \"status\": \"failed\", \"by\": \"pipeline\"}";
-    let text = foreign_edit_during_a_run(
+    let (text, cancelled) = foreign_edit_during_a_run(
         "items.json",
         |items| {
             let lines: Vec<String> = items
@@ -312,13 +311,13 @@ fn a_foreign_json_edit_during_a_run_survives() {
     assert!(text.contains(appended), "byte for byte: {text}");
     let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(doc["schema"], 1);
-    assert_both_edits_survived(doc["items"].as_array().unwrap(), "added-1");
+    assert_both_edits_survived(doc["items"].as_array().unwrap(), &cancelled, "added-1");
 }
 
 #[test]
 fn a_foreign_jsonl_edit_during_a_run_survives() {
     let appended = "{\"task_id\": \"t\", \"item_id\": \"added-1\", \"status\": \"failed\"}";
-    let text = foreign_edit_during_a_run(
+    let (text, cancelled) = foreign_edit_during_a_run(
         "items.jsonl",
         |items| {
             items
@@ -335,7 +334,7 @@ fn a_foreign_jsonl_edit_during_a_run_survives() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_both_edits_survived(&items, "added-1");
+    assert_both_edits_survived(&items, &cancelled, "added-1");
 }
 
 #[test]
