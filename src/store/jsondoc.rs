@@ -1177,6 +1177,9 @@ impl Inner {
             // contents that stayed the same for a moment.
             std::thread::sleep(SETTLE);
             let (again, again_stamp) = read()?;
+            // Taken before `again` was read, so it describes those bytes at least as
+            // freshly as the first stamp did.
+            stamp = again_stamp;
             if again != bytes {
                 unsettled += 1;
                 if unsettled > UNSETTLED {
@@ -1184,7 +1187,7 @@ impl Inner {
                         "{label}: another process keeps rewriting the file; not written"
                     )));
                 }
-                (bytes, stamp) = (again, again_stamp);
+                bytes = again;
                 continue;
             }
             let parsed = String::from_utf8(std::mem::take(&mut bytes))
