@@ -30,19 +30,21 @@
 //! # Other writers: compare-and-set by item id
 //!
 //! The lock only stops other recheck runs; a pipeline may rewrite the file meanwhile. So
-//! the base (the text recheck parsed) is always the file as recheck last read or wrote it,
-//! with its `Stamp` (size, mtime, device, inode), and the patches hold only answers not
-//! written yet.
+//! recheck keeps the text it last wrote (or the base, if it wrote nothing since it last
+//! read the file) and its `Stamp` (size, mtime, device, inode), and knows which patches
+//! are written and which are pending.
 //!
 //! - Every save first `stat`s the file; if the stamp differs, it reads the file, and if the
-//!   bytes differ from the base it re-parses them and makes them the new base
-//!   (`State::rebase`): every claimed item is found again by (task, id, occurrence of
-//!   that id), so the other process may reorder, add and remove items.
+//!   bytes differ from what recheck last wrote it re-parses them and makes them the new
+//!   base (`State::rebase`): every claimed item is found again by (task, id, occurrence
+//!   of that id), so the other process may reorder, add and remove items; written
+//!   patches are dropped (their values are in the new text, or the other process
+//!   replaced them), pending ones are carried over.
 //! - A verdict is merged only if its item is still there and its owned fields (status,
 //!   url, bookkeeping, the template's columns, compared as JSON values) are as they were
 //!   when it was claimed; else the other change is kept and the verdict is reported in
 //!   [`super::Saved::conflicts`].
-//! - Every write first compares the file's bytes with the base (catching even a same-size
+//! - Every write first compares the file's bytes with what recheck last wrote (catching even a same-size
 //!   rewrite within one mtime tick), merges as above, renders, writes and fsyncs the
 //!   temporary file, and `stat`s the target once more right before the rename; if it
 //!   changed in between, the temporary file is dropped and the write starts over.
@@ -61,8 +63,9 @@
 //!
 //! # Limitation
 //!
-//! The whole file, a few words per item and the id of each of the task's failed items
-//! live in memory; a write reads the file once more to compare it.
+//! The whole file (twice once recheck wrote: the base and what it last wrote), a few words
+//! per item and the id of each of the task's failed items live in memory; a write reads
+//! the file once more to compare it.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -987,12 +990,19 @@ enum Applied {
 }
 
 struct State {
-    /// The base: the file's text as recheck last read or wrote it.
+    /// The base: the file's text as recheck last read it.
     doc: Doc,
-    /// The stamp of that text on disk; `None` when unknown (never for an open store).
+    /// The text recheck last wrote (the base plus `patches`), when it wrote since it last
+    /// read the file: what the file should still hold. Not re-parsed after a write, which
+    /// would cost as much as the write.
+    written: Option<String>,
+    /// The stamp of what the file should hold; `None` when unknown (never for an open
+    /// store).
     stamp: Option<Stamp>,
-    /// Answers accepted but not written yet, by item index in `doc`.
+    /// Answers accepted since the base was read, by item index in `doc`: those in
+    /// `pending` are not written yet.
     patches: BTreeMap<usize, Patch>,
+    pending: std::collections::BTreeSet<usize>,
     last_write: Instant,
     /// The task's failed items at open, in file order (so sorted by `key`).
     cands: Vec<Cand>,
@@ -1019,6 +1029,12 @@ impl State {
             Some(entry) => entry.1 = raw,
             None => patch.push((slot, raw)),
         }
+        self.pending.insert(idx);
+    }
+
+    /// What the file should hold: the text recheck last wrote, or the base.
+    fn expected(&self) -> &[u8] {
+        self.written.as_deref().unwrap_or(&self.doc.text).as_bytes()
     }
 
     /// The candidate an item key names.
@@ -1086,17 +1102,22 @@ impl State {
         }
         let extra = opts.extra_columns.len();
         let mut dropped = 0;
-        let old_patches = std::mem::take(&mut self.patches);
+        let mut old_patches = std::mem::take(&mut self.patches);
+        // Written answers are in the new text already, or the other process replaced them.
+        old_patches.retain(|idx, _| self.pending.contains(idx));
+        self.pending.clear();
         for (old_idx, patch) in old_patches {
             let cand = by_old_idx.get(&old_idx).map(|&c| &self.cands[c]);
             match cand.and_then(|c| Some((c.idx?, c.seen?))) {
                 Some((idx, seen)) if doc.fingerprint(idx, extra) == seen => {
                     self.patches.insert(idx, patch);
+                    self.pending.insert(idx);
                 }
                 _ => dropped += 1,
             }
         }
         self.doc = doc;
+        self.written = None;
         dropped
     }
 }
@@ -1165,7 +1186,7 @@ impl Inner {
         loop {
             let keys = {
                 let mut st = lock(&self.state);
-                if bytes == st.doc.text.as_bytes() {
+                if bytes == st.expected() {
                     // Touched, or rewritten with the same bytes: nothing to merge.
                     st.stamp = Some(stamp);
                     return Ok(());
@@ -1231,7 +1252,7 @@ impl Inner {
             self.refresh(true)?;
             let (text, base) = {
                 let st = lock(&self.state);
-                if st.patches.is_empty() {
+                if st.pending.is_empty() {
                     return Ok(()); // every unwritten answer lost to the other process
                 }
                 (st.doc.render(&st.patches, &[]), st.stamp)
@@ -1247,15 +1268,11 @@ impl Inner {
             let Some(stamp) = written else {
                 continue; // changed under us: merge again
             };
-            // Item indices are unchanged: a run's patches add no item and remove none.
-            let keys = lock(&self.state).doc.keys.clone();
-            let doc = Doc::parse(text, self.format, keys)
-                .map_err(|e| anyhow!("{}: after writing: {e}", self.label))?;
             let mut st = lock(&self.state);
-            st.doc = doc;
+            st.written = Some(text);
             st.stamp = Some(stamp);
-            // No save ran meanwhile (they hold `writer`): every patch is in the text.
-            st.patches.clear();
+            // No save ran meanwhile (they hold `writer`): every pending patch is written.
+            st.pending.clear();
             st.last_write = Instant::now();
             return Ok(());
         }
@@ -1294,7 +1311,7 @@ impl Inner {
         }
         let due = {
             let st = lock(&self.state);
-            !st.patches.is_empty() && st.last_write.elapsed() >= CHECKPOINT
+            !st.pending.is_empty() && st.last_write.elapsed() >= CHECKPOINT
         };
         if due {
             self.write()?;
@@ -1305,7 +1322,7 @@ impl Inner {
     /// Writes what is unwritten (the end of a run).
     fn flush_blocking(&self) -> Result<()> {
         let _writer = lock(&self.writer);
-        if lock(&self.state).patches.is_empty() {
+        if lock(&self.state).pending.is_empty() {
             return Ok(());
         }
         self.write()
@@ -1316,6 +1333,8 @@ impl Inner {
         // Import into the file as it is now, not as it was at open.
         self.refresh(true)?;
         let mut st = lock(&self.state);
+        // Restored if the write fails: nothing of this import is kept then.
+        let before = (st.patches.clone(), st.pending.clone());
         let opts = &self.opts;
         let mut by_id: HashMap<String, usize> = HashMap::new();
         for idx in 0..st.doc.items.len() {
@@ -1368,7 +1387,7 @@ impl Inner {
                 counts.added += 1;
             }
         }
-        if st.patches.is_empty() && appended.is_empty() {
+        if st.pending.is_empty() && appended.is_empty() {
             return Ok(counts); // nothing changes: the file is not rewritten
         }
         let text = st.doc.render(&st.patches, &appended);
@@ -1383,14 +1402,14 @@ impl Inner {
         let stamp = match written {
             Ok(Some(stamp)) => stamp,
             Ok(None) => {
-                st.patches.clear();
+                (st.patches, st.pending) = before;
                 return Err(anyhow::Error::new(super::Transient(true)).context(format!(
                     "{}: changed by another process during the import; not written",
                     self.label
                 )));
             }
             Err(e) => {
-                st.patches.clear();
+                (st.patches, st.pending) = before;
                 bail!("{}: cannot write: {e}", self.label);
             }
         };
@@ -1398,8 +1417,10 @@ impl Inner {
         let keys = st.doc.keys.clone();
         st.doc = Doc::parse(text, self.format, keys)
             .map_err(|e| anyhow!("{}: after import: {e}", self.label))?;
+        st.written = None;
         st.stamp = Some(stamp);
         st.patches.clear();
+        st.pending.clear();
         st.last_write = Instant::now();
         Ok(counts)
     }
@@ -1489,7 +1510,9 @@ impl FileStore {
         let state = State {
             doc,
             stamp: Some(stamp),
+            written: None,
             patches: BTreeMap::new(),
+            pending: std::collections::BTreeSet::new(),
             last_write: Instant::now(),
             cands,
             next: 0,
