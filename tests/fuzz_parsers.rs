@@ -345,6 +345,8 @@ const WRITTEN: [&str; 5] = [
 /// What the test expects the store to make of one generated item.
 #[derive(Debug, Clone)]
 struct Meta {
+    /// Of the store's task (any status).
+    of_task: bool,
     /// Of the task, with the failed status: claimed by a run.
     candidate: bool,
     /// `Item::id`.
@@ -510,6 +512,7 @@ fn owned_fields(case: StoreCase, layout: Layout) -> impl Strategy<Value = (Field
                     (_, raw) => raw,
                 };
                 let meta = Meta {
+                    of_task: task.1,
                     candidate,
                     id,
                     url: url.1,
@@ -997,6 +1000,22 @@ fn round_trip(doc: &GenDoc, plan: &Plan) -> Result<(), TestCaseError> {
     prop_assert_eq!(before.len(), doc.items.len(), "generator bug: item count");
     let opts = options(doc.case);
 
+    if !doc.items.iter().any(|m| m.of_task) {
+        // A run on a task the store has no item of is refused (SPEC §2), the file untouched.
+        let refused = open(doc.fmt, &path, opts.clone(), OpenMode::Run);
+        prop_assert!(refused.is_err(), "a run on an unknown task was accepted");
+        let msg = refused.err().map(|e| e.to_string()).unwrap_or_default();
+        prop_assert!(
+            msg.contains(&format!("no task {:?}", doc.case.task)),
+            "{}",
+            msg
+        );
+        prop_assert_eq!(
+            ok(fs::read_to_string(&path), "read back")?,
+            doc.text.clone()
+        );
+        return Ok(());
+    }
     let store = ok(open(doc.fmt, &path, opts.clone(), OpenMode::Run), "open")?;
     let mut claimed = Vec::new();
     loop {
@@ -1237,8 +1256,11 @@ proptest! {
     fn url_id_is_one_path_segment(id in hostile_id()) {
         let t = UrlTemplate::parse("http://h/items/{id}", "t").unwrap();
         match t.render(&item(&id, vec![])) {
+            // An empty id would ask for the collection (`/items/`): that item's error.
+            Err(e) if id.is_empty() => prop_assert!(e.contains("empty item id"), "{}", e),
             Err(e) => prop_assert!(id == "." || id == "..", "{:?} refused: {}", id, e),
             Ok(u) => {
+                prop_assert!(!id.is_empty(), "an empty id sent as {}", u);
                 prop_assert!(id != "." && id != "..", "dot segment {:?} sent as {}", id, u);
                 prop_assert_eq!(u.host_str(), Some("h"));
                 prop_assert_eq!(u.query(), None, "{}", u);
@@ -1255,6 +1277,11 @@ proptest! {
     #[test]
     fn url_id_is_one_query_value(id in hostile_id()) {
         let t = UrlTemplate::parse("http://h/q?id={id}", "t").unwrap();
+        if id.is_empty() {
+            let e = t.render(&item(&id, vec![])).err().unwrap_or_default();
+            prop_assert!(e.contains("empty item id"), "an empty id was sent: {}", e);
+            return Ok(());
+        }
         let u = ok(t.render(&item(&id, vec![])), "render")?;
         prop_assert_eq!(u.path(), "/q");
         prop_assert_eq!(u.fragment(), None, "{}", u);
@@ -1277,6 +1304,11 @@ proptest! {
             return Ok(());
         }
         let t = ok(parsed, "parse")?;
+        if id.is_empty() {
+            let e = t.render(&item(&id, vec![])).err().unwrap_or_default();
+            prop_assert!(e.contains("empty item id"), "an empty id was sent: {}", e);
+            return Ok(());
+        }
         let u = ok(t.render(&item(&id, vec![])), "render")?;
         let segs: Vec<&str> = u.path().split('/').collect();
         prop_assert_eq!(segs.len(), 5, "{:?} / {:?} gave {}", task, id, u);

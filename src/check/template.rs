@@ -1,6 +1,13 @@
 //! Stage "check": the `--url` template, parsed once, filled in per item. Every value is
 //! percent-encoded as one path segment or query value, so an id can never add a path
-//! segment, a query or a fragment of its own.
+//! segment, a query or a fragment of its own; `{NAME:raw}` inserts the value as it is
+//! (`/` included), for templates that append a stored path (SPEC §3).
+//!
+//! An item whose URL cannot be built never becomes a request: an empty or NULL id, an
+//! empty or NULL `{COLUMN}` value, a value the URL parser would silently rewrite (a dot
+//! segment, a control character in a raw value), or a URL that does not parse is that
+//! item's `error`, with the reason as its error text. Otherwise an empty id would ask for
+//! the collection (`GET /items/`), and a 200 there would mark the item ok.
 
 use anyhow::{Result, bail};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -30,7 +37,13 @@ enum Slot {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
     Lit(String),
-    Hole { slot: Slot, in_path: bool },
+    /// A placeholder: `in_path` when it comes before any `?`/`#` of the template; `raw`
+    /// for `{NAME:raw}` (inserted without percent-encoding).
+    Hole {
+        slot: Slot,
+        in_path: bool,
+        raw: bool,
+    },
 }
 
 /// A parsed `--url` template.
@@ -39,8 +52,10 @@ pub struct UrlTemplate {
     parts: Vec<Part>,
     /// Extra columns the template reads, in [`Item::fields`] order.
     columns: Vec<Ident>,
-    /// The task id, filled in once.
+    /// The task id, percent-encoded once.
     task_encoded: String,
+    /// The task id as given, for `{task:raw}`.
+    task: String,
     /// Rough output size, to allocate once per item.
     size_hint: usize,
 }
@@ -70,10 +85,18 @@ impl UrlTemplate {
                     let Some(end) = rest.find('}') else {
                         bail!("--url {template:?}: unclosed '{{' at byte {i}");
                     };
-                    let name = &rest[..end];
+                    let inner = &rest[..end];
                     for _ in 0..=end {
                         chars.next();
                     }
+                    let (name, raw) = match inner.split_once(':') {
+                        None => (inner, false),
+                        Some((name, "raw")) => (name, true),
+                        Some((_, other)) => bail!(
+                            "--url {template:?}: unknown modifier {other:?} in {{{inner}}} \
+                             (only \":raw\" exists)"
+                        ),
+                    };
                     let slot = match name {
                         "id" => Slot::Id,
                         "task" => Slot::Task,
@@ -93,7 +116,7 @@ impl UrlTemplate {
                     if !lit.is_empty() {
                         parts.push(Part::Lit(std::mem::take(&mut lit)));
                     }
-                    parts.push(Part::Hole { slot, in_path });
+                    parts.push(Part::Hole { slot, in_path, raw });
                 }
                 '}' => bail!("--url {template:?}: unmatched '}}' at byte {i} (write '}}}}')"),
                 _ => {
@@ -120,7 +143,8 @@ impl UrlTemplate {
                 p,
                 Part::Hole {
                     slot: Slot::Task,
-                    in_path: true
+                    in_path: true,
+                    ..
                 }
             )
         });
@@ -132,6 +156,7 @@ impl UrlTemplate {
             parts,
             columns,
             task_encoded: encode(task),
+            task: task.to_string(),
             size_hint,
         };
         // Validate the fixed parts once, with harmless sample values.
@@ -163,37 +188,60 @@ impl UrlTemplate {
         out
     }
 
-    /// The URL for one item, or why it cannot have one (an item error, not a run error).
+    /// The URL for one item, or why it cannot have one (an item error, not a run error):
+    /// see the module docs for what is refused.
     pub fn render(&self, item: &Item) -> Result<Url, String> {
+        check_id(item)?;
         let mut out = String::with_capacity(self.size_hint);
         for part in &self.parts {
             match part {
                 Part::Lit(s) => out.push_str(s),
-                Part::Hole { slot, in_path } => {
-                    let raw: &str = match slot {
+                Part::Hole { slot, in_path, raw } => {
+                    let value: &str = match slot {
                         Slot::Id => &item.id,
-                        Slot::Task => {
+                        Slot::Task if !*raw => {
+                            // Checked once at parse time (dot segments).
                             out.push_str(&self.task_encoded);
                             continue;
                         }
+                        Slot::Task => &self.task,
                         Slot::Field(i) => match item.fields.get(*i).and_then(|v| v.as_deref()) {
-                            Some(v) => v,
-                            None => {
+                            Some("") => {
                                 return Err(format!(
                                     "column {} is empty; the URL cannot be built",
                                     self.columns[*i]
                                 ));
                             }
+                            Some(v) => v,
+                            None => {
+                                return Err(format!(
+                                    "column {} is NULL or missing; the URL cannot be built",
+                                    self.columns[*i]
+                                ));
+                            }
                         },
                     };
+                    let what = || match slot {
+                        Slot::Id => "item id".to_string(),
+                        Slot::Task => "task id".to_string(),
+                        Slot::Field(i) => format!("column {}", self.columns[*i]),
+                    };
+                    if *raw {
+                        check_raw(value, *in_path).map_err(|why| {
+                            format!("{} {value:?} cannot be placed in the URL: {why}", what())
+                        })?;
+                        out.push_str(value);
+                        continue;
+                    }
                     // "." and ".." are dot segments: every URL parser (ours, curl's, the
                     // server's) would resolve them away, even percent-encoded.
-                    if *in_path && (raw == "." || raw == "..") {
+                    if *in_path && (value == "." || value == "..") {
                         return Err(format!(
-                            "value {raw:?} cannot be sent as a URL path segment"
+                            "{} {value:?} cannot be sent as a URL path segment",
+                            what()
                         ));
                     }
-                    out.extend(utf8_percent_encode(raw, COMPONENT));
+                    out.extend(utf8_percent_encode(value, COMPONENT));
                 }
             }
         }
@@ -205,8 +253,46 @@ fn encode(s: &str) -> String {
     utf8_percent_encode(s, COMPONENT).to_string()
 }
 
-/// Checks an item's own URL (no `--url`): an item error when absent or not http(s).
+/// An empty id (SQL `''` or NULL, JSON `""` or `null`) is an item error whatever the URL
+/// source: it names no item, and in a template it would address the collection.
+fn check_id(item: &Item) -> Result<(), String> {
+    if item.id.is_empty() {
+        return Err("empty item id (empty or NULL in the store); no request sent".into());
+    }
+    Ok(())
+}
+
+/// Why a `:raw` value cannot be inserted as it is, if it cannot: empty; a control
+/// character (the URL parser drops tabs and newlines silently, so the request would not be
+/// for the stored value); in the path, a backslash (read as `/`) or a dot segment (resolved
+/// away, so the request would go to another path).
+fn check_raw(value: &str, in_path: bool) -> Result<(), &'static str> {
+    if value.is_empty() {
+        return Err("it is empty");
+    }
+    if value.chars().any(char::is_control) {
+        return Err("it contains a control character");
+    }
+    if in_path {
+        if value.contains('\\') {
+            return Err("it contains a backslash");
+        }
+        let path = value.split(['?', '#']).next().unwrap_or_default();
+        let dot = |seg: &str| {
+            let seg = seg.to_ascii_lowercase().replace("%2e", ".");
+            seg == "." || seg == ".."
+        };
+        if path.split('/').any(dot) {
+            return Err("it contains a dot segment (. or ..)");
+        }
+    }
+    Ok(())
+}
+
+/// Checks an item's own URL (no `--url`): an item error when the id is empty, or the url
+/// is empty, NULL or not http(s).
 pub fn item_url(item: &Item) -> Result<Url, String> {
+    check_id(item)?;
     let Some(raw) = item.url.as_deref().map(str::trim).filter(|u| !u.is_empty()) else {
         return Err("item has no url".into());
     };
@@ -299,5 +385,71 @@ mod tests {
         assert!(item_url(&it).is_ok());
         it.url = Some("file:///etc/passwd".into());
         assert!(item_url(&it).is_err());
+    }
+
+    #[test]
+    fn empty_or_null_values_are_item_errors_never_the_collection() {
+        let t = UrlTemplate::parse("http://h/items/{id}", "t").unwrap();
+        // An empty id (SQL '' or NULL, JSON "" or null all arrive as "") would be
+        // `GET /items/`.
+        let err = t.render(&item("")).unwrap_err();
+        assert!(err.contains("empty item id"), "{err}");
+        // Even when the template does not use {id}.
+        let c = UrlTemplate::parse("http://h/items/{content}", "t").unwrap();
+        let mut it = item("");
+        it.fields = vec![Some("x".into())];
+        assert!(c.render(&it).unwrap_err().contains("empty item id"));
+        it.id = "i".into();
+        it.fields = vec![Some(String::new())];
+        let err = c.render(&it).unwrap_err();
+        assert!(err.contains("column content is empty"), "{err}");
+        it.fields = vec![None];
+        let err = c.render(&it).unwrap_err();
+        assert!(err.contains("column content is NULL"), "{err}");
+        // The item's own url: an empty id is refused before the url is looked at.
+        let mut own = item("");
+        own.url = Some("http://h/items/x".into());
+        assert!(item_url(&own).unwrap_err().contains("empty item id"));
+        own.id = "x".into();
+        own.url = Some("  ".into());
+        assert_eq!(item_url(&own).unwrap_err(), "item has no url");
+    }
+
+    #[test]
+    fn raw_placeholders_insert_as_is_or_refuse() {
+        let t = UrlTemplate::parse("http://h/files/{content:raw}?t={task:raw}", "a b").unwrap();
+        let mut it = item("i");
+        it.fields = vec![Some("dir/sub/f.mp4".into())];
+        assert_eq!(
+            t.render(&it).unwrap().as_str(),
+            "http://h/files/dir/sub/f.mp4?t=a%20b"
+        );
+        for (bad, why) in [
+            ("", "empty"),
+            ("a/../b", "dot segment"),
+            ("./b", "dot segment"),
+            ("a/%2E%2e", "dot segment"),
+            ("a\nb", "control character"),
+            ("a\tb", "control character"),
+            ("a\\b", "backslash"),
+        ] {
+            it.fields = vec![Some(bad.into())];
+            let err = t.render(&it).unwrap_err();
+            assert!(
+                err.contains(why) && err.contains("column content"),
+                "{bad:?}: {err}"
+            );
+        }
+        let id = UrlTemplate::parse("http://h/{id:raw}", "t").unwrap();
+        assert!(id.render(&item("")).unwrap_err().contains("empty item id"));
+        assert_eq!(id.render(&item("x/y")).unwrap().as_str(), "http://h/x/y");
+        // In the query, dots are plain text.
+        let q = UrlTemplate::parse("http://h/q?p={id:raw}", "t").unwrap();
+        assert_eq!(
+            q.render(&item("../x")).unwrap().as_str(),
+            "http://h/q?p=../x"
+        );
+        let err = UrlTemplate::parse("http://h/{id:enc}", "t").unwrap_err();
+        assert!(err.to_string().contains("modifier"), "{err}");
     }
 }

@@ -38,7 +38,7 @@ impl Store for JsonStore {
         Ok(self.0.pending())
     }
     async fn save(&self, batch: Vec<Verdict>) -> Result<super::Saved> {
-        self.0.save(batch).await.map(|()| super::Saved::default())
+        self.0.save(batch).await
     }
     async fn finish(&self) -> Result<()> {
         self.0.finish().await
@@ -46,11 +46,8 @@ impl Store for JsonStore {
     async fn status_counts(&self) -> Result<StatusCounts> {
         self.0.status_counts().await
     }
-    async fn import(&self, items: Vec<NewItem>, _reset: bool) -> Result<super::ImportCounts> {
-        self.0.import(items).await.map(|added| super::ImportCounts {
-            added,
-            ..Default::default()
-        })
+    async fn import(&self, items: Vec<NewItem>, reset: bool) -> Result<super::ImportCounts> {
+        self.0.import(items, reset).await
     }
 }
 
@@ -388,10 +385,10 @@ mod tests {
         );
         assert_eq!(
             open_err(
-                r#"[{"task_id": "t", "item_id": null, "status": "failed"}]"#,
+                r#"[{"task_id": "t", "item_id": true, "status": "failed"}]"#,
                 OpenMode::Run
             ),
-            "item 0 (line 1) \"item_id\" is not a string or a number"
+            "item 0 (line 1) \"item_id\" is not a string, a number or null"
         );
         // The failed open left no lock file behind and did not touch the store.
         assert!(!dir.path().join("items.json.lock").exists());
@@ -416,7 +413,11 @@ mod tests {
     #[tokio::test]
     async fn second_writer_is_refused_with_the_pid() {
         let dir = tempfile::tempdir().unwrap();
-        let path = file(&dir, "[]");
+        // An item of the task: a run on a task the file has no item of is refused first.
+        let path = file(
+            &dir,
+            r#"[{"task_id": "t", "item_id": "a", "status": "ok"}]"#,
+        );
         let o = || opts("t", "failed", "ok");
         let first = JsonStore::open(&path, o(), OpenMode::Run).unwrap();
         let lock = dir.path().join("items.json.lock");
@@ -748,5 +749,282 @@ mod tests {
                 .to_string()
                 .contains("not valid JSON")
         );
+    }
+
+    /// Another process replaces the file (write to a temp file, rename: what editors and
+    /// most pipelines do).
+    fn foreign_write(path: &Path, text: &str) {
+        let tmp = path.with_extension("other.tmp");
+        fs::write(&tmp, text).unwrap();
+        fs::rename(&tmp, path).unwrap();
+    }
+
+    fn ok_at(key: i64) -> Verdict {
+        verdict(key, Outcome::Ok, Some(200), 1)
+    }
+
+    #[tokio::test]
+    async fn a_foreign_edit_is_merged_by_id_and_its_items_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file(
+            &dir,
+            r#"[{"task_id":"t","item_id":"a","status":"failed"},{"task_id":"t","item_id":"b","status":"failed"},{"task_id":"t","item_id":"c","status":"failed"},{"task_id":"t","item_id":"d","status":"failed"},{"task_id":"u","item_id":"x","status":"failed"}]"#,
+        );
+        let store = JsonStore::open(&path, opts("t", "failed", "ok"), OpenMode::Run).unwrap();
+        let items = store.claim(10).await.unwrap();
+        let key = |id: &str| items.iter().find(|i| i.id == id).unwrap().key;
+        assert_eq!(items.len(), 4);
+        // Accepted, not written yet (the checkpoint is a second away).
+        let saved = store.save(vec![ok_at(key("a"))]).await.unwrap();
+        assert!(saved.conflicts.is_empty());
+        // Another process rewrites the file in its own style: b is done, c removed, an
+        // item added, another task's item annotated.
+        let theirs = r#"[
+  {"task_id": "t", "item_id": "d", "status": "failed"},
+  {"task_id": "t", "item_id": "b", "status": "done", "by": "pipeline"},
+  {"task_id": "t", "item_id": "a", "status": "failed"},
+  {"task_id": "u", "item_id": "x", "status": "failed", "note": "kept"},
+  {"task_id": "t", "item_id": "e", "status": "failed"}
+]
+"#;
+        foreign_write(&path, theirs);
+        let saved = store
+            .save(vec![ok_at(key("b")), ok_at(key("c")), ok_at(key("d"))])
+            .await
+            .unwrap();
+        // b changed since it was claimed, c is gone: both lose, d is merged.
+        assert_eq!(saved.conflicts, [0, 1]);
+        store.finish().await.unwrap();
+        let tail = format!(
+            r#", "http_status": 200, "attempts": 1, "last_error": null, "checked_at": "{WHEN}"}}"#
+        );
+        let expected = format!(
+            r#"[
+  {{"task_id": "t", "item_id": "d", "status": "ok"{tail},
+  {{"task_id": "t", "item_id": "b", "status": "done", "by": "pipeline"}},
+  {{"task_id": "t", "item_id": "a", "status": "ok"{tail},
+  {{"task_id": "u", "item_id": "x", "status": "failed", "note": "kept"}},
+  {{"task_id": "t", "item_id": "e", "status": "failed"}}
+]
+"#
+        );
+        assert_eq!(fs::read_to_string(&path).unwrap(), expected);
+    }
+
+    #[tokio::test]
+    async fn written_or_accepted_answers_changed_later_are_left_to_the_other_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file(
+            &dir,
+            "[{\"task_id\":\"t\",\"item_id\":\"a\",\"status\":\"failed\"},\n{\"task_id\":\"t\",\"item_id\":\"b\",\"status\":\"failed\"},\n{\"task_id\":\"t\",\"item_id\":\"c\",\"status\":\"failed\"}]",
+        );
+        let store = JsonStore::open(&path, opts("t", "failed", "ok"), OpenMode::Run).unwrap();
+        let items = store.claim(10).await.unwrap();
+        store.save(vec![ok_at(items[0].key)]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        // The checkpoint writes a.
+        store.save(vec![]).await.unwrap();
+        let written = fs::read_to_string(&path).unwrap();
+        assert!(
+            written.contains("\"item_id\":\"a\",\"status\":\"ok\""),
+            "{written}"
+        );
+        // The other process cancels a (already written) ...
+        let theirs = written.replacen("\"status\":\"ok\"", "\"status\":\"cancelled\"", 1);
+        foreign_write(&path, &theirs);
+        // ... b's answer is merged, no conflict ...
+        let saved = store.save(vec![ok_at(items[1].key)]).await.unwrap();
+        assert!(saved.conflicts.is_empty());
+        store.save(vec![ok_at(items[2].key)]).await.unwrap();
+        // ... and c, whose answer was accepted but not written yet, is set to done: the
+        // later change wins, as a later UPDATE would.
+        let theirs = theirs.replacen(
+            "\"item_id\":\"c\",\"status\":\"failed\"",
+            "\"item_id\":\"c\",\"status\":\"done\"",
+            1,
+        );
+        fs::write(&path, &theirs).unwrap(); // in place, not atomic
+        store.finish().await.unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("\"item_id\":\"a\",\"status\":\"cancelled\",\"http_status\":200"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\"item_id\":\"b\",\"status\":\"ok\""),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("{\"task_id\":\"t\",\"item_id\":\"c\",\"status\":\"done\"}]"),
+            "{text}"
+        );
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_same_size_edit_in_the_same_mtime_is_caught_before_the_write() {
+        use std::io::{Seek, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let text = r#"[{"task_id":"t","item_id":"a","status":"failed"},{"task_id":"t","item_id":"b","status":"failed"}]"#;
+        let path = file(&dir, text);
+        let store = JsonStore::open(&path, opts("t", "failed", "ok"), OpenMode::Run).unwrap();
+        let items = store.claim(10).await.unwrap();
+        // Overwrite b's status in place with a value of the same length and put the mtime
+        // back: size, mtime and inode all look the same.
+        let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+        let at = text.rfind("failed").unwrap();
+        let mut f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.seek(std::io::SeekFrom::Start(at as u64)).unwrap();
+        f.write_all(b"paused").unwrap();
+        f.set_modified(mtime).unwrap();
+        drop(f);
+        let saved = store
+            .save(vec![ok_at(items[0].key), ok_at(items[1].key)])
+            .await
+            .unwrap();
+        assert!(saved.conflicts.is_empty(), "stat cannot tell");
+        // The byte comparison before the write can: b keeps the other process's value.
+        store.finish().await.unwrap();
+        let out = fs::read_to_string(&path).unwrap();
+        assert!(out.contains(r#""item_id":"a","status":"ok""#), "{out}");
+        assert!(
+            out.ends_with(r#"{"task_id":"t","item_id":"b","status":"paused"}]"#),
+            "{out}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_foreign_edit_that_does_not_parse_fails_the_save_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file(&dir, r#"[{"task_id":"t","item_id":"a","status":"failed"}]"#);
+        let store = JsonStore::open(&path, opts("t", "failed", "ok"), OpenMode::Run).unwrap();
+        let items = store.claim(10).await.unwrap();
+        foreign_write(&path, "[{\"task_id\": \"t\",");
+        let err = store.save(vec![ok_at(items[0].key)]).await.unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.starts_with(&format!(
+                "json:{}: changed by another process",
+                path.display()
+            )) && msg.contains("no longer a valid store")
+                && !msg.contains('\n'),
+            "{msg}"
+        );
+        assert!(!crate::store::is_transient(&err), "{msg}");
+        // Nothing of the batch was taken; the broken file is left as the other process
+        // wrote it.
+        store.finish().await.unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "[{\"task_id\": \"t\",");
+    }
+
+    #[tokio::test]
+    async fn empty_and_null_ids_are_handed_out_and_matched_by_occurrence() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file(
+            &dir,
+            r#"[{"task_id":"t","item_id":"","status":"failed"},{"task_id":"t","item_id":null,"status":"failed"},{"task_id":"t","item_id":"a","status":"failed"}]"#,
+        );
+        let store = JsonStore::open(&path, opts("t", "failed", "ok"), OpenMode::Run).unwrap();
+        let items = store.claim(10).await.unwrap();
+        let ids: Vec<_> = items.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["", "", "a"]);
+        // Another process moves the null-id item first: both have the id "", so they are
+        // told apart by their order among the task's items with that id.
+        foreign_write(
+            &path,
+            r#"[{"task_id":"t","item_id":"","status":"failed","n":1},{"task_id":"t","item_id":"a","status":"failed"},{"task_id":"t","item_id":null,"status":"failed"}]"#,
+        );
+        let mut err = verdict(items[1].key, Outcome::Error, None, 0);
+        err.error = Some("empty item id".into());
+        let saved = store.save(vec![err]).await.unwrap();
+        assert!(saved.conflicts.is_empty());
+        store.finish().await.unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(
+            text.ends_with(&format!(
+                r#"{{"task_id":"t","item_id":null,"status":"failed","http_status":null,"attempts":0,"last_error":"empty item id","checked_at":"{WHEN}"}}]"#
+            )),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_run_on_an_unknown_task_is_refused_naming_the_closest() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = r#"[{"task_id":"nightly-41","item_id":"a","status":"failed"},{"task_id":"nightly-42","item_id":"b","status":"ok"},{"task_id":"weekly","item_id":"c","status":"failed"}]"#;
+        let path = file(&dir, text);
+        let err = JsonStore::open(&path, opts("nightly-43", "failed", "ok"), OpenMode::Run)
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            err,
+            format!(
+                "json:{}: no task \"nightly-43\"; closest task ids: \"nightly-41\", \"nightly-42\", \"weekly\"",
+                path.display()
+            )
+        );
+        // A dry run too; the store is left as it was, no lock file remains.
+        let mut dry = opts("nightly-43", "failed", "ok");
+        dry.read_only = true;
+        assert!(JsonStore::open(&path, dry, OpenMode::Run).is_err());
+        assert_eq!(fs::read_to_string(&path).unwrap(), text);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        // `status` on it keeps answering (with no counts).
+        let store =
+            JsonStore::open(&path, opts("nightly-43", "failed", "ok"), OpenMode::Status).unwrap();
+        assert!(store.status_counts().await.unwrap().counts.is_empty());
+    }
+
+    #[tokio::test]
+    async fn import_leaves_existing_ids_unless_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = r#"[{"task_id":"t","item_id":"a","status":"ok","url":"http://old/a"}]"#;
+        let path = file(&dir, text);
+        let store = JsonStore::open(&path, opts("t", "failed", "ok"), OpenMode::Create).unwrap();
+        let new = |id: &str, url: Option<&str>| NewItem {
+            id: id.into(),
+            url: url.map(Into::into),
+        };
+        let counts = store
+            .import(
+                vec![
+                    new("a", Some("http://new/a")),
+                    new("b", None),
+                    new("b", None),
+                ],
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            counts,
+            crate::store::ImportCounts {
+                added: 1,
+                already: 2,
+                reset: 0
+            }
+        );
+        let after = fs::read_to_string(&path).unwrap();
+        assert!(
+            after.starts_with(
+                r#"[{"task_id":"t","item_id":"a","status":"ok","url":"http://old/a"},"#
+            ),
+            "{after}"
+        );
+        assert_eq!(after.matches("\"item_id\":\"b\"").count(), 1, "{after}");
+        // Nothing new: the file is not rewritten.
+        let counts = store.import(vec![new("a", None)], false).await.unwrap();
+        assert_eq!(counts.already, 1);
+        assert_eq!(fs::read_to_string(&path).unwrap(), after);
+        let counts = store
+            .import(vec![new("a", Some("http://new/a"))], true)
+            .await
+            .unwrap();
+        assert_eq!((counts.added, counts.already, counts.reset), (0, 0, 1));
+        store.finish().await.unwrap();
+        assert!(fs::read_to_string(&path).unwrap().starts_with(
+            r#"[{"task_id":"t","item_id":"a","status":"failed","url":"http://new/a"},"#
+        ));
     }
 }

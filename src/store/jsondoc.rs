@@ -27,9 +27,45 @@
 //! A store opened for writing holds an exclusive lock on `<file>.lock` (holding the pid) for
 //! its whole life, so a second run fails fast.
 //!
+//! # Other writers: compare-and-set by item id
+//!
+//! The lock only stops other recheck runs; a pipeline may rewrite the file meanwhile. So
+//! recheck keeps the text it last wrote (or the base, if it wrote nothing since it last
+//! read the file) and its `Stamp` (size, mtime, device, inode), and knows which patches
+//! are written and which are pending.
+//!
+//! - Every save first `stat`s the file; if the stamp differs, it reads the file, and if the
+//!   bytes differ from what recheck last wrote it re-parses them and makes them the new
+//!   base (`State::rebase`): every claimed item is found again by (task, id, occurrence
+//!   of that id), so the other process may reorder, add and remove items; written
+//!   patches are dropped (their values are in the new text, or the other process
+//!   replaced them), pending ones are carried over.
+//! - A verdict is merged only if its item is still there and its owned fields (status,
+//!   url, bookkeeping, the template's columns, compared as JSON values) are as they were
+//!   when it was claimed; else the other change is kept and the verdict is reported in
+//!   [`super::Saved::conflicts`].
+//! - Every write first compares the file's bytes with what recheck last wrote (catching even a same-size
+//!   rewrite within one mtime tick), merges as above, renders, writes and fsyncs the
+//!   temporary file, and `stat`s the target once more right before the rename; if it
+//!   changed in between, the temporary file is dropped and the write starts over.
+//! - An answer accepted by an earlier save but not written yet, whose item the other
+//!   process changed afterwards, is dropped: that change is the newer one (as a later
+//!   UPDATE in a SQL store); answers already written are left to whatever the other
+//!   process does with them.
+//! - Changed contents are merged only once they stayed the same for 50 ms (a writer that
+//!   rewrites in place may be half-way, and a JSON Lines file cut at a line end parses).
+//!   Contents that do not parse (read again three times, 100 ms apart) or a removed file
+//!   fail the save with a final error naming the file; nothing is written over them.
+//!
+//! What remains is the window between the last `stat` and the rename (microseconds): an
+//! edit landing exactly there is lost. Closing it would need a lock every writer honours,
+//! which a plain file cannot impose.
+//!
 //! # Limitation
 //!
-//! The whole file, and a few words per item, live in memory.
+//! The whole file (twice once recheck wrote: the base and what it last wrote), a few words
+//! per item and the id of each of the task's failed items live in memory; a write reads
+//! the file once more to compare it.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -44,7 +80,9 @@ use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::lock::LockFile;
-use super::{BOOKKEEPING, Columns, Ident, NewItem, OpenMode, StatusCounts, StoreOptions};
+use super::{
+    BOOKKEEPING, Columns, Ident, ImportCounts, NewItem, OpenMode, StatusCounts, StoreOptions,
+};
 use crate::model::{Item, StatusValue, Verdict, rfc3339};
 
 /// How often a run writes its verdicts back while they arrive.
@@ -378,9 +416,62 @@ impl Doc {
         } else {
             return Err(format!("has no {:?} (or \"id\") field", self.keys[ID]));
         };
-        self.raw(idx, slot)
-            .and_then(key_text)
-            .ok_or_else(|| format!("{:?} is not a string or a number", self.keys[slot]))
+        match self.raw(idx, slot) {
+            // A NULL id, like an empty one, is that item's error when checked (no request).
+            Some("null") => Ok(String::new()),
+            raw => raw
+                .and_then(key_text)
+                .ok_or_else(|| format!("{:?} is not a string, a number or null", self.keys[slot])),
+        }
+    }
+
+    /// Whether any item belongs to `task`.
+    fn has_task(&self, task: &str) -> bool {
+        (0..self.items.len()).any(|idx| self.task_is(idx, task))
+    }
+
+    /// Every task id of the file, once each, for "no such task" messages.
+    fn task_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = (0..self.items.len())
+            .filter_map(|idx| self.raw(idx, TASK).and_then(key_text))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Where each of `task`'s items is: id → the indices of the items with that id, in
+    /// file order (the n-th is occurrence n). Items without a usable id are left out (no
+    /// candidate can be one of them).
+    fn task_positions(&self, task: &str) -> HashMap<String, Vec<usize>> {
+        let mut positions: HashMap<String, Vec<usize>> = HashMap::new();
+        for idx in 0..self.items.len() {
+            if self.task_is(idx, task)
+                && let Ok(id) = self.id_of(idx)
+            {
+                positions.entry(id).or_default().push(idx);
+            }
+        }
+        positions
+    }
+
+    /// A fingerprint of what an answer depends on and what it writes: status, url,
+    /// bookkeeping and the template's columns, each compared by JSON value (so another
+    /// process that re-serialises the file with other spacing or escapes changes nothing;
+    /// a missing field equals `null`). Equal fingerprints: the item is as recheck saw it.
+    fn fingerprint(&self, idx: usize, extra: usize) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let slots = [STATUS, URL, HTTP_STATUS, ATTEMPTS, LAST_ERROR, CHECKED_AT];
+        for slot in slots.into_iter().chain(EXTRA..EXTRA + extra) {
+            let canonical = match self.raw(idx, slot) {
+                None | Some("null") => Cow::Borrowed("null"),
+                Some(raw) => serde_json::from_str::<serde_json::Value>(raw)
+                    .map_or(Cow::Borrowed(raw), |v| Cow::Owned(v.to_string())),
+            };
+            canonical.hash(&mut h);
+        }
+        h.finish()
     }
 
     /// The `:` of the member whose value starts at `value_start`, with its whitespace.
@@ -728,9 +819,57 @@ fn sync_dir(dir: &Path) {
     }
 }
 
+/// What a cheap `stat` of the store file tells: enough to notice that another process
+/// replaced (inode), truncated or rewrote it (size, mtime) since recheck last read or wrote
+/// it. A same-size rewrite in the same mtime tick is caught by the byte comparison made
+/// before every write (see [`Inner::refresh`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    mtime: Option<std::time::SystemTime>,
+    dev: u64,
+    ino: u64,
+}
+
+impl Stamp {
+    fn of(m: &fs::Metadata) -> Stamp {
+        #[cfg(unix)]
+        let (dev, ino) = {
+            use std::os::unix::fs::MetadataExt;
+            (m.dev(), m.ino())
+        };
+        #[cfg(not(unix))]
+        let (dev, ino) = (0, 0);
+        Stamp {
+            len: m.len(),
+            mtime: m.modified().ok(),
+            dev,
+            ino,
+        }
+    }
+}
+
+/// Reads the file and the stamp of what was read, from one open file handle (so the two
+/// describe the same file even if it is being replaced).
+fn read_stamped(path: &Path) -> io::Result<(Vec<u8>, Stamp)> {
+    use std::io::Read;
+    let mut f = File::open(path)?;
+    let stamp = Stamp::of(&f.metadata()?);
+    let mut bytes = Vec::with_capacity(usize::try_from(stamp.len).unwrap_or(0));
+    f.read_to_end(&mut bytes)?;
+    Ok((bytes, stamp))
+}
+
 /// Replaces `target` with `bytes` atomically: temp file in the same directory, fsync, the
-/// original's permissions, rename, fsync of the directory.
-fn atomic_write(target: &Path, bytes: &[u8]) -> io::Result<()> {
+/// original's permissions, rename, fsync of the directory. Just before the rename,
+/// `unchanged()` is asked whether the target is still what the caller based `bytes` on; if
+/// not, nothing is replaced and `None` is returned. Otherwise the stamp of the new file
+/// (taken from the temp file, so it is ours even if the target is replaced right after).
+fn atomic_write(
+    target: &Path,
+    bytes: &[u8],
+    unchanged: impl FnOnce() -> io::Result<bool>,
+) -> io::Result<Option<Stamp>> {
     let dir = parent_dir(target);
     let name = target
         .file_name()
@@ -745,9 +884,15 @@ fn atomic_write(target: &Path, bytes: &[u8]) -> io::Result<()> {
         tmp.as_file().set_permissions(meta.permissions())?;
     }
     tmp.as_file().sync_all()?;
+    let stamp = Stamp::of(&tmp.as_file().metadata()?);
+    // The last look before the rename: what remains is the microseconds between this stat
+    // and the rename (see the module docs).
+    if !unchanged()? {
+        return Ok(None);
+    }
     tmp.persist(target).map_err(|e| e.error)?;
     sync_dir(dir);
-    Ok(())
+    Ok(Some(stamp))
 }
 
 /// Creates the file with the format's initial content unless it exists. True if created.
@@ -789,7 +934,7 @@ pub fn init(path: &Path, format: Format) -> Result<String> {
             Format::Jsonl => format!("created {label} (empty)"),
         });
     }
-    let doc = read_doc(path, format, &label, &Columns::default(), &[])?;
+    let (doc, _) = read_doc(path, format, &label, &Columns::default(), &[])?;
     Ok(format!(
         "{label} already exists and is valid ({} items); left unchanged",
         doc.items.len()
@@ -802,8 +947,8 @@ fn read_doc(
     label: &str,
     columns: &Columns,
     extra: &[Ident],
-) -> Result<Doc> {
-    let bytes = fs::read(path).map_err(|e| anyhow!("{label}: cannot read: {e}"))?;
+) -> Result<(Doc, Stamp)> {
+    let (bytes, stamp) = read_stamped(path).map_err(|e| anyhow!("{label}: cannot read: {e}"))?;
     let text = String::from_utf8(bytes).map_err(|e| {
         let at = e.utf8_error().valid_up_to();
         anyhow!(
@@ -811,26 +956,62 @@ fn read_doc(
             line_at(e.as_bytes(), at)
         )
     })?;
-    Doc::parse(text, format, slot_names(columns, extra)).map_err(|e| anyhow!("{label}: {e}"))
+    let doc = Doc::parse(text, format, slot_names(columns, extra))
+        .map_err(|e| anyhow!("{label}: {e}"))?;
+    Ok((doc, stamp))
 }
 
 // ---------------------------------------------------------------------------------------
 // The store.
 
+/// One of the task's failed items found at open: what a run may claim, and what it needs
+/// to find the item again after another process rewrote the file.
+#[derive(Debug)]
+struct Cand {
+    /// The item's index at open: its [`Item::key`].
+    key: usize,
+    /// Its id as text (`""` for an empty or `null` id) ...
+    id: String,
+    /// ... and which of the task's items with that id it is (0 for the first), since a
+    /// file may hold an id twice. Items are matched across rewrites by (task, id, occ).
+    occ: u32,
+    /// Its index in the current base; `None` once another process removed it.
+    idx: Option<usize>,
+    /// Fingerprint of the item's owned fields when it was claimed ([`Doc::fingerprint`]);
+    /// `None` while unclaimed.
+    seen: Option<u64>,
+}
+
+/// Whether a verdict was merged, or lost to another process's change (compare-and-set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    Merged,
+    Conflict,
+}
+
 struct State {
+    /// The base: the file's text as recheck last read it.
     doc: Doc,
+    /// The text recheck last wrote (the base plus `patches`), when it wrote since it last
+    /// read the file: what the file should still hold. Not re-parsed after a write, which
+    /// would cost as much as the write.
+    written: Option<String>,
+    /// The stamp of what the file should hold; `None` when unknown (never for an open
+    /// store).
+    stamp: Option<Stamp>,
+    /// Answers accepted since the base was read, by item index in `doc`: those in
+    /// `pending` are not written yet.
     patches: BTreeMap<usize, Patch>,
-    /// Patches not written yet.
-    dirty: bool,
+    pending: std::collections::BTreeSet<usize>,
     last_write: Instant,
-    /// The task's failed items, in file order, found at open.
-    candidates: Vec<usize>,
-    /// How many candidates were handed out.
+    /// The task's failed items at open, in file order (so sorted by `key`).
+    cands: Vec<Cand>,
+    /// How many candidates were handed out (or skipped).
     next: usize,
 }
 
 impl State {
-    /// A slot's current raw value: patched, else original.
+    /// A slot's current raw value: patched, else the base's.
     fn current(&self, idx: usize, slot: usize) -> Option<&str> {
         if let Some(patch) = self.patches.get(&idx) {
             let name = &self.doc.keys[slot];
@@ -848,14 +1029,40 @@ impl State {
             Some(entry) => entry.1 = raw,
             None => patch.push((slot, raw)),
         }
-        self.dirty = true;
+        self.pending.insert(idx);
     }
 
-    fn apply(&mut self, opts: &StoreOptions, v: &Verdict, label: &str) -> Result<()> {
-        let idx = usize::try_from(v.key)
-            .ok()
-            .filter(|&i| i < self.doc.items.len())
-            .ok_or_else(|| anyhow!("{label}: no item at index {} (id {:?})", v.key, v.id))?;
+    /// What the file should hold: the text recheck last wrote, or the base.
+    fn expected(&self) -> &[u8] {
+        self.written.as_deref().unwrap_or(&self.doc.text).as_bytes()
+    }
+
+    /// The candidate an item key names.
+    fn cand_of(&self, key: i64) -> Option<usize> {
+        let key = usize::try_from(key).ok()?;
+        self.cands.binary_search_by_key(&key, |c| c.key).ok()
+    }
+
+    /// Merges a verdict into the patches, unless its item is gone or was changed by another
+    /// process since it was claimed (then that change is kept and the verdict dropped).
+    fn apply(&mut self, opts: &StoreOptions, v: &Verdict, label: &str) -> Result<Applied> {
+        let c = self.cand_of(v.key).ok_or_else(|| {
+            anyhow!(
+                "{label}: no claimed item with key {} (id {:?})",
+                v.key,
+                v.id
+            )
+        })?;
+        let cand = &self.cands[c];
+        let Some(seen) = cand.seen else {
+            bail!("{label}: item {:?} was never handed out", cand.id);
+        };
+        let Some(idx) = cand.idx else {
+            return Ok(Applied::Conflict);
+        };
+        if self.doc.fingerprint(idx, opts.extra_columns.len()) != seen {
+            return Ok(Applied::Conflict);
+        }
         if let Some(new) = opts.status_for(v.outcome) {
             let raw = status_json(new, self.current(idx, STATUS));
             self.set(idx, STATUS, raw);
@@ -873,7 +1080,45 @@ impl State {
         let error = v.error.as_deref().map_or_else(|| "null".into(), json_str);
         self.set(idx, LAST_ERROR, error);
         self.set(idx, CHECKED_AT, json_str(&rfc3339(v.checked_at)));
-        Ok(())
+        Ok(Applied::Merged)
+    }
+
+    /// Makes `doc` (another process's version of the file) the base: finds every candidate
+    /// in it by (task, id, occurrence), and carries over the unwritten answers of items that
+    /// process left as they were. An unwritten answer whose item it changed or removed is
+    /// dropped: its change came after recheck accepted the answer, so it is the newer one
+    /// and wins, as a later UPDATE would in a SQL store. Returns how many were dropped.
+    fn rebase(&mut self, doc: Doc, opts: &StoreOptions) -> usize {
+        let positions = doc.task_positions(&opts.task);
+        let mut by_old_idx: HashMap<usize, usize> = HashMap::new();
+        for (c, cand) in self.cands.iter_mut().enumerate() {
+            if let Some(old) = cand.idx {
+                by_old_idx.insert(old, c);
+            }
+            cand.idx = positions
+                .get(&cand.id)
+                .and_then(|at| at.get(cand.occ as usize))
+                .copied();
+        }
+        let extra = opts.extra_columns.len();
+        let mut dropped = 0;
+        let mut old_patches = std::mem::take(&mut self.patches);
+        // Written answers are in the new text already, or the other process replaced them.
+        old_patches.retain(|idx, _| self.pending.contains(idx));
+        self.pending.clear();
+        for (old_idx, patch) in old_patches {
+            let cand = by_old_idx.get(&old_idx).map(|&c| &self.cands[c]);
+            match cand.and_then(|c| Some((c.idx?, c.seen?))) {
+                Some((idx, seen)) if doc.fingerprint(idx, extra) == seen => {
+                    self.patches.insert(idx, patch);
+                    self.pending.insert(idx);
+                }
+                _ => dropped += 1,
+            }
+        }
+        self.doc = doc;
+        self.written = None;
+        dropped
     }
 }
 
@@ -886,64 +1131,244 @@ struct Inner {
     /// Run (not dry) or Create: holds the lock, may write.
     writable: bool,
     state: Mutex<State>,
-    /// Serialises writes of the file, so they land in the order they were rendered.
+    /// Serialises saves, imports and writes of the file: one merge at a time, writes land
+    /// in the order they were rendered.
     writer: Mutex<()>,
     lock: Mutex<Option<LockFile>>,
 }
 
+/// How many times a write starts over because the file changed under it before giving up
+/// (a transient error: another process keeps rewriting the file).
+const WRITE_ATTEMPTS: usize = 5;
+/// How many times contents that do not parse are read again, a little later (another
+/// process may be half-way through a non-atomic rewrite), before the save fails.
+const REREADS: usize = 3;
+const REREAD_PAUSE: Duration = Duration::from_millis(100);
+/// How long changed contents must stay the same before they are merged.
+const SETTLE: Duration = Duration::from_millis(50);
+/// How many times the contents may change again while settling before the save gives up
+/// (a transient error).
+const UNSETTLED: usize = 20;
+
+/// A final store error (the file is broken or gone: trying again will not help). No
+/// [`super::Transient`] marker, so [`super::is_transient`] says no.
+fn final_error(msg: String) -> anyhow::Error {
+    anyhow!(msg)
+}
+
 impl Inner {
-    /// Writes the patches if any are unwritten (and, unless `force`, the last write is at
-    /// least a checkpoint interval old). Blocking.
-    fn flush_blocking(&self, force: bool) -> Result<()> {
-        let _writer = lock(&self.writer);
-        let text = {
-            let mut st = lock(&self.state);
-            if !st.dirty || (!force && st.last_write.elapsed() < CHECKPOINT) {
-                return Ok(());
+    /// Notices a change of the file by another process since recheck last read or wrote
+    /// it, and merges it (`State::rebase`). Without `full`, a cheap `stat` decides
+    /// whether to read the file; with it, the bytes are always compared (before a write).
+    ///
+    /// Called with `writer` held: only writer holders change the base, so the file can be
+    /// read and parsed without the state lock, which `claim` needs meanwhile.
+    fn refresh(&self, full: bool) -> Result<()> {
+        let label = &self.label;
+        let meta = match fs::metadata(&self.target) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(final_error(format!(
+                    "{label}: the file was removed by another process; the answers not \
+                     written yet are not written"
+                )));
             }
-            st.dirty = false;
-            st.last_write = Instant::now();
-            st.doc.render(&st.patches, &[])
+            Err(e) => bail!("{label}: cannot stat: {e}"),
         };
-        if let Err(e) = atomic_write(&self.target, text.as_bytes()) {
-            lock(&self.state).dirty = true;
-            bail!("{}: cannot write: {e}", self.label);
+        if !full && lock(&self.state).stamp == Some(Stamp::of(&meta)) {
+            return Ok(());
         }
-        Ok(())
+        let read = || {
+            read_stamped(&self.target).map_err(|e| anyhow!("{label}: cannot read it again: {e}"))
+        };
+        let (mut bytes, mut stamp) = read()?;
+        let (mut rereads, mut unsettled) = (0, 0);
+        loop {
+            let keys = {
+                let mut st = lock(&self.state);
+                if bytes == st.expected() {
+                    // Touched, or rewritten with the same bytes: nothing to merge.
+                    st.stamp = Some(stamp);
+                    return Ok(());
+                }
+                st.doc.keys.clone()
+            };
+            // A writer that rewrites in place may be half-way: a JSON Lines file cut at a
+            // line end still parses, and would look like removed items. Merge only
+            // contents that stayed the same for a moment.
+            std::thread::sleep(SETTLE);
+            let (again, again_stamp) = read()?;
+            // Taken before `again` was read, so it describes those bytes at least as
+            // freshly as the first stamp did.
+            stamp = again_stamp;
+            if again != bytes {
+                unsettled += 1;
+                if unsettled > UNSETTLED {
+                    return Err(anyhow::Error::new(super::Transient(true)).context(format!(
+                        "{label}: another process keeps rewriting the file; not written"
+                    )));
+                }
+                bytes = again;
+                continue;
+            }
+            let parsed = String::from_utf8(std::mem::take(&mut bytes))
+                .map_err(|e| {
+                    let at = e.utf8_error().valid_up_to();
+                    anyhow!("not valid UTF-8 (line {})", line_at(e.as_bytes(), at))
+                })
+                .and_then(|text| Doc::parse(text, self.format, keys));
+            match parsed {
+                Ok(doc) => {
+                    let mut st = lock(&self.state);
+                    let dropped = st.rebase(doc, &self.opts);
+                    st.stamp = Some(stamp);
+                    tracing::info!(
+                        store = %label,
+                        dropped,
+                        "the file was changed by another process; merged by item id"
+                    );
+                    return Ok(());
+                }
+                Err(_) if rereads < REREADS => {
+                    rereads += 1;
+                    std::thread::sleep(REREAD_PAUSE);
+                    (bytes, stamp) = read()?;
+                }
+                Err(e) => {
+                    return Err(final_error(format!(
+                        "{label}: changed by another process and no longer a valid store \
+                         ({e}); not written"
+                    )));
+                }
+            }
+        }
     }
 
-    fn import_blocking(&self, items: Vec<NewItem>) -> Result<u64> {
+    /// Writes the base plus the patches, merged into the file's current contents first,
+    /// then makes the written text the base. Called with `writer` held; the state lock is
+    /// not held while the file is written.
+    fn write(&self) -> Result<()> {
+        for _ in 0..WRITE_ATTEMPTS {
+            self.refresh(true)?;
+            let (text, base) = {
+                let st = lock(&self.state);
+                if st.pending.is_empty() {
+                    return Ok(()); // every unwritten answer lost to the other process
+                }
+                (st.doc.render(&st.patches, &[]), st.stamp)
+            };
+            let target = &self.target;
+            let unchanged = || match fs::metadata(target) {
+                Ok(m) => Ok(Some(Stamp::of(&m)) == base),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(e),
+            };
+            let written = atomic_write(target, text.as_bytes(), unchanged)
+                .map_err(|e| anyhow!("{}: cannot write: {e}", self.label))?;
+            let Some(stamp) = written else {
+                continue; // changed under us: merge again
+            };
+            let mut st = lock(&self.state);
+            st.written = Some(text);
+            st.stamp = Some(stamp);
+            // No save ran meanwhile (they hold `writer`): every pending patch is written.
+            st.pending.clear();
+            st.last_write = Instant::now();
+            return Ok(());
+        }
+        Err(anyhow::Error::new(super::Transient(true)).context(format!(
+            "{}: another process keeps rewriting the file; not written",
+            self.label
+        )))
+    }
+
+    /// See [`FileStore::save`].
+    fn save_blocking(&self, batch: Vec<Verdict>) -> Result<super::Saved> {
         let _writer = lock(&self.writer);
+        let mut saved = super::Saved::default();
+        if !batch.is_empty() {
+            // Compare-and-set against the newest contents: an item another process changed
+            // since it was claimed keeps that change.
+            self.refresh(false)?;
+            let mut st = lock(&self.state);
+            // All or nothing: a verdict for an item this run never claimed is a bug, and
+            // must not leave the rest of its batch half merged.
+            for v in &batch {
+                if st.cand_of(v.key).is_none_or(|c| st.cands[c].seen.is_none()) {
+                    bail!(
+                        "{}: no claimed item with key {} (id {:?})",
+                        self.label,
+                        v.key,
+                        v.id
+                    );
+                }
+            }
+            for (pos, v) in batch.iter().enumerate() {
+                if st.apply(&self.opts, v, &self.label)? == Applied::Conflict {
+                    saved.conflicts.push(pos);
+                }
+            }
+        }
+        let due = {
+            let st = lock(&self.state);
+            !st.pending.is_empty() && st.last_write.elapsed() >= CHECKPOINT
+        };
+        if due {
+            self.write()?;
+        }
+        Ok(saved)
+    }
+
+    /// Writes what is unwritten (the end of a run).
+    fn flush_blocking(&self) -> Result<()> {
+        let _writer = lock(&self.writer);
+        if lock(&self.state).pending.is_empty() {
+            return Ok(());
+        }
+        self.write()
+    }
+
+    fn import_blocking(&self, items: Vec<NewItem>, reset: bool) -> Result<ImportCounts> {
+        let _writer = lock(&self.writer);
+        // Import into the file as it is now, not as it was at open.
+        self.refresh(true)?;
         let mut st = lock(&self.state);
-        let saved = st.patches.clone();
+        // Restored if the write fails: nothing of this import is kept then.
+        let before = (st.patches.clone(), st.pending.clone());
         let opts = &self.opts;
         let mut by_id: HashMap<String, usize> = HashMap::new();
         for idx in 0..st.doc.items.len() {
             if st.doc.task_is(idx, &opts.task)
                 && let Ok(id) = st.doc.id_of(idx)
             {
-                by_id.insert(id, idx);
+                by_id.entry(id).or_insert(idx);
             }
         }
         let mut appended: Vec<Patch> = Vec::new();
         let mut appended_by_id: HashMap<String, usize> = HashMap::new();
-        let mut count = 0u64;
+        let mut counts = ImportCounts::default();
         for item in items {
-            count += 1;
             if let Some(&idx) = by_id.get(&item.id) {
-                let raw = status_json(&opts.failed, st.current(idx, STATUS));
-                st.set(idx, STATUS, raw);
-                if let Some(url) = &item.url {
-                    st.set(idx, URL, json_str(url));
+                if reset {
+                    let raw = status_json(&opts.failed, st.current(idx, STATUS));
+                    st.set(idx, STATUS, raw);
+                    if let Some(url) = &item.url {
+                        st.set(idx, URL, json_str(url));
+                    }
+                    counts.reset += 1;
+                } else {
+                    counts.already += 1;
                 }
             } else if let Some(&k) = appended_by_id.get(&item.id) {
-                if let Some(url) = &item.url {
+                // Twice in the input: the first added it, this one finds it there.
+                if reset && let Some(url) = &item.url {
                     let fields = &mut appended[k];
                     match fields.iter_mut().find(|(s, _)| *s == URL) {
                         Some(f) => f.1 = json_str(url),
                         None => fields.push((URL, json_str(url))),
                     }
                 }
+                counts.already += 1;
             } else {
                 let status = opts
                     .failed
@@ -959,21 +1384,45 @@ impl Inner {
                 }
                 appended_by_id.insert(item.id, appended.len());
                 appended.push(fields);
+                counts.added += 1;
             }
         }
-        let text = st.doc.render(&st.patches, &appended);
-        if let Err(e) = atomic_write(&self.target, text.as_bytes()) {
-            st.patches = saved;
-            bail!("{}: cannot write: {e}", self.label);
+        if st.pending.is_empty() && appended.is_empty() {
+            return Ok(counts); // nothing changes: the file is not rewritten
         }
+        let text = st.doc.render(&st.patches, &appended);
+        let base = st.stamp;
+        let target = &self.target;
+        let unchanged = || match fs::metadata(target) {
+            Ok(m) => Ok(Some(Stamp::of(&m)) == base),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        };
+        let written = atomic_write(target, text.as_bytes(), unchanged);
+        let stamp = match written {
+            Ok(Some(stamp)) => stamp,
+            Ok(None) => {
+                (st.patches, st.pending) = before;
+                return Err(anyhow::Error::new(super::Transient(true)).context(format!(
+                    "{}: changed by another process during the import; not written",
+                    self.label
+                )));
+            }
+            Err(e) => {
+                (st.patches, st.pending) = before;
+                bail!("{}: cannot write: {e}", self.label);
+            }
+        };
         // The written text is the new base; item indices are unchanged (appends go last).
         let keys = st.doc.keys.clone();
         st.doc = Doc::parse(text, self.format, keys)
             .map_err(|e| anyhow!("{}: after import: {e}", self.label))?;
+        st.written = None;
+        st.stamp = Some(stamp);
         st.patches.clear();
-        st.dirty = false;
+        st.pending.clear();
         st.last_write = Instant::now();
-        Ok(count)
+        Ok(counts)
     }
 }
 
@@ -984,7 +1433,8 @@ pub struct FileStore {
 }
 
 impl FileStore {
-    /// Opens (and validates) the file; see the module docs.
+    /// Opens (and validates) the file; see the module docs. In [`OpenMode::Run`] a task
+    /// with no item at all in the file is refused, naming the closest task ids.
     pub fn open(
         path: &Path,
         opts: StoreOptions,
@@ -1000,6 +1450,7 @@ impl FileStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => false,
             Err(e) => bail!("{label}: {e}"),
         };
+        // `run` never creates a store (SPEC §2): only `import` and `init` do.
         let may_create = mode == OpenMode::Create && writable;
         if !exists && !may_create {
             bail!(
@@ -1015,28 +1466,55 @@ impl FileStore {
         if !exists {
             create_initial(&target, format).map_err(|e| anyhow!("{label}: cannot create: {e}"))?;
         }
-        let doc = read_doc(&target, format, &label, &opts.columns, &opts.extra_columns)?;
-        let candidates: Vec<usize> = (0..doc.items.len())
-            .filter(|&idx| {
-                doc.task_is(idx, &opts.task)
-                    && doc
-                        .raw(idx, STATUS)
-                        .is_some_and(|raw| status_matches(raw, &opts.failed))
-            })
-            .collect();
-        if mode == OpenMode::Run {
-            for &idx in &candidates {
-                if let Err(why) = doc.id_of(idx) {
-                    bail!("{label}: {} {why}", doc.locate(idx));
-                }
+        // On an error from here on the lock file goes with `lock_file`: a refused store
+        // is left as it was.
+        let (doc, stamp) = read_doc(&target, format, &label, &opts.columns, &opts.extra_columns)?;
+        if mode == OpenMode::Run && !doc.has_task(&opts.task) {
+            return Err(super::unknown_task(&label, &opts.task, &doc.task_ids()));
+        }
+        let mut occurrences: HashMap<String, u32> = HashMap::new();
+        let mut cands = Vec::new();
+        for idx in 0..doc.items.len() {
+            if !doc.task_is(idx, &opts.task) {
+                continue;
             }
+            let id = doc.id_of(idx);
+            let occ = match &id {
+                Ok(id) => {
+                    let n = occurrences.entry(id.clone()).or_default();
+                    *n += 1;
+                    *n - 1
+                }
+                Err(_) => 0,
+            };
+            let failed = doc
+                .raw(idx, STATUS)
+                .is_some_and(|raw| status_matches(raw, &opts.failed));
+            if !failed {
+                continue;
+            }
+            let id = match id {
+                Ok(id) => id,
+                // A failed item recheck cannot name cannot be written back by id.
+                Err(why) if mode == OpenMode::Run => bail!("{label}: {} {why}", doc.locate(idx)),
+                Err(_) => continue,
+            };
+            cands.push(Cand {
+                key: idx,
+                id,
+                occ,
+                idx: Some(idx),
+                seen: None,
+            });
         }
         let state = State {
             doc,
+            stamp: Some(stamp),
+            written: None,
             patches: BTreeMap::new(),
-            dirty: false,
+            pending: std::collections::BTreeSet::new(),
             last_write: Instant::now(),
-            candidates,
+            cands,
             next: 0,
         };
         Ok(FileStore {
@@ -1053,59 +1531,53 @@ impl FileStore {
         })
     }
 
-    /// See [`super::Store::claim`].
-    /// Failed items of the task not handed out yet.
+    /// Failed items of the task not handed out yet (see [`super::Store::pending`]).
     pub fn pending(&self) -> u64 {
         let st = lock(&self.inner.state);
-        st.candidates.len().saturating_sub(st.next) as u64
+        st.cands.len().saturating_sub(st.next) as u64
     }
 
+    /// See [`super::Store::claim`]. Items another process removed, or changed from the
+    /// failed status, since recheck last read the file are skipped. An empty or `null` id
+    /// is handed out as `""`: the check makes it that item's error, without a request.
     pub async fn claim(&self, n: usize) -> Result<Vec<Item>> {
         let inner = &self.inner;
-        let mut st = lock(&inner.state);
-        let end = st.next.saturating_add(n).min(st.candidates.len());
-        let mut items = Vec::with_capacity(end - st.next);
-        for &idx in &st.candidates[st.next..end] {
+        let mut guard = lock(&inner.state);
+        let st = &mut *guard;
+        let mut items = Vec::with_capacity(n.min(st.cands.len() - st.next));
+        let extra = inner.opts.extra_columns.len();
+        while items.len() < n && st.next < st.cands.len() {
+            let cand = &mut st.cands[st.next];
+            st.next += 1;
+            let Some(idx) = cand.idx else { continue };
             let doc = &st.doc;
-            let id = doc
-                .id_of(idx)
-                .map_err(|why| anyhow!("{}: {} {why}", inner.label, doc.locate(idx)))?;
+            if !doc
+                .raw(idx, STATUS)
+                .is_some_and(|raw| status_matches(raw, &inner.opts.failed))
+            {
+                continue;
+            }
+            cand.seen = Some(doc.fingerprint(idx, extra));
             items.push(Item {
-                key: idx as i64,
-                id,
-                url: st.current(idx, URL).and_then(field_text),
-                fields: (0..inner.opts.extra_columns.len())
+                key: cand.key as i64,
+                id: cand.id.clone(),
+                url: doc.raw(idx, URL).and_then(field_text),
+                fields: (0..extra)
                     .map(|i| doc.raw(idx, EXTRA + i).and_then(field_text))
                     .collect(),
             });
         }
-        st.next = end;
         Ok(items)
     }
 
-    /// See [`super::Store::save`]: applied in memory, written at most once per checkpoint
-    /// interval.
-    pub async fn save(&self, batch: Vec<Verdict>) -> Result<()> {
-        let inner = &self.inner;
-        if !inner.writable {
-            return Ok(());
+    /// See [`super::Store::save`]: merged in memory at once (compare-and-set against the
+    /// file as it is now), written at most once per checkpoint interval.
+    pub async fn save(&self, batch: Vec<Verdict>) -> Result<super::Saved> {
+        if !self.inner.writable {
+            return Ok(super::Saved::default());
         }
-        let due = {
-            let mut st = lock(&inner.state);
-            for v in &batch {
-                st.apply(&inner.opts, v, &inner.label)?;
-            }
-            st.dirty && st.last_write.elapsed() >= CHECKPOINT
-        };
-        if due {
-            self.flush(false).await?;
-        }
-        Ok(())
-    }
-
-    async fn flush(&self, force: bool) -> Result<()> {
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || inner.flush_blocking(force))
+        tokio::task::spawn_blocking(move || inner.save_blocking(batch))
             .await
             .map_err(|e| anyhow!("{}: write failed: {e}", self.inner.label))?
     }
@@ -1113,7 +1585,11 @@ impl FileStore {
     /// See [`super::Store::finish`]: writes what is unwritten, releases the lock.
     pub async fn finish(&self) -> Result<()> {
         let result = if self.inner.writable {
-            self.flush(true).await
+            let inner = Arc::clone(&self.inner);
+            tokio::task::spawn_blocking(move || inner.flush_blocking())
+                .await
+                .map_err(|e| anyhow!("{}: write failed: {e}", self.inner.label))
+                .and_then(|r| r)
         } else {
             Ok(())
         };
@@ -1152,13 +1628,14 @@ impl FileStore {
         })
     }
 
-    /// See [`super::Store::import`]: written at once.
-    pub async fn import(&self, items: Vec<NewItem>) -> Result<u64> {
+    /// See [`super::Store::import`]: merged into the file as it is now and written at
+    /// once. An id the task already has is left as it is unless `reset`.
+    pub async fn import(&self, items: Vec<NewItem>, reset: bool) -> Result<ImportCounts> {
         if !self.inner.writable {
             bail!("{}: opened read-only; cannot import", self.inner.label);
         }
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || inner.import_blocking(items))
+        tokio::task::spawn_blocking(move || inner.import_blocking(items, reset))
             .await
             .map_err(|e| anyhow!("{}: import failed: {e}", self.inner.label))?
     }

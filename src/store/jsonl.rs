@@ -38,7 +38,7 @@ impl Store for JsonlStore {
         Ok(self.0.pending())
     }
     async fn save(&self, batch: Vec<Verdict>) -> Result<super::Saved> {
-        self.0.save(batch).await.map(|()| super::Saved::default())
+        self.0.save(batch).await
     }
     async fn finish(&self) -> Result<()> {
         self.0.finish().await
@@ -46,11 +46,8 @@ impl Store for JsonlStore {
     async fn status_counts(&self) -> Result<StatusCounts> {
         self.0.status_counts().await
     }
-    async fn import(&self, items: Vec<NewItem>, _reset: bool) -> Result<super::ImportCounts> {
-        self.0.import(items).await.map(|added| super::ImportCounts {
-            added,
-            ..Default::default()
-        })
+    async fn import(&self, items: Vec<NewItem>, reset: bool) -> Result<super::ImportCounts> {
+        self.0.import(items, reset).await
     }
 }
 
@@ -235,7 +232,11 @@ mod tests {
     #[tokio::test]
     async fn lock_conflict_names_the_pid() {
         let dir = tempfile::tempdir().unwrap();
-        let path = file(&dir, "");
+        // An item of the task: a run on a task the file has no item of is refused first.
+        let path = file(
+            &dir,
+            "{\"task_id\":\"t\",\"item_id\":\"1\",\"status\":\"ok\"}\n",
+        );
         let _first = JsonlStore::open(&path, opts("t"), OpenMode::Run).unwrap();
         let e = JsonlStore::open(&path, opts("t"), OpenMode::Run)
             .err()
@@ -247,6 +248,36 @@ mod tests {
                 std::process::id()
             )),
             "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_foreign_append_and_edit_survive_and_conflicts_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file(
+            &dir,
+            "{\"task_id\":\"t\",\"item_id\":\"a\",\"status\":\"failed\"}\n{\"task_id\":\"t\",\"item_id\":\"b\",\"status\":\"failed\"}\n",
+        );
+        let store = JsonlStore::open(&path, opts("t"), OpenMode::Run).unwrap();
+        let items = store.claim(10).await.unwrap();
+        // A pipeline appends a line and marks b done, in place (`>>`-style writers do not
+        // rename).
+        fs::write(
+            &path,
+            "{\"task_id\":\"t\",\"item_id\":\"a\",\"status\":\"failed\"}\n{\"task_id\":\"t\",\"item_id\":\"b\",\"status\":\"done\"}\n{\"task_id\":\"t\",\"item_id\":\"c\",\"status\":\"failed\"}\n",
+        )
+        .unwrap();
+        let saved = store
+            .save(items.iter().map(|i| ok(i.key)).collect())
+            .await
+            .unwrap();
+        assert_eq!(saved.conflicts, [1]);
+        store.finish().await.unwrap();
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            format!(
+                "{{\"task_id\":\"t\",\"item_id\":\"a\",\"status\":\"ok\",\"http_status\":200,\"attempts\":1,\"last_error\":null,\"checked_at\":\"{WHEN}\"}}\n{{\"task_id\":\"t\",\"item_id\":\"b\",\"status\":\"done\"}}\n{{\"task_id\":\"t\",\"item_id\":\"c\",\"status\":\"failed\"}}\n"
+            )
         );
     }
 }
