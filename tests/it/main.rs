@@ -9,6 +9,7 @@ mod concurrency;
 mod crash;
 mod encoding;
 mod hostile;
+mod import;
 mod json_store;
 mod limits;
 mod mysql;
