@@ -382,10 +382,9 @@ struct ImportBatch {
 
 /// The import input after its first pass: every line parsed.
 struct CheckedInput {
-    /// What the second pass reads: the input file itself, or the temporary copy of stdin.
+    /// What the second pass reads from its start: the input file itself, or the temporary
+    /// copy of stdin.
     file: std::fs::File,
-    /// Where the first pass started reading in `file`.
-    start: u64,
     /// How many bytes the first pass read: a file that grows meanwhile is imported as checked.
     len: u64,
 }
@@ -396,10 +395,9 @@ struct CheckedInput {
 /// temporary file on the way, since it can be read only once.
 fn check_input(path: Option<&std::path::Path>, source: &str) -> Result<CheckedInput> {
     use std::io::{Seek, SeekFrom};
-    let file = match path {
-        Some(p) => Some(std::fs::File::open(p).with_context(|| format!("{source}: cannot open"))?),
-        None => None,
-    };
+    let file = path
+        .map(|p| std::fs::File::open(p).with_context(|| format!("{source}: cannot open")))
+        .transpose()?;
     let regular = match &file {
         Some(f) => f
             .metadata()
@@ -407,39 +405,31 @@ fn check_input(path: Option<&std::path::Path>, source: &str) -> Result<CheckedIn
             .is_file(),
         None => false,
     };
-    if let (Some(mut f), true) = (file.as_ref(), regular) {
-        let start = f
-            .stream_position()
-            .with_context(|| format!("{source}: cannot seek"))?;
-        let len = check_lines(std::io::BufReader::new(f), None, source)?;
-        f.seek(SeekFrom::Start(start))
-            .with_context(|| format!("{source}: cannot seek back to the start"))?;
-        return Ok(CheckedInput {
-            file: file.context("the input file")?,
-            start,
-            len,
-        });
+    match (file, regular) {
+        (Some(file), true) => {
+            let len = check_lines(std::io::BufReader::new(&file), None, source)?;
+            Ok(CheckedInput { file, len })
+        }
+        (input, _) => {
+            let mut spool = tempfile::tempfile().with_context(|| {
+                format!("{source}: cannot create a temporary file to hold the input")
+            })?;
+            let len = {
+                let mut copy = std::io::BufWriter::new(&mut spool);
+                let len = match input {
+                    Some(f) => check_lines(std::io::BufReader::new(f), Some(&mut copy), source)?,
+                    None => check_lines(std::io::stdin().lock(), Some(&mut copy), source)?,
+                };
+                copy.flush()
+                    .with_context(|| format!("{source}: cannot write its temporary copy"))?;
+                len
+            };
+            spool
+                .seek(SeekFrom::Start(0))
+                .with_context(|| format!("{source}: cannot read back its temporary copy"))?;
+            Ok(CheckedInput { file: spool, len })
+        }
     }
-    let mut spool = tempfile::tempfile()
-        .with_context(|| format!("{source}: cannot create a temporary file to hold the input"))?;
-    let len = {
-        let mut copy = std::io::BufWriter::new(&mut spool);
-        let len = match file {
-            Some(f) => check_lines(std::io::BufReader::new(f), Some(&mut copy), source)?,
-            None => check_lines(std::io::stdin().lock(), Some(&mut copy), source)?,
-        };
-        copy.flush()
-            .with_context(|| format!("{source}: cannot write its temporary copy"))?;
-        len
-    };
-    spool
-        .seek(SeekFrom::Start(0))
-        .with_context(|| format!("{source}: cannot read back its temporary copy"))?;
-    Ok(CheckedInput {
-        file: spool,
-        start: 0,
-        len,
-    })
 }
 
 /// Reads `input` to its end, parsing every line (and copying its bytes to `copy`); returns
@@ -463,7 +453,7 @@ fn check_lines(input: impl BufRead, mut copy: Option<&mut dyn Write>, source: &s
 fn send_batches(input: CheckedInput, source: &str, tx: &mpsc::Sender<Result<ImportBatch>>) {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = input.file;
-    if let Err(e) = file.seek(SeekFrom::Start(input.start)) {
+    if let Err(e) = file.seek(SeekFrom::Start(0)) {
         let _ = tx.blocking_send(Err(anyhow!("{source}: cannot seek back to the start: {e}")));
         return;
     }
@@ -748,6 +738,57 @@ mod tests {
         );
         assert!(msg.contains("no url column"), "{msg}");
         assert_eq!(count_rows(&db, "data"), IMPORT_BATCH as i64);
+    }
+
+    /// The second pass reads what the first one checked: bytes appended meanwhile are not
+    /// imported, and a line that no longer parses is an error after the batches before it.
+    #[test]
+    fn import_second_pass_reads_what_was_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ids.txt");
+        let mut text: String = (0..IMPORT_BATCH + 3).map(|i| format!("id-{i}\n")).collect();
+        let checked_len = text.len() as u64;
+        text.push_str("appended\n");
+        std::fs::write(&path, &text).unwrap();
+        let read = |len| {
+            let (tx, mut rx) = mpsc::channel(8);
+            let input = CheckedInput {
+                file: std::fs::File::open(&path).unwrap(),
+                len,
+            };
+            send_batches(input, "ids.txt", &tx);
+            drop(tx);
+            std::iter::from_fn(move || rx.try_recv().ok()).collect::<Vec<_>>()
+        };
+        let got = read(checked_len);
+        let sizes: Vec<_> = got
+            .iter()
+            .map(|b| {
+                let b = b.as_ref().unwrap();
+                (b.items.len(), b.first_line, b.last_line)
+            })
+            .collect();
+        let batch = IMPORT_BATCH as u64;
+        assert_eq!(sizes, [(IMPORT_BATCH, 1, batch), (3, batch + 1, batch + 3)]);
+        // Line 10,002 changed after the check.
+        let changed = text.replacen(
+            &format!("id-{}\n", IMPORT_BATCH + 1),
+            &format!("{{\"id\": {}\n", IMPORT_BATCH + 1),
+            1,
+        );
+        std::fs::write(&path, changed).unwrap();
+        let got = read(checked_len);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].as_ref().unwrap().items.len(), IMPORT_BATCH);
+        let e = got[1].as_ref().map(|_| ()).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.starts_with(&format!(
+                "ids.txt changed since it was checked: ids.txt:{}: invalid JSON",
+                batch + 2
+            )),
+            "{msg}"
+        );
     }
 
     #[test]
