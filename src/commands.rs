@@ -337,8 +337,15 @@ pub async fn import(args: &ImportArgs, out: &mut dyn Write) -> Result<()> {
             Err(f) => e.context(format!("{kept} (and closing the store failed: {f:#})")),
         });
     }
-    finished?;
     let c = &done.counts;
+    if let Err(f) = finished {
+        // Every batch was accepted, and the stores commit each one before accepting it.
+        return Err(f.context(format!(
+            "{source}: imported all {} items (added {}, already there {}, reset {}), \
+             then closing the store failed",
+            done.items, c.added, c.already, c.reset
+        )));
+    }
     writeln!(
         out,
         "imported into task {} on {spec}: added {}, already there {}, reset {}",
