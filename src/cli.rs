@@ -83,6 +83,13 @@ pub enum Command {
     /// Count a task's items per status.
     Status(StatusArgs),
     /// Add failed items to a task: one id per line, or JSON Lines {"id":..,"url":..}.
+    ///
+    /// An id the task already has is left as it is (counted as "already there"), unless
+    /// --reset. The whole input is checked before anything is written: a bad line (named
+    /// FILE:LINE) imports nothing. Stdin and pipes are first copied to a temporary file
+    /// ($TMPDIR) for that; memory stays small whatever the input size. The items then go to
+    /// the store in batches of 10,000, one transaction each in the SQL stores: if the store
+    /// fails midway, the batches before stay imported and the error says up to which line.
     Import(ImportArgs),
     /// Create the default schema (run and import create it in a new SQLite file anyway).
     Init(InitArgs),
@@ -319,6 +326,10 @@ pub struct ImportArgs {
         env = "RECHECK_FAILED_STATUS"
     )]
     pub failed_status: String,
+    /// Set ids the task already has back to the failed status (and replace their url when the
+    /// line gives one), counted as "reset"; without it they are left as they are.
+    #[arg(long)]
+    pub reset: bool,
     /// Input: one id per line, or JSON Lines {"id":..,"url":..}; `-` or nothing is stdin.
     #[arg(value_name = "FILE")]
     pub file: Option<PathBuf>,

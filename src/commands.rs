@@ -19,7 +19,7 @@ use crate::model::{Item, StatusValue};
 use crate::report::{Format, OutputFiles, Progress, Summary};
 use crate::shutdown::EXIT_INTERRUPTED;
 use crate::sink;
-use crate::store::{self, Ident, NewItem, OpenMode, Store, StoreOptions, StoreSpec};
+use crate::store::{self, Ident, ImportCounts, NewItem, OpenMode, Store, StoreOptions, StoreSpec};
 
 /// Exit code of a run stopped by `--deadline`.
 pub const EXIT_DEADLINE: u8 = 3;
@@ -27,7 +27,8 @@ pub const EXIT_DEADLINE: u8 = 3;
 pub const CLAIM_BATCH: usize = 1000;
 /// How long in-flight checks may finish after a stop before they are abandoned.
 pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
-/// Items imported per transaction.
+/// Items handed to the store per `import` call (one transaction in the SQL stores): what a
+/// store failure can cost at most, and about a third of what an import holds in memory.
 const IMPORT_BATCH: usize = 10_000;
 
 /// Exit code of a run whose store failed during the run (SPEC §4).
@@ -312,46 +313,289 @@ pub async fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
-/// `recheck import`: adds (or resets to failed) the items listed in the input.
+/// `recheck import`: adds the items listed in the input to the task as failed items. An id
+/// the task already has is left as it is, unless `--reset` (then it is failed again).
+///
+/// Two passes, so that memory stays flat in the input size and a bad line still imports
+/// nothing: the first reads every line and checks that it parses (keeping no item; stdin and
+/// other inputs that cannot be read twice are copied to an unlinked temporary file on the
+/// way), the second reads it again from the start and hands the store batches of
+/// [`IMPORT_BATCH`] items, one store call (one transaction in the SQL stores) each. A
+/// failure in the second pass (a store error) keeps the batches written before it, and the
+/// error says which lines those are.
 pub async fn import(args: &ImportArgs, out: &mut dyn Write) -> Result<()> {
     let (spec, opts) = plain_opts(&args.task, &args.store, &args.failed_status)?;
-    let input: Box<dyn BufRead + Send> = match args.file.as_deref() {
-        None => Box::new(std::io::BufReader::new(std::io::stdin())),
-        Some(p) if p.as_os_str() == "-" => Box::new(std::io::BufReader::new(std::io::stdin())),
-        Some(p) => Box::new(std::io::BufReader::new(
-            std::fs::File::open(p).with_context(|| format!("{}: cannot open", p.display()))?,
-        )),
-    };
-    let source = args
-        .file
+    let path = args.file.clone().filter(|p| p.as_os_str() != "-");
+    let source = path
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "stdin".into());
-    // Parse everything first: a bad line must not leave half an import behind.
-    let mut items = Vec::new();
-    for (n, line) in input.lines().enumerate() {
-        let line = line.with_context(|| format!("{source}: cannot read line {}", n + 1))?;
-        if let Some(item) =
-            parse_import_line(&line).map_err(|e| anyhow!("{source}:{}: {e}", n + 1))?
-        {
-            items.push(item);
+    // Reading is blocking I/O: off the async threads, like the stores' own work.
+    let checked = {
+        let source = source.clone();
+        tokio::task::spawn_blocking(move || check_input(path.as_deref(), &source))
+            .await
+            .context("the input check stopped")?
+            .map_err(|e| anyhow!("{e:#}; nothing was imported"))?
+    };
+    let store = store::open(&spec, opts, OpenMode::Create).await?;
+    // One batch waits in the channel while the store writes the previous one: the reader
+    // keeps the store busy, and memory holds at most three batches.
+    let (tx, mut rx) = mpsc::channel::<Result<ImportBatch>>(1);
+    let reader = {
+        let source = source.clone();
+        tokio::task::spawn_blocking(move || send_batches(checked, &source, &tx))
+    };
+    let mut done = Imported::default();
+    let mut failure = None;
+    while let Some(batch) = rx.recv().await {
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        };
+        let (first, last, n) = (batch.first_line, batch.last_line, batch.items.len());
+        match store.import(batch.items, args.reset).await {
+            Ok(c) => {
+                done.counts += c;
+                done.items += n as u64;
+                done.last_line = last;
+            }
+            Err(e) => {
+                failure = Some(e.context(format!("lines {first}-{last}")));
+                break;
+            }
         }
     }
-    let store = store::open(&spec, opts, OpenMode::Create).await?;
-    let mut written = 0;
-    let mut rest = items;
-    while !rest.is_empty() {
-        let tail = rest.split_off(rest.len().min(IMPORT_BATCH));
-        written += store.import(rest, false).await?.added;
-        rest = tail;
+    // Stops the reader if it is still going (it sees the channel closed).
+    drop(rx);
+    reader.await.context("the input reader stopped")?;
+    // What was written stays: make it durable (and free the store) on failure too.
+    let finished = store.finish().await;
+    if let Some(e) = failure {
+        let kept = format!("{source}: {}", done.kept());
+        return Err(match finished {
+            Ok(()) => e.context(kept),
+            Err(f) => e.context(format!("{kept} (and closing the store failed: {f:#})")),
+        });
     }
-    store.finish().await?;
+    let c = &done.counts;
+    if let Err(f) = finished {
+        // Every batch was accepted, and the stores commit each one before accepting it.
+        return Err(f.context(format!(
+            "{source}: imported all {} items (added {}, already there {}, reset {}), \
+             then closing the store failed",
+            done.items, c.added, c.already, c.reset
+        )));
+    }
     writeln!(
         out,
-        "imported {written} items into task {} on {spec}",
-        args.task
+        "imported into task {} on {spec}: added {}, already there {}, reset {}",
+        args.task, c.added, c.already, c.reset
     )?;
     Ok(())
+}
+
+/// What an import has written so far.
+#[derive(Default)]
+struct Imported {
+    counts: ImportCounts,
+    /// Items handed to the store in the batches it accepted.
+    items: u64,
+    /// The input line of the last item of those batches (0: none).
+    last_line: u64,
+}
+
+impl Imported {
+    /// Says what a failed import kept, for its error message.
+    fn kept(&self) -> String {
+        if self.items == 0 {
+            return "nothing was imported".into();
+        }
+        let c = &self.counts;
+        let next = self.last_line + 1;
+        format!(
+            "imported {} items before line {next} (added {}, already there {}, reset {}), \
+             nothing from line {next} on",
+            self.items, c.added, c.already, c.reset
+        )
+    }
+}
+
+/// Up to [`IMPORT_BATCH`] parsed items, with the input lines they came from.
+struct ImportBatch {
+    items: Vec<NewItem>,
+    first_line: u64,
+    last_line: u64,
+}
+
+/// The import input after its first pass: every line parsed.
+struct CheckedInput {
+    /// What the second pass reads from its start: the input file itself, or the temporary
+    /// copy of stdin.
+    file: std::fs::File,
+    /// How many bytes the first pass read: a file that grows meanwhile is imported as checked.
+    len: u64,
+}
+
+/// The first pass: reads the whole input, checks that every line parses, keeps no item. A
+/// regular file is read again by the second pass (through the same open file, so a rename
+/// cannot swap it); anything else (stdin, a pipe, a FIFO) is copied to an unlinked
+/// temporary file on the way, since it can be read only once.
+fn check_input(path: Option<&std::path::Path>, source: &str) -> Result<CheckedInput> {
+    use std::io::{Seek, SeekFrom};
+    let file = path
+        .map(|p| std::fs::File::open(p).with_context(|| format!("{source}: cannot open")))
+        .transpose()?;
+    let regular = match &file {
+        Some(f) => f
+            .metadata()
+            .with_context(|| format!("{source}: cannot read its metadata"))?
+            .is_file(),
+        None => false,
+    };
+    match (file, regular) {
+        (Some(file), true) => {
+            let len = check_lines(std::io::BufReader::new(&file), None, source)?;
+            Ok(CheckedInput { file, len })
+        }
+        (input, _) => {
+            let mut spool = tempfile::tempfile().with_context(|| {
+                format!("{source}: cannot create a temporary file to hold the input")
+            })?;
+            let len = {
+                let mut copy = std::io::BufWriter::new(&mut spool);
+                let len = match input {
+                    Some(f) => check_lines(std::io::BufReader::new(f), Some(&mut copy), source)?,
+                    None => check_lines(std::io::stdin().lock(), Some(&mut copy), source)?,
+                };
+                copy.flush()
+                    .with_context(|| format!("{source}: cannot write its temporary copy"))?;
+                len
+            };
+            spool
+                .seek(SeekFrom::Start(0))
+                .with_context(|| format!("{source}: cannot read back its temporary copy"))?;
+            Ok(CheckedInput { file: spool, len })
+        }
+    }
+}
+
+/// Reads `input` to its end, parsing every line (and copying its bytes to `copy`); returns
+/// the number of bytes read. The first bad line is the error, named `SOURCE:LINE`.
+fn check_lines(input: impl BufRead, mut copy: Option<&mut dyn Write>, source: &str) -> Result<u64> {
+    let mut lines = InputLines::new(input);
+    while let Some((n, line)) = lines.next_line(source)? {
+        if let Some(copy) = copy.as_mut() {
+            copy.write_all(line)
+                .with_context(|| format!("{source}: cannot write its temporary copy"))?;
+        }
+        parse_line_bytes(line, source, n)?;
+    }
+    Ok(lines.bytes)
+}
+
+/// The second pass: reads the checked input again and sends it in batches of
+/// [`IMPORT_BATCH`] items. Stops when the receiver is gone (the store failed). An error
+/// here (a read error, a line that no longer parses because the file was changed since the
+/// first pass) is sent as the last message.
+fn send_batches(input: CheckedInput, source: &str, tx: &mpsc::Sender<Result<ImportBatch>>) {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = input.file;
+    if let Err(e) = file.seek(SeekFrom::Start(0)) {
+        let _ = tx.blocking_send(Err(anyhow!("{source}: cannot seek back to the start: {e}")));
+        return;
+    }
+    let mut lines = InputLines::new(std::io::BufReader::new(file.take(input.len)));
+    let mut batch = ImportBatch {
+        items: Vec::with_capacity(IMPORT_BATCH),
+        first_line: 0,
+        last_line: 0,
+    };
+    loop {
+        let next = lines.next_line(source).and_then(|l| match l {
+            None => Ok(None),
+            Some((n, bytes)) => parse_line_bytes(bytes, source, n)
+                .map(|item| Some((n, item)))
+                .with_context(|| format!("{source} changed since it was checked")),
+        });
+        match next {
+            Ok(Some((_, None))) => {}
+            Ok(Some((n, Some(item)))) => {
+                if batch.items.is_empty() {
+                    batch.first_line = n;
+                }
+                batch.last_line = n;
+                batch.items.push(item);
+                if batch.items.len() == IMPORT_BATCH {
+                    let full = std::mem::replace(
+                        &mut batch,
+                        ImportBatch {
+                            items: Vec::with_capacity(IMPORT_BATCH),
+                            first_line: 0,
+                            last_line: 0,
+                        },
+                    );
+                    if tx.blocking_send(Ok(full)).is_err() {
+                        return;
+                    }
+                }
+            }
+            Ok(None) => {
+                if !batch.items.is_empty() {
+                    let _ = tx.blocking_send(Ok(batch));
+                }
+                return;
+            }
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        }
+    }
+}
+
+/// The lines of an input, numbered from 1, read into one reused buffer (so a long input
+/// costs no memory), with the bytes read so far.
+struct InputLines<R> {
+    input: R,
+    buf: Vec<u8>,
+    line: u64,
+    bytes: u64,
+}
+
+impl<R: BufRead> InputLines<R> {
+    fn new(input: R) -> Self {
+        InputLines {
+            input,
+            buf: Vec::new(),
+            line: 0,
+            bytes: 0,
+        }
+    }
+
+    /// The next line with its number, end of line included; `None` at the end.
+    fn next_line(&mut self, source: &str) -> Result<Option<(u64, &[u8])>> {
+        self.buf.clear();
+        let n = self
+            .input
+            .read_until(b'\n', &mut self.buf)
+            .with_context(|| format!("{source}: cannot read line {}", self.line + 1))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.line += 1;
+        self.bytes += n as u64;
+        Ok(Some((self.line, &self.buf)))
+    }
+}
+
+/// One raw input line parsed, its errors named `SOURCE:LINE`.
+fn parse_line_bytes(line: &[u8], source: &str, n: u64) -> Result<Option<NewItem>> {
+    let text = std::str::from_utf8(line).map_err(|e| anyhow!("{source}:{n}: not UTF-8: {e}"))?;
+    parse_import_line(text).map_err(|e| anyhow!("{source}:{n}: {e}"))
 }
 
 /// One input line: a bare id, or `{"id": .., "url": ..}`. Blank lines are skipped.
@@ -443,6 +687,7 @@ mod tests {
             task: "nightly-42".into(),
             store: store_args(&db),
             failed_status: "failed".into(),
+            reset: false,
             file: None,
         };
         let (spec, opts) = plain_opts(&import.task, &import.store, "failed").unwrap();
@@ -481,6 +726,169 @@ mod tests {
             .unwrap()
             .replace(&db.display().to_string(), "jobs.db");
         insta::assert_snapshot!("status_json", text);
+    }
+
+    fn import_args(db: &std::path::Path, file: &std::path::Path) -> ImportArgs {
+        ImportArgs {
+            task: "t".into(),
+            store: store_args(db),
+            failed_status: "failed".into(),
+            reset: false,
+            file: Some(file.to_path_buf()),
+        }
+    }
+
+    fn count_rows(db: &std::path::Path, table: &str) -> i64 {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn import_streams_in_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, input) = (dir.path().join("s.db"), dir.path().join("ids.txt"));
+        // Two and a half batches, blank lines and a JSON line among them.
+        let mut text: String = (0..2 * IMPORT_BATCH + IMPORT_BATCH / 2)
+            .map(|i| format!("id-{i}\n"))
+            .collect();
+        text.push_str("\n{\"id\": \"j\", \"url\": \"http://127.0.0.1:9/j\"}\n\n");
+        std::fs::write(&input, text).unwrap();
+        let mut out = Vec::new();
+        import(&import_args(&db, &input), &mut out).await.unwrap();
+        let want = 2 * IMPORT_BATCH + IMPORT_BATCH / 2 + 1;
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!(
+                "imported into task t on sqlite:{}: added {want}, already there 0, reset 0\n",
+                db.display()
+            )
+        );
+        assert_eq!(count_rows(&db, "items"), want as i64);
+    }
+
+    #[tokio::test]
+    async fn import_bad_line_imports_nothing_and_creates_no_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, input) = (dir.path().join("s.db"), dir.path().join("ids.txt"));
+        // The bad line comes after more than a batch: the first pass catches it anyway.
+        let mut text: String = (0..IMPORT_BATCH + 5).map(|i| format!("id-{i}\n")).collect();
+        text.push_str("{\"url\": \"http://x\"}\nlast\n");
+        std::fs::write(&input, text).unwrap();
+        let e = import(&import_args(&db, &input), &mut Vec::new())
+            .await
+            .unwrap_err();
+        let msg = format!("{e:#}");
+        let line = IMPORT_BATCH + 6;
+        assert!(
+            msg.starts_with(&format!("{}:{line}: expected", input.display())),
+            "{msg}"
+        );
+        assert!(msg.ends_with("; nothing was imported"), "{msg}");
+        assert!(!db.exists(), "a refused import created the store");
+    }
+
+    #[tokio::test]
+    async fn import_store_failure_midway_says_what_was_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, input) = (dir.path().join("s.db"), dir.path().join("ids.txt"));
+        // A table without a url column: the batch holding the one line with a url fails.
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE data(task_id TEXT NOT NULL, item_id TEXT NOT NULL, \
+                 status TEXT NOT NULL, PRIMARY KEY (task_id, item_id))",
+            )
+            .unwrap();
+        let mut text: String = (0..IMPORT_BATCH + 2).map(|i| format!("id-{i}\n")).collect();
+        text.push_str("{\"id\": \"u\", \"url\": \"http://x/u\"}\n");
+        text.extend((0..IMPORT_BATCH).map(|i| format!("late-{i}\n")));
+        std::fs::write(&input, text).unwrap();
+        let mut args = import_args(&db, &input);
+        args.store.table = "data".into();
+        let e = import(&args, &mut Vec::new()).await.unwrap_err();
+        let (next, last) = (IMPORT_BATCH + 1, 2 * IMPORT_BATCH);
+        let msg = format!("{e:#}");
+        assert!(
+            msg.starts_with(&format!(
+                "{}: imported {IMPORT_BATCH} items before line {next} (added {IMPORT_BATCH}, \
+                 already there 0, reset 0), nothing from line {next} on: lines {next}-{last}: ",
+                input.display()
+            )),
+            "{msg}"
+        );
+        assert!(msg.contains("no url column"), "{msg}");
+        assert_eq!(count_rows(&db, "data"), IMPORT_BATCH as i64);
+    }
+
+    /// The second pass reads what the first one checked: bytes appended meanwhile are not
+    /// imported, and a line that no longer parses is an error after the batches before it.
+    #[test]
+    fn import_second_pass_reads_what_was_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ids.txt");
+        let mut text: String = (0..IMPORT_BATCH + 3).map(|i| format!("id-{i}\n")).collect();
+        let checked_len = text.len() as u64;
+        text.push_str("appended\n");
+        std::fs::write(&path, &text).unwrap();
+        let read = |len| {
+            let (tx, mut rx) = mpsc::channel(8);
+            let input = CheckedInput {
+                file: std::fs::File::open(&path).unwrap(),
+                len,
+            };
+            send_batches(input, "ids.txt", &tx);
+            drop(tx);
+            std::iter::from_fn(move || rx.try_recv().ok()).collect::<Vec<_>>()
+        };
+        let got = read(checked_len);
+        let sizes: Vec<_> = got
+            .iter()
+            .map(|b| {
+                let b = b.as_ref().unwrap();
+                (b.items.len(), b.first_line, b.last_line)
+            })
+            .collect();
+        let batch = IMPORT_BATCH as u64;
+        assert_eq!(sizes, [(IMPORT_BATCH, 1, batch), (3, batch + 1, batch + 3)]);
+        // Line 10,002 changed after the check.
+        let changed = text.replacen(
+            &format!("id-{}\n", IMPORT_BATCH + 1),
+            &format!("{{\"id\": {}\n", IMPORT_BATCH + 1),
+            1,
+        );
+        std::fs::write(&path, changed).unwrap();
+        let got = read(checked_len);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].as_ref().unwrap().items.len(), IMPORT_BATCH);
+        let e = got[1].as_ref().map(|_| ()).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.starts_with(&format!(
+                "ids.txt changed since it was checked: ids.txt:{}: invalid JSON",
+                batch + 2
+            )),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn import_kept_messages() {
+        assert_eq!(Imported::default().kept(), "nothing was imported");
+        let done = Imported {
+            counts: ImportCounts {
+                added: 15_000,
+                already: 4_000,
+                reset: 1_000,
+            },
+            items: 20_000,
+            last_line: 20_003,
+        };
+        assert_eq!(
+            done.kept(),
+            "imported 20000 items before line 20004 (added 15000, already there 4000, \
+             reset 1000), nothing from line 20004 on"
+        );
     }
 
     #[test]

@@ -90,7 +90,7 @@ fn init_import_status() {
         .write_stdin("a\n\nb\n{\"id\": \"c\", \"url\": \"http://127.0.0.1:9/c\"}\n{\"id\": 4}\n")
         .assert()
         .success()
-        .stdout("imported 4 items into task t on sqlite:recheck.db\n");
+        .stdout("imported into task t on sqlite:recheck.db: added 4, already there 0, reset 0\n");
     let row = support::sqlite_row(&sb.path("recheck.db"), "t", "4");
     assert_eq!(row.status, "failed");
     let out = sb
@@ -117,7 +117,8 @@ fn init_import_status() {
         .write_stdin("x\n{bad\n")
         .assert()
         .code(2)
-        .stderr(predicates::str::contains("stdin:2"));
+        .stderr(predicates::str::contains("stdin:2"))
+        .stderr(predicates::str::contains("nothing was imported"));
     let out = sb
         .cmd()
         .args(["status", "--task", "u", "--format", "json"])

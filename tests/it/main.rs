@@ -10,6 +10,7 @@ mod crash;
 mod encoding;
 mod faults;
 mod hostile;
+mod import;
 mod items;
 mod json_store;
 mod limits;
