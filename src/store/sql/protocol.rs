@@ -378,6 +378,7 @@ impl<B: Backend> Inner<B> {
                 )
             })?;
             inner.check_task_exists().await?;
+            inner.warn_null_ids().await?;
         }
         inner.start(mode, read_only).await
     }
@@ -567,6 +568,33 @@ impl<B: Backend> Inner<B> {
             .filter_map(|r| r.into_iter().next().flatten())
             .collect();
         Err(crate::store::unknown_task(name, &self.opts.task, &known))
+    }
+
+    /// On a server a row is found by task and id: a NULL id is no key, so such rows cannot
+    /// be claimed or written. Says so once, with how many there are.
+    async fn warn_null_ids(&self) -> Result<()> {
+        if self.shape.key_is_rowid {
+            return Ok(());
+        }
+        let mut s = self.sql();
+        s.push("SELECT COUNT(*) FROM ")
+            .push(&self.t())
+            .push(" WHERE ");
+        self.task_and_failed(&mut s);
+        s.push(" AND ")
+            .push(&self.q(&self.shape.id))
+            .push(" IS NULL");
+        let (sql, args) = s.done();
+        let rows = self.read(sql, args).await?;
+        let n = rows.first().map_or(Ok(0), |r| int_of(r, 0))?;
+        if n > 0 {
+            tracing::warn!(
+                "{n} failed items of task {} have a NULL {}: they cannot be claimed or written (no key), so they are skipped",
+                self.opts.task,
+                self.shape.id.name
+            );
+        }
+        Ok(())
     }
 
     /// Frees the leases of this host's dead workers on the task, and returns when this
