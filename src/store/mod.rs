@@ -173,11 +173,6 @@ impl Ident {
     pub fn quoted(&self) -> String {
         format!("\"{}\"", self.0)
     }
-
-    /// The name quoted for MySQL/MariaDB (`` `name` ``), which read `"name"` as a string.
-    pub fn quoted_mysql(&self) -> String {
-        format!("`{}`", self.0)
-    }
 }
 
 impl fmt::Display for Ident {
@@ -211,68 +206,6 @@ impl Default for Columns {
             status: ident("status"),
             url: ident("url"),
         }
-    }
-}
-
-/// A table's columns (name, declared type) as a SQL backend read them, with the checks every
-/// backend makes before it writes anything. Names compare case-insensitively.
-pub struct TableColumns<'a> {
-    store: &'a str,
-    table: &'a Ident,
-    cols: Vec<(String, String)>,
-}
-
-impl<'a> TableColumns<'a> {
-    /// The columns of `table` in `store` (the store's name as shown in messages).
-    pub fn new(store: &'a str, table: &'a Ident, cols: Vec<(String, String)>) -> Self {
-        TableColumns { store, table, cols }
-    }
-
-    /// The declared type of `col`, if the table has it.
-    pub fn find(&self, col: &str) -> Option<&str> {
-        self.cols
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(col))
-            .map(|(_, t)| t.as_str())
-    }
-
-    /// Whether the table has `col`.
-    pub fn has(&self, col: &str) -> bool {
-        self.find(col).is_some()
-    }
-
-    /// The type of `col`, or an error naming the flag that asked for it.
-    pub fn need(&self, flag: &str, col: &Ident) -> Result<&str> {
-        self.find(col.as_str()).ok_or_else(|| {
-            let names: Vec<&str> = self.cols.iter().map(|(n, _)| n.as_str()).collect();
-            anyhow::anyhow!(
-                "{}: table {} has no column {col} ({flag}; columns: {})",
-                self.store,
-                self.table,
-                names.join(", ")
-            )
-        })
-    }
-
-    /// Checks every column the run needs (task, id, status; url without `--url`; the
-    /// template's columns) and returns the types of task, id and status.
-    pub fn check_run(&self, opts: &StoreOptions) -> Result<(&str, &str, &str)> {
-        let c = &opts.columns;
-        let task = self.need("--task-column", &c.task)?;
-        let id = self.need("--id-column", &c.id)?;
-        let status = self.need("--status-column", &c.status)?;
-        if opts.need_url {
-            self.need("--url-column (no --url given)", &c.url)?;
-        }
-        for col in &opts.extra_columns {
-            self.need("placeholder in --url", col)?;
-        }
-        Ok((task, id, status))
-    }
-
-    /// `lease_owner`, `lease_until` and `checked_at`: workers can share the task.
-    pub fn has_leases(&self) -> bool {
-        self.has("lease_owner") && self.has("lease_until") && self.has("checked_at")
     }
 }
 
@@ -459,7 +392,7 @@ pub fn is_transient(e: &anyhow::Error) -> bool {
 }
 
 /// Whether a database server's error may pass on a retry (see [`is_transient`]).
-pub fn sqlx_transient(e: &sqlx::Error) -> bool {
+fn sqlx_transient(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
         sqlx::Error::Database(db) => {

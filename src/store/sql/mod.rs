@@ -212,6 +212,10 @@ pub trait Backend: Send + Sync + Sized + 'static {
 
     /// The placeholder for the `n`th bound value (1-based), cast for a column of `kind`.
     fn placeholder(&self, n: usize, v: &Val, kind: Kind) -> String;
+    /// The (quoted) table in a statement that finds rows by their key list.
+    fn by_key(&self, table_sql: &str) -> String {
+        table_sql.to_string()
+    }
     /// An identifier, quoted.
     fn quote(&self, ident: &str) -> String;
     /// A column (already quoted) as compared with a bound value of its kind.

@@ -429,6 +429,14 @@ impl<B: Backend> Inner<B> {
         self.b.quote(&self.shape.table)
     }
 
+    /// The table in a statement that finds its rows by key (`key IN (...)`): SQLite must
+    /// look them up by `rowid`, not scan the task's failed rows through the (task, status)
+    /// index, which its planner prefers without statistics (measured: 16× the storage
+    /// cost at 50,000 items, quadratic in the task's size).
+    fn t_by_key(&self) -> String {
+        self.b.by_key(&self.t())
+    }
+
     /// `task = ? AND status = ?` as the columns compare.
     fn task_and_failed(&self, s: &mut Sql<'_, B>) {
         self.task_is(s);
@@ -729,7 +737,7 @@ impl<B: Backend> Inner<B> {
     fn lease_sql(&self, keys: &[&str], now: SystemTime) -> (String, Vec<Val>) {
         let mut s = self.sql();
         if let Some((owner, until, lk)) = &self.shape.lease {
-            s.push(&format!("UPDATE {} SET {} = ", self.t(), self.q(owner)));
+            s.push(&format!("UPDATE {} SET {} = ", self.t_by_key(), self.q(owner)));
             s.bind(Val::Text(self.opts.owner.clone()), Kind::Text);
             s.push(&format!(", {} = ", self.q(until)));
             self.lease_end(&mut s, *lk, now);
@@ -774,7 +782,7 @@ impl<B: Backend> Inner<B> {
         let mut tx = self.b.begin().await?;
         for chunk in refs.chunks(IN_CHUNK) {
             let mut s = self.sql();
-            s.push(&format!("UPDATE {} SET ", self.t()));
+            s.push(&format!("UPDATE {} SET ", self.t_by_key()));
             if renew {
                 s.push(&format!("{} = ", self.q(&until)));
                 self.lease_end(&mut s, lk, SystemTime::now());
@@ -839,7 +847,7 @@ impl<B: Backend> Inner<B> {
                     self.b.text(&self.q(&self.shape.id))
                 ))
                 .push(" FROM ")
-                .push(&self.t())
+                .push(&self.t_by_key())
                 .push(" WHERE ");
             self.task_and_failed(&mut s);
             if self.leasing
@@ -903,7 +911,7 @@ impl<B: Backend> Inner<B> {
             self.key_sql()
         };
         let mut s = self.sql();
-        s.push(&format!("UPDATE {} SET ", self.t()));
+        s.push(&format!("UPDATE {} SET ", self.t_by_key()));
         // `col = CASE key WHEN k1 THEN v1 ... ELSE col END`, one per column. A padded
         // repeat of the last row never matches (its first WHEN does).
         let case =

@@ -360,6 +360,11 @@ impl Backend for SqliteDb {
         format!("?{n}")
     }
 
+    fn by_key(&self, table_sql: &str) -> String {
+        // No index: rows are looked up by rowid, which NOT INDEXED still allows.
+        format!("{table_sql} NOT INDEXED")
+    }
+
     fn quote(&self, ident: &str) -> String {
         format!("\"{ident}\"")
     }
