@@ -304,6 +304,16 @@ fn seed_mapping(db: &dyn Db, sb: &Sandbox) {
         (Some(2), Some(2), Some(1)),
         "{j}"
     );
+    if db.backend() == Backend::Postgres {
+        // The task's advisory lock is free again.
+        assert_eq!(
+            db.count(
+                "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' \
+                 AND classid = hashtext('recheck:' || 'data'::regclass::oid::text)::oid"
+            ),
+            0
+        );
+    }
     // The task's lock went with the run: the next run on the task is not refused.
     let out = run().output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
@@ -503,7 +513,13 @@ fn takeover(db: &dyn Db, sb: &Sandbox) {
         counts.values().all(|&n| n <= 2),
         "an item was checked 3 times"
     );
-    assert!(twice <= 1000 + CONCURRENCY, "{twice} items checked twice");
+    // The bounds the per-backend tests had: 1000 on SQLite, plus the requests in flight on
+    // a server.
+    let bound = match db.backend() {
+        Backend::Sqlite => 1000,
+        _ => 1000 + CONCURRENCY,
+    };
+    assert!(twice <= bound, "{twice} items checked twice");
     assert_eq!(counts.len(), N, "some items were never asked about");
     let rows = db.items("t");
     for id in &ids {
