@@ -21,6 +21,7 @@ mod politeness;
 mod postgres;
 mod progress;
 mod retries;
+mod scenarios;
 mod secrets;
 mod seed_shape;
 mod stop;

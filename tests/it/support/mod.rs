@@ -5,6 +5,8 @@
 #[path = "../../support/mock_server.rs"]
 pub mod mock_server;
 
+pub mod db;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
