@@ -737,7 +737,11 @@ impl<B: Backend> Inner<B> {
     fn lease_sql(&self, keys: &[&str], now: SystemTime) -> (String, Vec<Val>) {
         let mut s = self.sql();
         if let Some((owner, until, lk)) = &self.shape.lease {
-            s.push(&format!("UPDATE {} SET {} = ", self.t_by_key(), self.q(owner)));
+            s.push(&format!(
+                "UPDATE {} SET {} = ",
+                self.t_by_key(),
+                self.q(owner)
+            ));
             s.bind(Val::Text(self.opts.owner.clone()), Kind::Text);
             s.push(&format!(", {} = ", self.q(until)));
             self.lease_end(&mut s, *lk, now);
