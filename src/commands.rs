@@ -29,7 +29,7 @@ pub const CLAIM_BATCH: usize = 1000;
 pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// Items handed to the store per `import` call (one transaction in the SQL stores): what a
 /// store failure can cost at most, and about a third of what an import holds in memory.
-const IMPORT_BATCH: usize = 10_000;
+pub const IMPORT_BATCH: usize = 10_000;
 
 /// Exit code of a run whose store failed during the run (SPEC §4).
 pub const EXIT_STORE_FAILED: u8 = 4;
