@@ -11,7 +11,8 @@
 //!
 //! - [`cli`]: clap flags (the `--help` text); [`config`]: layering and validation.
 //! - [`model`]: the shared vocabulary (items, outcomes, verdicts); no I/O.
-//! - [`store`]: the batch-shaped [`store::Store`] trait, one module per backend.
+//! - [`store`]: the batch-shaped [`store::Store`] trait; the JSON/JSONL file stores, and
+//!   [`store::sql`]: one claim-and-write protocol over SQLite, PostgreSQL and MySQL.
 //! - [`check`]: URL template, fetch (timeouts, retries, body cap), judge, the pool.
 //! - [`sink`]: the single writer; [`report`]: the summary.
 //! - [`shutdown`]: signals to one cancellation token.
