@@ -133,9 +133,13 @@ pub async fn run(cfg: RunConfig, stop: CancellationToken) -> Result<Summary> {
         let (store, renewing) = (Arc::clone(&store), renewing.clone());
         let every = cfg.store_opts.lease / 3;
         tokio::spawn(async move {
+            // Ticks from the start, not from the end of the last renewal: a slow renewal
+            // (a busy database) does not push the next one toward the lease's end.
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
+                    _ = ticks.tick() => {}
                     _ = renewing.cancelled() => return,
                 }
                 if let Err(e) = store.renew().await {
