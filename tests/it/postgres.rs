@@ -385,3 +385,64 @@ fn pg_text_time_columns_and_integer_ids() {
         "{at:?}"
     );
 }
+
+/// The server drops recheck's connections mid-run (a failover, an idle-connection reaper,
+/// `pg_terminate_backend`): the statements that failed on them are transient, retried on new
+/// connections, and the run finishes with every answer written.
+#[test]
+fn pg_dropped_connections_are_waited_out() {
+    let Some(pg) = Pg::new("pg_dropped_connections_are_waited_out") else {
+        return;
+    };
+    const N: usize = 3000;
+    let server = support::server(MockConfig {
+        latency: Duration::from_millis(10),
+        ..MockConfig::default()
+    });
+    let sb = Sandbox::new();
+    pg.default_schema();
+    let ids: Vec<String> = (0..N).map(|i| format!("ok-{i}")).collect();
+    pg.insert_failed("t", &ids);
+    let tmpl = server.item_url_template();
+    let run = sb.spawn(&[
+        "run",
+        "--task",
+        "t",
+        "--store",
+        &pg.url,
+        "--url",
+        &tmpl,
+        "--concurrency",
+        "20",
+        "--format",
+        "json",
+    ]);
+    support::wait_until("the run to be under way", Duration::from_secs(30), || {
+        server.total_requests() >= 500
+    });
+    // Only this run's sessions: other tests share the server.
+    let ports = crate::support::db::tcp_ports(run.pid());
+    assert!(!ports.is_empty(), "no database connection found");
+    let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+    let killed = pg.count(&format!(
+        "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE client_port IN ({})) k",
+        list.join(", ")
+    ));
+    assert!(killed >= 1, "no session was terminated");
+    let out = run.wait(Duration::from_secs(120));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let s = support::summary(&out);
+    assert_eq!(s["checked"], N as u64, "{s}");
+    assert_eq!(s["unwritten"], 0, "{s}");
+    assert_eq!(
+        pg.count("SELECT COUNT(*) FROM items WHERE task_id = 't' AND status = 'ok'"),
+        N as i64
+    );
+    assert_eq!(
+        pg.count("SELECT COUNT(*) FROM items WHERE lease_owner IS NOT NULL"),
+        0,
+        "leases left behind"
+    );
+    assert_eq!(server.per_id_max(), 1, "an item was checked twice");
+}
