@@ -817,9 +817,14 @@ impl<B: Backend> Inner<B> {
             .await
             .with_context(|| format!("{}: cannot save results", self.b.name()))?;
         if self.leasing {
+            // A conflict's row may still carry this worker's lease (its status changed):
+            // it stays held, so the release at the end gives it back.
             let mut held = held(&self.held);
-            for v in batch {
-                held.remove(&self.key_of(v));
+            let mut conflict = conflicts.iter().peekable();
+            for (i, v) in batch.iter().enumerate() {
+                if conflict.next_if_eq(&&i).is_none() {
+                    held.remove(&self.key_of(v));
+                }
             }
         }
         Ok(Saved { conflicts })
@@ -1362,5 +1367,114 @@ impl<B: Backend> Store for SqlStore<B> {
 
     async fn import(&self, items: Vec<NewItem>, reset: bool) -> Result<ImportCounts> {
         self.inner.import(items, reset).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sql::sqlite::SqliteDb;
+
+    #[test]
+    fn shapes_pad_up_to_a_handful_of_statement_sizes() {
+        assert_eq!(shape_for(1), 1);
+        assert_eq!(shape_for(2), 10);
+        assert_eq!(shape_for(10), 10);
+        assert_eq!(shape_for(11), 100);
+        assert_eq!(shape_for(500), 500);
+        assert_eq!(shape_for(501), 501);
+    }
+
+    #[test]
+    fn kinds_bind_what_their_columns_hold() {
+        assert_eq!(Kind::Int.val("5"), Ok(Val::Int(5)));
+        assert_eq!(Kind::Int.val("failed"), Err("integer"));
+        assert_eq!(Kind::Untyped.val("5"), Ok(Val::Int(5)));
+        assert_eq!(Kind::Untyped.val("x"), Ok(Val::Text("x".into())));
+        assert_eq!(Kind::Text.val("5"), Ok(Val::Text("5".into())));
+        assert_eq!(Kind::Num.val("x"), Err("number"));
+        assert_eq!(Kind::Other.val("x"), Ok(Val::Text("x".into())));
+    }
+
+    /// The statements a run uses, on a real SQLite file: a claim locks and leases a page,
+    /// a save writes only the rows still as claimed and reports the others, a release gives
+    /// back what was not saved.
+    #[tokio::test]
+    async fn claim_save_release_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE items(task_id TEXT, item_id TEXT, status TEXT, checked_at TEXT,
+               lease_owner TEXT, lease_until TEXT, attempts INTEGER NOT NULL DEFAULT 0);
+             INSERT INTO items(task_id, item_id, status) VALUES
+               ('t', 'a', 'failed'), ('t', 'b', 'failed'), ('t', 'c', 'failed'), ('u', 'd', 'failed');",
+        )
+        .unwrap();
+        let opts = StoreOptions::basic(
+            "t",
+            crate::store::Columns::default(),
+            StatusValue::new("failed"),
+        );
+        let db = SqliteDb::open(&path, OpenMode::Run, false).await.unwrap();
+        let store = SqlStore::open(db, opts, OpenMode::Run).await.unwrap();
+        let page = store.claim(2).await.unwrap();
+        assert_eq!(
+            page.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        let leased: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM items WHERE lease_owner IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(leased, 2);
+        // The pipeline moves b on while it is being checked.
+        conn.execute(
+            "UPDATE items SET status = 'cancelled' WHERE item_id = 'b'",
+            [],
+        )
+        .unwrap();
+        let verdict = |item: &Item| Verdict {
+            key: item.key,
+            id: item.id.clone(),
+            outcome: crate::model::Outcome::Ok,
+            http_status: Some(200),
+            attempts: 1,
+            error: None,
+            checked_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1),
+            elapsed: Duration::ZERO,
+            url: None,
+        };
+        let saved = store
+            .save(page.iter().map(verdict).collect())
+            .await
+            .unwrap();
+        assert_eq!(saved.conflicts, vec![1], "b changed meanwhile");
+        let rest = store.claim(10).await.unwrap();
+        assert_eq!(
+            rest.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+            ["c"]
+        );
+        store.finish().await.unwrap();
+        let rows: Vec<(String, String, Option<String>, i64)> = conn
+            .prepare("SELECT item_id, status, lease_owner, attempts FROM items ORDER BY item_id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                ("a".into(), "ok".into(), None, 1),
+                // Not written, and its lease given back at the end.
+                ("b".into(), "cancelled".into(), None, 0),
+                ("c".into(), "failed".into(), None, 0),
+                ("d".into(), "failed".into(), None, 0),
+            ]
+        );
     }
 }
