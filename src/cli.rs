@@ -211,11 +211,13 @@ pub struct RunArgs {
         env = "RECHECK_EXPECT_STATUS"
     )]
     pub expect_status: String,
-    /// POINTER=VALUE (repeatable): the item is OK when the answer's JSON value at the RFC 6901
-    /// pointer equals VALUE (parsed as JSON when valid, else a string); several for one
-    /// pointer mean any of them. The first `=` ends the pointer, so keys with `=` cannot be
-    /// pointed at.
-    #[arg(long, value_name = "POINTER=VALUE", env = "RECHECK_EXPECT_JSON")]
+    /// POINTER OP VALUE (repeatable), OP one of = != < <= > >= =~ (regex); the first of
+    /// these in the text is the operator, so a pointer cannot contain them. VALUE is JSON when
+    /// valid, else a string. Numbers compare by value (100 = 100.0); < <= > >= compare two
+    /// numbers or two strings (by bytes), any other pair fails; =~ matches strings only.
+    /// Several = for one pointer mean any of them; all other rules must hold. A missing
+    /// pointer fails the rule. E.g. /status=done, /progress>=100, /id=~^movie-
+    #[arg(long, value_name = "RULE", env = "RECHECK_EXPECT_JSON")]
     pub expect_json: Vec<String>,
     /// The status value that marks an item to re-check.
     #[arg(

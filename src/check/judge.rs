@@ -1,9 +1,11 @@
 //! Stage "check", pure part: turns one HTTP answer (status and body) into a judgement.
 //! No I/O, no clock: `fetch` feeds it, tests call it directly.
 
+use std::cmp::Ordering;
 use std::fmt;
 
 use anyhow::{Result, bail};
+use regex::Regex;
 use serde_json::Value;
 
 /// Statuses that count as an answer (`--expect-status`, e.g. `200,204` or `2xx`).
@@ -55,47 +57,258 @@ impl Default for ExpectStatus {
     }
 }
 
-/// One `--expect-json POINTER=VALUE` rule, merged per pointer: the value at `pointer` must
-/// equal one of `values`.
+/// The operator of one `--expect-json` rule (SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// `=`: equal (numbers by value, `100` = `100.0`).
+    Eq,
+    /// `!=`: not equal.
+    Ne,
+    /// `<`: less than.
+    Lt,
+    /// `<=`: less than or equal.
+    Le,
+    /// `>`: greater than.
+    Gt,
+    /// `>=`: greater than or equal.
+    Ge,
+    /// `=~`: the string matches a regular expression (unanchored, `regex` crate syntax).
+    Match,
+}
+
+impl Op {
+    /// The operator as typed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Eq => "=",
+            Op::Ne => "!=",
+            Op::Lt => "<",
+            Op::Le => "<=",
+            Op::Gt => ">",
+            Op::Ge => ">=",
+            Op::Match => "=~",
+        }
+    }
+
+    /// Finds the operator: the first of `=` `!=` `<` `<=` `>` `>=` `=~` in the text (at one
+    /// position the longer spelling wins). Returns the operator and its byte range.
+    fn find(spec: &str) -> Option<(Op, usize, usize)> {
+        let b = spec.as_bytes();
+        for i in 0..b.len() {
+            let next = b.get(i + 1).copied();
+            let found = match (b[i], next) {
+                (b'=', Some(b'~')) => Some((Op::Match, 2)),
+                (b'=', _) => Some((Op::Eq, 1)),
+                (b'!', Some(b'=')) => Some((Op::Ne, 2)),
+                (b'<', Some(b'=')) => Some((Op::Le, 2)),
+                (b'<', _) => Some((Op::Lt, 1)),
+                (b'>', Some(b'=')) => Some((Op::Ge, 2)),
+                (b'>', _) => Some((Op::Gt, 1)),
+                _ => None,
+            };
+            if let Some((op, len)) = found {
+                return Some((op, i, i + len));
+            }
+        }
+        None
+    }
+}
+
+/// What a rule asks of the value at its pointer.
+#[derive(Debug, Clone)]
+pub enum Test {
+    /// `=` rules merged per pointer: equal to one of these (numbers by value).
+    AnyOf(Vec<Value>),
+    /// `!=`, `<`, `<=`, `>`, `>=` against one value. The order operators compare two numbers
+    /// by value and two strings by their bytes (RFC 3339 times sort right that way); any
+    /// other pair does not hold, and the message says why.
+    Cmp(Op, Value),
+    /// `=~`: a string value matching this regex (other types do not hold).
+    Match(Regex),
+}
+
+impl PartialEq for Test {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Test::AnyOf(a), Test::AnyOf(b)) => a == b,
+            (Test::Cmp(o1, a), Test::Cmp(o2, b)) => o1 == o2 && a == b,
+            (Test::Match(a), Test::Match(b)) => a.as_str() == b.as_str(),
+            _ => false,
+        }
+    }
+}
+
+/// One `--expect-json POINTER OP VALUE` rule; `=` rules are merged per pointer (any of
+/// their values), every other rule stands alone. A missing pointer fails every rule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JsonRule {
     /// RFC 6901 pointer (`""` is the whole document).
     pub pointer: String,
-    /// Accepted values (any of them).
-    pub values: Vec<Value>,
+    /// What the value at the pointer must satisfy.
+    pub test: Test,
 }
 
 impl JsonRule {
-    /// Parses the `POINTER=VALUE` spellings and merges rules for the same pointer.
-    pub fn parse_all<S: AsRef<str>>(specs: &[S]) -> Result<Vec<JsonRule>> {
+    /// Parses `--expect-json` specs; `flag` names the flag in errors (`--expect-json`,
+    /// `--dead-json`).
+    pub fn parse_flag<S: AsRef<str>>(flag: &str, specs: &[S]) -> Result<Vec<JsonRule>> {
         let mut rules: Vec<JsonRule> = Vec::new();
         for spec in specs {
             let spec = spec.as_ref();
-            let Some((pointer, value)) = spec.split_once('=') else {
-                bail!("--expect-json {spec:?}: expected POINTER=VALUE, e.g. /status=done");
+            let Some((op, start, end)) = Op::find(spec) else {
+                bail!(
+                    "{flag} {spec:?}: expected POINTER OP VALUE with OP one of = != < <= > >= =~, e.g. /status=done"
+                );
             };
+            let (pointer, text) = (&spec[..start], &spec[end..]);
             if !pointer.is_empty() && !pointer.starts_with('/') {
                 bail!(
-                    "--expect-json {spec:?}: pointer {pointer:?} must be empty or start with '/' (RFC 6901)"
+                    "{flag} {spec:?}: pointer {pointer:?} must be empty or start with '/' (RFC 6901)"
                 );
             }
             // `~` must be followed by 0 or 1 (RFC 6901 §3).
             let mut chars = pointer.chars().peekable();
             while let Some(c) = chars.next() {
                 if c == '~' && !matches!(chars.next(), Some('0' | '1')) {
-                    bail!("--expect-json {spec:?}: '~' in pointer {pointer:?} must be ~0 or ~1");
+                    bail!("{flag} {spec:?}: '~' in pointer {pointer:?} must be ~0 or ~1");
                 }
             }
-            let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.into()));
-            match rules.iter_mut().find(|r| r.pointer == pointer) {
-                Some(rule) => rule.values.push(value),
-                None => rules.push(JsonRule {
-                    pointer: pointer.to_string(),
-                    values: vec![value],
-                }),
-            }
+            let value = serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.into()));
+            let test = match op {
+                Op::Eq => {
+                    if let Some(JsonRule {
+                        test: Test::AnyOf(values),
+                        ..
+                    }) = rules
+                        .iter_mut()
+                        .find(|r| r.pointer == pointer && matches!(r.test, Test::AnyOf(_)))
+                    {
+                        values.push(value);
+                        continue;
+                    }
+                    Test::AnyOf(vec![value])
+                }
+                Op::Match => {
+                    // `"^a"` (valid JSON) and `^a` are the same pattern.
+                    let pattern = match &value {
+                        Value::String(s) => s.as_str(),
+                        _ => text,
+                    };
+                    let re = Regex::new(pattern).map_err(|e| {
+                        let e = e.to_string().replace('\n', " ");
+                        anyhow::anyhow!("{flag} {spec:?}: invalid regex: {e}")
+                    })?;
+                    Test::Match(re)
+                }
+                op => Test::Cmp(op, value),
+            };
+            rules.push(JsonRule {
+                pointer: pointer.to_string(),
+                test,
+            });
         }
         Ok(rules)
+    }
+
+    /// [`JsonRule::parse_flag`] for `--expect-json`.
+    pub fn parse_all<S: AsRef<str>>(specs: &[S]) -> Result<Vec<JsonRule>> {
+        JsonRule::parse_flag("--expect-json", specs)
+    }
+
+    /// Checks the rule on a document: `Ok(())`, or why not, naming the actual value.
+    pub fn check(&self, doc: &Value) -> std::result::Result<(), String> {
+        let p = shown_pointer(&self.pointer);
+        let Some(v) = doc.pointer(&self.pointer) else {
+            return Err(format!("{p} is missing, expected {}", self.wanted()));
+        };
+        let why_not = match &self.test {
+            Test::AnyOf(values) => {
+                if values.iter().any(|want| same(want, v)) {
+                    return Ok(());
+                }
+                None
+            }
+            Test::Cmp(Op::Ne, want) => {
+                if !same(want, v) {
+                    return Ok(());
+                }
+                None
+            }
+            Test::Cmp(op, want) => match order(v, want) {
+                Some(ord) => {
+                    let holds = match op {
+                        Op::Lt => ord.is_lt(),
+                        Op::Le => ord.is_le(),
+                        Op::Gt => ord.is_gt(),
+                        _ => ord.is_ge(),
+                    };
+                    if holds {
+                        return Ok(());
+                    }
+                    None
+                }
+                None => Some(if want.is_number() {
+                    "not a number"
+                } else if want.is_string() {
+                    "not a string"
+                } else {
+                    "only numbers and strings are ordered"
+                }),
+            },
+            Test::Match(re) => match v {
+                Value::String(s) if re.is_match(s) => return Ok(()),
+                Value::String(_) => None,
+                _ => Some("not a string"),
+            },
+        };
+        let mut msg = format!("{p} is {}, expected {}", short(v), self.wanted());
+        if let Some(why) = why_not {
+            msg.push_str(&format!(" ({why})"));
+        }
+        Err(msg)
+    }
+
+    /// `"done" or "ready"`, `>= 100`, `=~ "^a"`: what the rule wanted, for messages.
+    fn wanted(&self) -> String {
+        match &self.test {
+            Test::AnyOf(values) => OneOf(values).to_string(),
+            Test::Cmp(op, want) => format!("{} {}", op.as_str(), short(want)),
+            Test::Match(re) => format!("=~ {}", short(&Value::String(re.as_str().into()))),
+        }
+    }
+}
+
+/// JSON equality, except that numbers compare by value (`100` = `100.0`) at any depth.
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(_), Value::Number(_)) => order(a, b) == Some(Ordering::Equal),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, a)| y.get(k).is_some_and(|b| same(a, b)))
+        }
+        _ => a == b,
+    }
+}
+
+/// Order of two numbers (by value; integers exactly, beyond f64's 2^53) or two strings
+/// (by bytes); `None` for any other pair.
+fn order(a: &Value, b: &Value) -> Option<Ordering> {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let int = |n: &serde_json::Number| {
+                n.as_i64()
+                    .map(i128::from)
+                    .or_else(|| n.as_u64().map(i128::from))
+            };
+            match (int(x), int(y)) {
+                (Some(i), Some(j)) => Some(i.cmp(&j)),
+                _ => x.as_f64()?.partial_cmp(&y.as_f64()?),
+            }
+        }
+        (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
+        _ => None,
     }
 }
 
@@ -155,23 +368,8 @@ pub fn judge(status: u16, body: &[u8], expect: &Expectations) -> Judgement {
             Err(e) => return Judgement::Error(format!("invalid JSON in answer: {e}")),
         };
         for rule in &expect.json {
-            match doc.pointer(&rule.pointer) {
-                Some(v) if rule.values.iter().any(|want| want == v) => {}
-                Some(v) => {
-                    return Judgement::StillFailed(format!(
-                        "{} is {}, expected {}",
-                        shown_pointer(&rule.pointer),
-                        short(v),
-                        OneOf(&rule.values)
-                    ));
-                }
-                None => {
-                    return Judgement::StillFailed(format!(
-                        "{} is missing, expected {}",
-                        shown_pointer(&rule.pointer),
-                        OneOf(&rule.values)
-                    ));
-                }
+            if let Err(why) = rule.check(&doc) {
+                return Judgement::StillFailed(why);
             }
         }
         return Judgement::Ok;
@@ -246,15 +444,18 @@ mod tests {
         let rules =
             JsonRule::parse_all(&["/status=done", "/status=ready", "/n=3", "/s=abc"]).unwrap();
         assert_eq!(rules.len(), 3);
-        assert_eq!(rules[0].values, vec![json!("done"), json!("ready")]);
-        assert_eq!(rules[1].values, vec![json!(3)]);
-        assert_eq!(rules[2].values, vec![json!("abc")]);
+        assert_eq!(
+            rules[0].test,
+            Test::AnyOf(vec![json!("done"), json!("ready")])
+        );
+        assert_eq!(rules[1].test, Test::AnyOf(vec![json!(3)]));
+        assert_eq!(rules[2].test, Test::AnyOf(vec![json!("abc")]));
         // "3" quoted stays a string
         assert_eq!(
-            JsonRule::parse_all(&["/n=\"3\""]).unwrap()[0].values,
-            vec![json!("3")]
+            JsonRule::parse_all(&["/n=\"3\""]).unwrap()[0].test,
+            Test::AnyOf(vec![json!("3")])
         );
-        for bad in ["status=done", "/a", "/a~2=1", "/a~=1"] {
+        for bad in ["status=done", "/a", "/a~2=1", "/a~=1", "/a=~(", "/a!1"] {
             let err = JsonRule::parse_all(&[bad]).unwrap_err().to_string();
             assert!(err.contains("--expect-json"), "{err}");
         }
@@ -307,5 +508,155 @@ mod tests {
             judge(200, br#"{"a":1,"b":false}"#, &e),
             Judgement::StillFailed(_)
         ));
+    }
+
+    fn why(rules: &[&str], body: &str) -> Option<String> {
+        match judge(200, body.as_bytes(), &expect("200", rules)) {
+            Judgement::Ok => None,
+            Judgement::StillFailed(m) => Some(m),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn operator_is_the_first_in_the_text() {
+        let r = JsonRule::parse_all(&["/progress>=50"]).unwrap();
+        assert_eq!(r[0].pointer, "/progress");
+        assert_eq!(r[0].test, Test::Cmp(Op::Ge, json!(50)));
+        let ops = [
+            ("/a=1", Op::Eq),
+            ("/a!=1", Op::Ne),
+            ("/a<1", Op::Lt),
+            ("/a<=1", Op::Le),
+            ("/a>1", Op::Gt),
+            ("/a>=1", Op::Ge),
+            ("/a=~x", Op::Match),
+        ];
+        for (spec, op) in ops {
+            let r = JsonRule::parse_all(&[spec]).unwrap();
+            assert_eq!(r[0].pointer, "/a", "{spec}");
+            let got = match &r[0].test {
+                Test::AnyOf(_) => Op::Eq,
+                Test::Cmp(op, _) => *op,
+                Test::Match(_) => Op::Match,
+            };
+            assert_eq!(got, op, "{spec}");
+        }
+        // later operator characters belong to the value
+        let r = JsonRule::parse_all(&["/a=<b>"]).unwrap();
+        assert_eq!(r[0].test, Test::AnyOf(vec![json!("<b>")]));
+        // `=` rules merge per pointer, the others stand alone
+        assert_eq!(
+            JsonRule::parse_all(&["/a=1", "/a=2", "/a>0", "/a<9"])
+                .unwrap()
+                .len(),
+            3
+        );
+    }
+
+    #[test]
+    fn each_operator_names_the_actual_value() {
+        let body = r#"{"progress":40,"status":"processing","name":"clip-7","n":null}"#;
+        let cases = [
+            ("/progress>=100", "/progress is 40, expected >= 100"),
+            ("/progress>40", "/progress is 40, expected > 40"),
+            ("/progress<=39", "/progress is 40, expected <= 39"),
+            ("/progress<40", "/progress is 40, expected < 40"),
+            ("/progress!=40", "/progress is 40, expected != 40"),
+            ("/progress=100", "/progress is 40, expected 100"),
+            (
+                "/status=done",
+                r#"/status is "processing", expected "done""#,
+            ),
+            (
+                "/status!=processing",
+                r#"/status is "processing", expected != "processing""#,
+            ),
+            (
+                "/name=~^movie-",
+                r#"/name is "clip-7", expected =~ "^movie-""#,
+            ),
+            (
+                "/progress=~4",
+                r#"/progress is 40, expected =~ "4" (not a string)"#,
+            ),
+            (
+                "/status>=100",
+                r#"/status is "processing", expected >= 100 (not a number)"#,
+            ),
+            ("/n<1", "/n is null, expected < 1 (not a number)"),
+            ("/eta<5", "/eta is missing, expected < 5"),
+        ];
+        for (rule, msg) in cases {
+            assert_eq!(why(&[rule], body).as_deref(), Some(msg), "{rule}");
+        }
+        for rule in [
+            "/progress>=40",
+            "/progress>39.5",
+            "/progress<=40",
+            "/progress<41",
+            "/progress!=41",
+            "/progress!=\"40\"",
+            "/progress=40",
+            "/status!=done",
+            "/name=~^clip-[0-9]+$",
+            "/name=~\"clip\"",
+            "/status>=pro",
+            "/status<q",
+        ] {
+            assert_eq!(why(&[rule], body), None, "{rule}");
+        }
+    }
+
+    #[test]
+    fn numbers_compare_by_value() {
+        assert_eq!(why(&["/p=100.0"], r#"{"p":100}"#), None);
+        assert_eq!(why(&["/p=100"], r#"{"p":100.0}"#), None);
+        assert_eq!(why(&["/p=1e2"], r#"{"p":100}"#), None);
+        assert_eq!(why(&["/p>=100"], r#"{"p":100.0}"#), None);
+        assert_eq!(
+            why(&["/p!=100"], r#"{"p":100.0}"#).as_deref(),
+            Some("/p is 100.0, expected != 100")
+        );
+        // the string "100" is not the number
+        assert!(why(&["/p=\"100\""], r#"{"p":100}"#).is_some());
+        // nested values compare numbers by value too
+        assert_eq!(why(&["/a=[1,{\"b\":2}]"], r#"{"a":[1.0,{"b":2.0}]}"#), None);
+        // integers beyond 2^53 compare exactly
+        assert!(why(&["/p>9007199254740992"], r#"{"p":9007199254740993}"#).is_none());
+        assert!(
+            why(
+                &["/p=18446744073709551615"],
+                r#"{"p":18446744073709551614}"#
+            )
+            .is_some()
+        );
+    }
+
+    #[test]
+    fn all_rules_must_hold_and_eq_rules_are_any_of() {
+        let rules = [
+            "/status=done",
+            "/status=ready",
+            "/progress>=100",
+            "/name=~^clip",
+        ];
+        assert_eq!(
+            why(&rules, r#"{"status":"ready","progress":100,"name":"clip"}"#),
+            None
+        );
+        assert_eq!(
+            why(&rules, r#"{"status":"ready","progress":99,"name":"clip"}"#).as_deref(),
+            Some("/progress is 99, expected >= 100")
+        );
+        assert_eq!(
+            why(&rules, r#"{"status":"new","progress":100,"name":"clip"}"#).as_deref(),
+            Some(r#"/status is "new", expected "done" or "ready""#)
+        );
+        // a range: both bounds must hold
+        let range = ["/p>=10", "/p<20"];
+        assert_eq!(why(&range, r#"{"p":15}"#), None);
+        assert!(why(&range, r#"{"p":20}"#).is_some());
+        assert!(why(&range, r#"{"p":9}"#).is_some());
     }
 }
