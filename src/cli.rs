@@ -219,6 +219,11 @@ pub struct RunArgs {
     /// pointer fails the rule. E.g. /status=done, /progress>=100, /id=~^movie-
     #[arg(long, value_name = "RULE", env = "RECHECK_EXPECT_JSON")]
     pub expect_json: Vec<String>,
+    /// A jq filter (repeatable; jq's language, compiled once at start): the item is OK when
+    /// its first output on the answer's JSON is `true`, e.g. '(.renditions | length) >= 3'.
+    /// A run-time error on one answer makes that item still_failed with jq's message.
+    #[arg(long, value_name = "FILTER")]
+    pub expect_jq: Vec<String>,
     /// The status value that marks an item to re-check.
     #[arg(
         long,

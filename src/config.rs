@@ -14,6 +14,7 @@ use reqwest::header::{
 };
 
 use crate::check::fetch::FetchConfig;
+use crate::check::jq::JqRule;
 use crate::check::judge::{ExpectStatus, Expectations, JsonRule};
 use crate::check::pool::UrlSource;
 use crate::check::template::UrlTemplate;
@@ -272,6 +273,11 @@ impl RunConfig {
         let expect = Expectations {
             status: ExpectStatus::parse(&a.expect_status)?,
             json: JsonRule::parse_all(&a.expect_json)?,
+            jq: a
+                .expect_jq
+                .iter()
+                .map(|f| JqRule::compile("--expect-jq", f))
+                .collect::<Result<_>>()?,
         };
         let store_opts = StoreOptions {
             task: a.task.clone(),

@@ -1450,6 +1450,7 @@ proptest! {
             Ok(Expectations {
                 status: ExpectStatus::default(),
                 json: ok(JsonRule::parse_all(&[spec]), "parse_all")?,
+                jq: Vec::new(),
             })
         };
         prop_assert_eq!(judge(200, &body, &expect(target)?), Judgement::Ok, "{}", pointer);
@@ -1480,6 +1481,7 @@ proptest! {
         let expect = Expectations {
             status: ExpectStatus::parse(&expect_status).unwrap_or_default(),
             json: rules,
+            jq: Vec::new(),
         };
         let _ = judge(status, &body, &expect);
     }

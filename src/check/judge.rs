@@ -8,6 +8,8 @@ use anyhow::{Result, bail};
 use regex::Regex;
 use serde_json::Value;
 
+use super::jq::{self, JqRule};
+
 /// Statuses that count as an answer (`--expect-status`, e.g. `200,204` or `2xx`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExpectStatus(Vec<(u16, u16)>);
@@ -319,6 +321,15 @@ pub struct Expectations {
     pub status: ExpectStatus,
     /// JSON rules; empty means any body is fine.
     pub json: Vec<JsonRule>,
+    /// `--expect-jq` filters; each must give `true` first.
+    pub jq: Vec<JqRule>,
+}
+
+impl Expectations {
+    /// Whether any rule looks at the body.
+    fn has_body_rules(&self) -> bool {
+        !self.json.is_empty() || !self.jq.is_empty()
+    }
 }
 
 /// The judge's conclusion about one HTTP answer.
@@ -354,22 +365,49 @@ pub fn status_text(status: u16) -> String {
 
 /// Does the answer's status need the body? Only an expected status with JSON rules does.
 pub fn needs_body(status: u16, expect: &Expectations) -> bool {
-    expect.status.contains(status) && !expect.json.is_empty()
+    expect.status.contains(status) && expect.has_body_rules()
 }
 
 /// Judges an answer. `body` is only looked at when [`needs_body`] said so.
 pub fn judge(status: u16, body: &[u8], expect: &Expectations) -> Judgement {
     if expect.status.contains(status) {
+        if !expect.has_body_rules() {
+            return Judgement::Ok;
+        }
+        let invalid =
+            |e: serde_json::Error| Judgement::Error(format!("invalid JSON in answer: {e}"));
         if expect.json.is_empty() {
+            // jq rules only: serde_json parses straight into jq's value (its recursion limit
+            // still applies), no intermediate tree.
+            let val: jaq_json::Val = match serde_json::from_slice(body) {
+                Ok(v) => v,
+                Err(e) => return invalid(e),
+            };
+            for rule in &expect.jq {
+                if let Err(why) = rule.check(val.clone()) {
+                    return Judgement::StillFailed(why);
+                }
+            }
             return Judgement::Ok;
         }
         let doc: Value = match serde_json::from_slice(body) {
             Ok(v) => v,
-            Err(e) => return Judgement::Error(format!("invalid JSON in answer: {e}")),
+            Err(e) => return invalid(e),
         };
         for rule in &expect.json {
             if let Err(why) = rule.check(&doc) {
                 return Judgement::StillFailed(why);
+            }
+        }
+        if !expect.jq.is_empty() {
+            let val = match jq::to_val(&doc) {
+                Ok(v) => v,
+                Err(why) => return Judgement::Error(why),
+            };
+            for rule in &expect.jq {
+                if let Err(why) = rule.check(val.clone()) {
+                    return Judgement::StillFailed(why);
+                }
             }
         }
         return Judgement::Ok;
@@ -423,6 +461,7 @@ mod tests {
         Expectations {
             status: ExpectStatus::parse(status).unwrap(),
             json: JsonRule::parse_all(rules).unwrap(),
+            jq: Vec::new(),
         }
     }
 
@@ -658,5 +697,41 @@ mod tests {
         assert_eq!(why(&range, r#"{"p":15}"#), None);
         assert!(why(&range, r#"{"p":20}"#).is_some());
         assert!(why(&range, r#"{"p":9}"#).is_some());
+    }
+
+    #[test]
+    fn jq_rules_alone_and_with_pointer_rules() {
+        let jq = |f: &str| JqRule::compile("--expect-jq", f).unwrap();
+        let mut e = expect("200", &[]);
+        e.jq = vec![jq("(.renditions | length) >= 3")];
+        assert!(needs_body(200, &e));
+        assert_eq!(judge(200, br#"{"renditions":[1,2,3]}"#, &e), Judgement::Ok);
+        assert_eq!(
+            judge(200, br#"{"renditions":[1]}"#, &e),
+            Judgement::StillFailed("jq '(.renditions | length) >= 3' gave false".into())
+        );
+        assert!(
+            matches!(judge(200, b"{nope", &e), Judgement::Error(m) if m.contains("invalid JSON"))
+        );
+        // both kinds: pointer rules first, then jq on the same parsed document
+        e.json = JsonRule::parse_all(&["/status=done"]).unwrap();
+        assert_eq!(
+            judge(200, br#"{"status":"done","renditions":[1,2,3]}"#, &e),
+            Judgement::Ok
+        );
+        assert_eq!(
+            judge(200, br#"{"status":"done","renditions":[]}"#, &e),
+            Judgement::StillFailed("jq '(.renditions | length) >= 3' gave false".into())
+        );
+        assert!(matches!(
+            judge(200, br#"{"status":"new","renditions":[1,2,3]}"#, &e),
+            Judgement::StillFailed(m) if m.starts_with("/status")
+        ));
+        // serde_json's recursion limit guards jq's input too
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        e.json.clear();
+        assert!(
+            matches!(judge(200, deep.as_bytes(), &e), Judgement::Error(m) if m.contains("recursion"))
+        );
     }
 }
