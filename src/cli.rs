@@ -224,6 +224,18 @@ pub struct RunArgs {
     /// A run-time error on one answer makes that item still_failed with jq's message.
     #[arg(long, value_name = "FILTER")]
     pub expect_jq: Vec<String>,
+    /// RULE (repeatable; the --expect-json syntax): when any holds on an answer with an
+    /// expected status, the item failed for good: outcome dead, written as --dead-status.
+    /// Dead rules are checked before the expect rules. E.g. /status=failed
+    #[arg(long, value_name = "RULE")]
+    pub dead_json: Vec<String>,
+    /// A jq filter (repeatable): when any gives `true` first, the item is dead (a filter that
+    /// fails on an answer does not hold), e.g. '.status == "failed"'.
+    #[arg(long, value_name = "FILTER")]
+    pub dead_jq: Vec<String>,
+    /// The status written for outcome dead [default: dead]; only with --dead-json/--dead-jq.
+    #[arg(long, value_name = "V", env = "RECHECK_DEAD_STATUS")]
+    pub dead_status: Option<String>,
     /// The status value that marks an item to re-check.
     #[arg(
         long,

@@ -314,6 +314,7 @@ fn options(case: StoreCase) -> StoreOptions {
     StoreOptions {
         ok: StatusValue::new(case.ok),
         not_found: case.not_found.map(StatusValue::new),
+        dead: None,
         extra_columns: vec![Ident::new("column", "region").unwrap()],
         ..StoreOptions::basic(case.task, Columns::default(), StatusValue::new(case.failed))
     }
@@ -1451,6 +1452,8 @@ proptest! {
                 status: ExpectStatus::default(),
                 json: ok(JsonRule::parse_all(&[spec]), "parse_all")?,
                 jq: Vec::new(),
+                dead_json: Vec::new(),
+                dead_jq: Vec::new(),
             })
         };
         prop_assert_eq!(judge(200, &body, &expect(target)?), Judgement::Ok, "{}", pointer);
@@ -1482,6 +1485,8 @@ proptest! {
             status: ExpectStatus::parse(&expect_status).unwrap_or_default(),
             json: rules,
             jq: Vec::new(),
+            dead_json: Vec::new(),
+            dead_jq: Vec::new(),
         };
         let _ = judge(status, &body, &expect);
     }

@@ -144,6 +144,10 @@ fn exn_message(exn: jaq_core::Exn<'_, Val>) -> String {
 }
 
 /// The filter quoted for a message, cut so a long program does not flood `last_error`.
+pub fn quoted(source: &str) -> String {
+    short_filter(source)
+}
+
 fn short_filter(source: &str) -> String {
     let s = one_line(source);
     if s.chars().count() <= 60 {

@@ -270,6 +270,19 @@ impl JsonRule {
         Err(msg)
     }
 
+    /// As a dead rule: `Some(why)` when the rule holds on `doc` (`dead: /status is "failed"`,
+    /// `dead: /retries is 5 (>= 5)`), `None` when it does not (a missing pointer never holds).
+    pub fn dead_reason(&self, doc: &Value) -> Option<String> {
+        self.check(doc).ok()?;
+        // `check` only holds when the pointer is there.
+        let v = doc.pointer(&self.pointer)?;
+        let p = shown_pointer(&self.pointer);
+        Some(match &self.test {
+            Test::AnyOf(_) => format!("dead: {p} is {}", short(v)),
+            _ => format!("dead: {p} is {} ({})", short(v), self.wanted()),
+        })
+    }
+
     /// `"done" or "ready"`, `>= 100`, `=~ "^a"`: what the rule wanted, for messages.
     fn wanted(&self) -> String {
         match &self.test {
@@ -323,12 +336,24 @@ pub struct Expectations {
     pub json: Vec<JsonRule>,
     /// `--expect-jq` filters; each must give `true` first.
     pub jq: Vec<JqRule>,
+    /// `--dead-json` rules; when any holds, the item failed for good.
+    pub dead_json: Vec<JsonRule>,
+    /// `--dead-jq` filters; when any gives `true` first, the item failed for good.
+    pub dead_jq: Vec<JqRule>,
 }
 
 impl Expectations {
     /// Whether any rule looks at the body.
     fn has_body_rules(&self) -> bool {
-        !self.json.is_empty() || !self.jq.is_empty()
+        !self.json.is_empty()
+            || !self.jq.is_empty()
+            || !self.dead_json.is_empty()
+            || !self.dead_jq.is_empty()
+    }
+
+    /// Whether any dead rule is given (then outcome `dead` can happen).
+    pub fn has_dead_rules(&self) -> bool {
+        !self.dead_json.is_empty() || !self.dead_jq.is_empty()
     }
 }
 
@@ -339,6 +364,8 @@ pub enum Judgement {
     Ok,
     /// Expected status, but a rule does not hold (why).
     StillFailed(String),
+    /// Expected status, and a dead rule holds: failed for good (which rule, what value).
+    Dead(String),
     /// 404 or 410.
     NotFound,
     /// Worth another attempt (408, 429, 5xx of SPEC §3).
@@ -376,39 +403,52 @@ pub fn judge(status: u16, body: &[u8], expect: &Expectations) -> Judgement {
         }
         let invalid =
             |e: serde_json::Error| Judgement::Error(format!("invalid JSON in answer: {e}"));
-        if expect.json.is_empty() {
+        if expect.json.is_empty() && expect.dead_json.is_empty() {
             // jq rules only: serde_json parses straight into jq's value (its recursion limit
             // still applies), no intermediate tree.
             let val: jaq_json::Val = match serde_json::from_slice(body) {
                 Ok(v) => v,
                 Err(e) => return invalid(e),
             };
-            for rule in &expect.jq {
-                if let Err(why) = rule.check(val.clone()) {
-                    return Judgement::StillFailed(why);
-                }
+            if let Some(dead) = judge_dead_jq(&val, expect) {
+                return dead;
             }
-            return Judgement::Ok;
+            return judge_jq(&val, expect).unwrap_or(Judgement::Ok);
         }
         let doc: Value = match serde_json::from_slice(body) {
             Ok(v) => v,
             Err(e) => return invalid(e),
         };
+        // Dead rules first: an answer that says "failed for good" is dead even if it would
+        // also pass the expect rules.
+        for rule in &expect.dead_json {
+            if let Some(why) = rule.dead_reason(&doc) {
+                return Judgement::Dead(why);
+            }
+        }
+        let val = if expect.dead_jq.is_empty() && expect.jq.is_empty() {
+            None
+        } else {
+            match jq::to_val(&doc) {
+                Ok(v) => Some(v),
+                Err(why) => return Judgement::Error(why),
+            }
+        };
+        // The dead jq filters before any expect rule, too.
+        if let Some(val) = &val
+            && let Some(dead) = judge_dead_jq(val, expect)
+        {
+            return dead;
+        }
         for rule in &expect.json {
             if let Err(why) = rule.check(&doc) {
                 return Judgement::StillFailed(why);
             }
         }
-        if !expect.jq.is_empty() {
-            let val = match jq::to_val(&doc) {
-                Ok(v) => v,
-                Err(why) => return Judgement::Error(why),
-            };
-            for rule in &expect.jq {
-                if let Err(why) = rule.check(val.clone()) {
-                    return Judgement::StillFailed(why);
-                }
-            }
+        if let Some(val) = &val
+            && let Some(j) = judge_jq(val, expect)
+        {
+            return j;
         }
         return Judgement::Ok;
     }
@@ -417,6 +457,27 @@ pub fn judge(status: u16, body: &[u8], expect: &Expectations) -> Judgement {
         s if is_retryable_status(s) => Judgement::Retry(status_text(s)),
         s => Judgement::Error(format!("unexpected {}", status_text(s))),
     }
+}
+
+/// Dead jq filters on `val`: `Some(Dead)` when one gives `true` first. A filter that fails
+/// on this answer does not hold (the item is judged by the other rules).
+fn judge_dead_jq(val: &jaq_json::Val, expect: &Expectations) -> Option<Judgement> {
+    expect
+        .dead_jq
+        .iter()
+        .find(|rule| rule.holds(val.clone()) == Ok(true))
+        .map(|rule| Judgement::Dead(format!("dead: jq {} gave true", jq::quoted(rule.source()))))
+}
+
+/// The `--expect-jq` filters on `val`: `Some(StillFailed)` for the first that does not
+/// hold, `None` when all hold.
+fn judge_jq(val: &jaq_json::Val, expect: &Expectations) -> Option<Judgement> {
+    for rule in &expect.jq {
+        if let Err(why) = rule.check(val.clone()) {
+            return Some(Judgement::StillFailed(why));
+        }
+    }
+    None
 }
 
 /// The pointer for a message: control characters escaped, so the message stays one line.
@@ -462,6 +523,8 @@ mod tests {
             status: ExpectStatus::parse(status).unwrap(),
             json: JsonRule::parse_all(rules).unwrap(),
             jq: Vec::new(),
+            dead_json: Vec::new(),
+            dead_jq: Vec::new(),
         }
     }
 
@@ -733,5 +796,69 @@ mod tests {
         assert!(
             matches!(judge(200, deep.as_bytes(), &e), Judgement::Error(m) if m.contains("recursion"))
         );
+    }
+
+    #[test]
+    fn dead_rules_come_first_and_name_what_held() {
+        let jq = |f: &str| JqRule::compile("--dead-jq", f).unwrap();
+        let mut e = expect("200", &["/status=done"]);
+        e.dead_json =
+            JsonRule::parse_flag("--dead-json", &["/status=failed", "/retries>=5"]).unwrap();
+        assert!(e.has_dead_rules());
+        assert_eq!(
+            judge(200, br#"{"status":"failed"}"#, &e),
+            Judgement::Dead(r#"dead: /status is "failed""#.into())
+        );
+        assert_eq!(
+            judge(200, br#"{"status":"processing","retries":7}"#, &e),
+            Judgement::Dead("dead: /retries is 7 (>= 5)".into())
+        );
+        // checked before the expect rules: a done answer that a dead rule matches is dead
+        assert!(matches!(
+            judge(200, br#"{"status":"done","retries":5}"#, &e),
+            Judgement::Dead(_)
+        ));
+        // a missing pointer never makes an item dead
+        assert_eq!(judge(200, br#"{"status":"done"}"#, &e), Judgement::Ok);
+        assert!(matches!(
+            judge(200, br#"{"status":"processing"}"#, &e),
+            Judgement::StillFailed(_)
+        ));
+        // only answers with an expected status are judged dead
+        assert_eq!(
+            judge(404, br#"{"status":"failed"}"#, &e),
+            Judgement::NotFound
+        );
+        // dead jq filters, alone and with pointer rules; one that fails does not hold
+        for json in [vec![], vec!["/status=done"]] {
+            let mut e = expect("200", &json);
+            e.dead_jq = vec![
+                jq(".error.code | startswith(\"E_\")"),
+                jq(r#".status == "failed""#),
+            ];
+            assert_eq!(
+                judge(200, br#"{"status":"failed"}"#, &e),
+                Judgement::Dead(r#"dead: jq '.status == "failed"' gave true"#.into()),
+                "{json:?}"
+            );
+            assert_eq!(
+                judge(200, br#"{"status":"x","error":{"code":"E_CODEC"}}"#, &e),
+                Judgement::Dead(r#"dead: jq '.error.code | startswith("E_")' gave true"#.into())
+            );
+            assert_eq!(
+                judge(200, br#"{"status":"done"}"#, &e),
+                Judgement::Ok,
+                "{json:?}"
+            );
+        }
+        // with jq expect rules, dead filters still come first
+        let mut e = expect("200", &[]);
+        e.jq = vec![jq(r#".status == "done""#)];
+        e.dead_jq = vec![jq(".gone")];
+        assert!(matches!(
+            judge(200, br#"{"status":"done","gone":true}"#, &e),
+            Judgement::Dead(_)
+        ));
+        assert_eq!(judge(200, br#"{"status":"done"}"#, &e), Judgement::Ok);
     }
 }
