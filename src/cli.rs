@@ -211,12 +211,31 @@ pub struct RunArgs {
         env = "RECHECK_EXPECT_STATUS"
     )]
     pub expect_status: String,
-    /// POINTER=VALUE (repeatable): the item is OK when the answer's JSON value at the RFC 6901
-    /// pointer equals VALUE (parsed as JSON when valid, else a string); several for one
-    /// pointer mean any of them. The first `=` ends the pointer, so keys with `=` cannot be
-    /// pointed at.
-    #[arg(long, value_name = "POINTER=VALUE", env = "RECHECK_EXPECT_JSON")]
+    /// POINTER OP VALUE (repeatable), OP one of = != < <= > >= =~ (regex); the first of
+    /// these in the text is the operator, so a pointer cannot contain them. VALUE is JSON when
+    /// valid, else a string. Numbers compare by value (100 = 100.0); < <= > >= compare two
+    /// numbers or two strings (by bytes), any other pair fails; =~ matches strings only.
+    /// Several = for one pointer mean any of them; all other rules must hold. A missing
+    /// pointer fails the rule. E.g. /status=done, /progress>=100, /id=~^movie-
+    #[arg(long, value_name = "RULE", env = "RECHECK_EXPECT_JSON")]
     pub expect_json: Vec<String>,
+    /// A jq filter (repeatable; jq's language, compiled once at start): the item is OK when
+    /// its first output on the answer's JSON is `true`, e.g. '(.renditions | length) >= 3'.
+    /// A run-time error on one answer makes that item still_failed with jq's message.
+    #[arg(long, value_name = "FILTER")]
+    pub expect_jq: Vec<String>,
+    /// RULE (repeatable; the --expect-json syntax): when any holds on an answer with an
+    /// expected status, the item failed for good: outcome dead, written as --dead-status.
+    /// Dead rules are checked before the expect rules. E.g. /status=failed
+    #[arg(long, value_name = "RULE")]
+    pub dead_json: Vec<String>,
+    /// A jq filter (repeatable): when any gives `true` first, the item is dead (a filter that
+    /// fails on an answer does not hold), e.g. '.status == "failed"'.
+    #[arg(long, value_name = "FILTER")]
+    pub dead_jq: Vec<String>,
+    /// The status written for outcome dead [default: dead]; only with --dead-json/--dead-jq.
+    #[arg(long, value_name = "V", env = "RECHECK_DEAD_STATUS")]
+    pub dead_status: Option<String>,
     /// The status value that marks an item to re-check.
     #[arg(
         long,

@@ -14,6 +14,7 @@ use reqwest::header::{
 };
 
 use crate::check::fetch::FetchConfig;
+use crate::check::jq::JqRule;
 use crate::check::judge::{ExpectStatus, Expectations, JsonRule};
 use crate::check::pool::UrlSource;
 use crate::check::template::UrlTemplate;
@@ -272,13 +273,42 @@ impl RunConfig {
         let expect = Expectations {
             status: ExpectStatus::parse(&a.expect_status)?,
             json: JsonRule::parse_all(&a.expect_json)?,
+            jq: a
+                .expect_jq
+                .iter()
+                .map(|f| JqRule::compile("--expect-jq", f))
+                .collect::<Result<_>>()?,
+            dead_json: JsonRule::parse_flag("--dead-json", &a.dead_json)?,
+            dead_jq: a
+                .dead_jq
+                .iter()
+                .map(|f| JqRule::compile("--dead-jq", f))
+                .collect::<Result<_>>()?,
         };
+        // `dead` is written only when a dead rule can produce it: a --dead-status alone would
+        // be a flag that does nothing, so it is refused.
+        let dead = match (&a.dead_status, expect.has_dead_rules()) {
+            (Some(_), false) => {
+                bail!("--dead-status is written for outcome dead: give --dead-json or --dead-jq")
+            }
+            (status, true) => Some(StatusValue::new(status.as_deref().unwrap_or("dead"))),
+            (None, false) => None,
+        };
+        if let Some(d) = &dead
+            && d.as_str() == a.failed_status
+        {
+            bail!(
+                "--failed-status and --dead-status are both {:?}: dead items would be re-checked forever",
+                a.failed_status
+            );
+        }
         let store_opts = StoreOptions {
             task: a.task.clone(),
             columns,
             failed: StatusValue::new(&a.failed_status),
             ok: StatusValue::new(&a.ok_status),
             not_found: a.not_found_status.as_deref().map(StatusValue::new),
+            dead,
             extra_columns,
             need_url: matches!(urls, UrlSource::ItemColumn),
             read_only: a.dry_run,

@@ -35,15 +35,18 @@ pub enum Outcome {
     NotFound,
     /// Retries exhausted, or a non-retryable failure.
     Error,
+    /// The answer says the item failed for good (a `--dead-json` / `--dead-jq` rule holds).
+    Dead,
 }
 
 impl Outcome {
     /// All outcomes, in the order summaries list them.
-    pub const ALL: [Outcome; 4] = [
+    pub const ALL: [Outcome; 5] = [
         Outcome::Ok,
         Outcome::StillFailed,
         Outcome::NotFound,
         Outcome::Error,
+        Outcome::Dead,
     ];
 
     /// The snake_case name used in JSON output and reports.
@@ -53,6 +56,7 @@ impl Outcome {
             Outcome::StillFailed => "still_failed",
             Outcome::NotFound => "not_found",
             Outcome::Error => "error",
+            Outcome::Dead => "dead",
         }
     }
 }

@@ -31,7 +31,7 @@
 //!   that percent-decodes to it; `.` and `..` ids are refused in a path; `parse` never panics
 //!   and its errors are one line; a `.`/`..` task in a path is refused at parse time.
 //! - JSON rules: `parse_all` and `judge` never panic; `POINTER=<value>` for a value that is
-//!   in the document judges `Ok`, for another value `StillFailed` (keys containing `=` are
+//!   in the document judges `Ok`, for another value `StillFailed` (keys containing an operator character `=` `<` `>` `!` are
 //!   not pointed at: `POINTER=VALUE` splits at the first `=`, and RFC 6901 has no escape
 //!   for it).
 //! - `parse_duration`, `parse_size`, `parse_backoff`, `ExpectStatus::parse` never panic.
@@ -314,6 +314,7 @@ fn options(case: StoreCase) -> StoreOptions {
     StoreOptions {
         ok: StatusValue::new(case.ok),
         not_found: case.not_found.map(StatusValue::new),
+        dead: None,
         extra_columns: vec![Ident::new("column", "region").unwrap()],
         ..StoreOptions::basic(case.task, Columns::default(), StatusValue::new(case.failed))
     }
@@ -1393,8 +1394,8 @@ fn json_value() -> impl Strategy<Value = Value> {
 }
 
 /// Walks `doc` along `choices` and returns the RFC 6901 pointer of where it stopped, and the
-/// value there. Keys with `=` are not taken: `POINTER=VALUE` splits at the first `=`, so
-/// such a key cannot be named in a rule.
+/// value there. Keys with `=`, `<`, `>` or `!` are not taken: a rule's operator is the first
+/// of `=` `!=` `<` `<=` `>` `>=` `=~` in its text, so such a key cannot be named in a rule.
 fn pick<'a>(doc: &'a Value, choices: &[usize]) -> (String, &'a Value) {
     let mut pointer = String::new();
     let mut cur = doc;
@@ -1406,7 +1407,10 @@ fn pick<'a>(doc: &'a Value, choices: &[usize]) -> (String, &'a Value) {
                 cur = &a[i];
             }
             Value::Object(m) => {
-                let keys: Vec<&String> = m.keys().filter(|k| !k.contains('=')).collect();
+                let keys: Vec<&String> = m
+                    .keys()
+                    .filter(|k| !k.contains(['=', '<', '>', '!']))
+                    .collect();
                 if keys.is_empty() {
                     break;
                 }
@@ -1447,6 +1451,9 @@ proptest! {
             Ok(Expectations {
                 status: ExpectStatus::default(),
                 json: ok(JsonRule::parse_all(&[spec]), "parse_all")?,
+                jq: Vec::new(),
+                dead_json: Vec::new(),
+                dead_jq: Vec::new(),
             })
         };
         prop_assert_eq!(judge(200, &body, &expect(target)?), Judgement::Ok, "{}", pointer);
@@ -1477,6 +1484,9 @@ proptest! {
         let expect = Expectations {
             status: ExpectStatus::parse(&expect_status).unwrap_or_default(),
             json: rules,
+            jq: Vec::new(),
+            dead_json: Vec::new(),
+            dead_jq: Vec::new(),
         };
         let _ = judge(status, &body, &expect);
     }

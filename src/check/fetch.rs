@@ -134,6 +134,9 @@ impl Fetcher {
                         Judgement::StillFailed(why) => {
                             return Some((Outcome::StillFailed, status, attempts, Some(why)));
                         }
+                        Judgement::Dead(why) => {
+                            return Some((Outcome::Dead, status, attempts, Some(why)));
+                        }
                         Judgement::NotFound => {
                             let why = judge::status_text(answer.status);
                             return Some((Outcome::NotFound, status, attempts, Some(why)));

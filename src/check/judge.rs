@@ -1,10 +1,14 @@
 //! Stage "check", pure part: turns one HTTP answer (status and body) into a judgement.
 //! No I/O, no clock: `fetch` feeds it, tests call it directly.
 
+use std::cmp::Ordering;
 use std::fmt;
 
 use anyhow::{Result, bail};
+use regex::Regex;
 use serde_json::Value;
+
+use super::jq::{self, JqRule};
 
 /// Statuses that count as an answer (`--expect-status`, e.g. `200,204` or `2xx`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,47 +59,271 @@ impl Default for ExpectStatus {
     }
 }
 
-/// One `--expect-json POINTER=VALUE` rule, merged per pointer: the value at `pointer` must
-/// equal one of `values`.
+/// The operator of one `--expect-json` rule (SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// `=`: equal (numbers by value, `100` = `100.0`).
+    Eq,
+    /// `!=`: not equal.
+    Ne,
+    /// `<`: less than.
+    Lt,
+    /// `<=`: less than or equal.
+    Le,
+    /// `>`: greater than.
+    Gt,
+    /// `>=`: greater than or equal.
+    Ge,
+    /// `=~`: the string matches a regular expression (unanchored, `regex` crate syntax).
+    Match,
+}
+
+impl Op {
+    /// The operator as typed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Eq => "=",
+            Op::Ne => "!=",
+            Op::Lt => "<",
+            Op::Le => "<=",
+            Op::Gt => ">",
+            Op::Ge => ">=",
+            Op::Match => "=~",
+        }
+    }
+
+    /// Finds the operator: the first of `=` `!=` `<` `<=` `>` `>=` `=~` in the text (at one
+    /// position the longer spelling wins). Returns the operator and its byte range.
+    fn find(spec: &str) -> Option<(Op, usize, usize)> {
+        let b = spec.as_bytes();
+        for i in 0..b.len() {
+            let next = b.get(i + 1).copied();
+            let found = match (b[i], next) {
+                (b'=', Some(b'~')) => Some((Op::Match, 2)),
+                (b'=', _) => Some((Op::Eq, 1)),
+                (b'!', Some(b'=')) => Some((Op::Ne, 2)),
+                (b'<', Some(b'=')) => Some((Op::Le, 2)),
+                (b'<', _) => Some((Op::Lt, 1)),
+                (b'>', Some(b'=')) => Some((Op::Ge, 2)),
+                (b'>', _) => Some((Op::Gt, 1)),
+                _ => None,
+            };
+            if let Some((op, len)) = found {
+                return Some((op, i, i + len));
+            }
+        }
+        None
+    }
+}
+
+/// What a rule asks of the value at its pointer.
+#[derive(Debug, Clone)]
+pub enum Test {
+    /// `=` rules merged per pointer: equal to one of these (numbers by value).
+    AnyOf(Vec<Value>),
+    /// `!=`, `<`, `<=`, `>`, `>=` against one value. The order operators compare two numbers
+    /// by value and two strings by their bytes (RFC 3339 times sort right that way); any
+    /// other pair does not hold, and the message says why.
+    Cmp(Op, Value),
+    /// `=~`: a string value matching this regex (other types do not hold).
+    Match(Regex),
+}
+
+impl PartialEq for Test {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Test::AnyOf(a), Test::AnyOf(b)) => a == b,
+            (Test::Cmp(o1, a), Test::Cmp(o2, b)) => o1 == o2 && a == b,
+            (Test::Match(a), Test::Match(b)) => a.as_str() == b.as_str(),
+            _ => false,
+        }
+    }
+}
+
+/// One `--expect-json POINTER OP VALUE` rule; `=` rules are merged per pointer (any of
+/// their values), every other rule stands alone. A missing pointer fails every rule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JsonRule {
     /// RFC 6901 pointer (`""` is the whole document).
     pub pointer: String,
-    /// Accepted values (any of them).
-    pub values: Vec<Value>,
+    /// What the value at the pointer must satisfy.
+    pub test: Test,
 }
 
 impl JsonRule {
-    /// Parses the `POINTER=VALUE` spellings and merges rules for the same pointer.
-    pub fn parse_all<S: AsRef<str>>(specs: &[S]) -> Result<Vec<JsonRule>> {
+    /// Parses `--expect-json` specs; `flag` names the flag in errors (`--expect-json`,
+    /// `--dead-json`).
+    pub fn parse_flag<S: AsRef<str>>(flag: &str, specs: &[S]) -> Result<Vec<JsonRule>> {
         let mut rules: Vec<JsonRule> = Vec::new();
         for spec in specs {
             let spec = spec.as_ref();
-            let Some((pointer, value)) = spec.split_once('=') else {
-                bail!("--expect-json {spec:?}: expected POINTER=VALUE, e.g. /status=done");
+            let Some((op, start, end)) = Op::find(spec) else {
+                bail!(
+                    "{flag} {spec:?}: expected POINTER OP VALUE with OP one of = != < <= > >= =~, e.g. /status=done"
+                );
             };
+            let (pointer, text) = (&spec[..start], &spec[end..]);
             if !pointer.is_empty() && !pointer.starts_with('/') {
                 bail!(
-                    "--expect-json {spec:?}: pointer {pointer:?} must be empty or start with '/' (RFC 6901)"
+                    "{flag} {spec:?}: pointer {pointer:?} must be empty or start with '/' (RFC 6901)"
                 );
             }
             // `~` must be followed by 0 or 1 (RFC 6901 §3).
             let mut chars = pointer.chars().peekable();
             while let Some(c) = chars.next() {
                 if c == '~' && !matches!(chars.next(), Some('0' | '1')) {
-                    bail!("--expect-json {spec:?}: '~' in pointer {pointer:?} must be ~0 or ~1");
+                    bail!("{flag} {spec:?}: '~' in pointer {pointer:?} must be ~0 or ~1");
                 }
             }
-            let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.into()));
-            match rules.iter_mut().find(|r| r.pointer == pointer) {
-                Some(rule) => rule.values.push(value),
-                None => rules.push(JsonRule {
-                    pointer: pointer.to_string(),
-                    values: vec![value],
-                }),
-            }
+            let value = serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.into()));
+            let test = match op {
+                Op::Eq => {
+                    if let Some(JsonRule {
+                        test: Test::AnyOf(values),
+                        ..
+                    }) = rules
+                        .iter_mut()
+                        .find(|r| r.pointer == pointer && matches!(r.test, Test::AnyOf(_)))
+                    {
+                        values.push(value);
+                        continue;
+                    }
+                    Test::AnyOf(vec![value])
+                }
+                Op::Match => {
+                    // `"^a"` (valid JSON) and `^a` are the same pattern.
+                    let pattern = match &value {
+                        Value::String(s) => s.as_str(),
+                        _ => text,
+                    };
+                    let re = Regex::new(pattern).map_err(|e| {
+                        let e = e.to_string().replace('\n', " ");
+                        anyhow::anyhow!("{flag} {spec:?}: invalid regex: {e}")
+                    })?;
+                    Test::Match(re)
+                }
+                op => Test::Cmp(op, value),
+            };
+            rules.push(JsonRule {
+                pointer: pointer.to_string(),
+                test,
+            });
         }
         Ok(rules)
+    }
+
+    /// [`JsonRule::parse_flag`] for `--expect-json`.
+    pub fn parse_all<S: AsRef<str>>(specs: &[S]) -> Result<Vec<JsonRule>> {
+        JsonRule::parse_flag("--expect-json", specs)
+    }
+
+    /// Checks the rule on a document: `Ok(())`, or why not, naming the actual value.
+    pub fn check(&self, doc: &Value) -> std::result::Result<(), String> {
+        let p = shown_pointer(&self.pointer);
+        let Some(v) = doc.pointer(&self.pointer) else {
+            return Err(format!("{p} is missing, expected {}", self.wanted()));
+        };
+        let why_not = match &self.test {
+            Test::AnyOf(values) => {
+                if values.iter().any(|want| same(want, v)) {
+                    return Ok(());
+                }
+                None
+            }
+            Test::Cmp(Op::Ne, want) => {
+                if !same(want, v) {
+                    return Ok(());
+                }
+                None
+            }
+            Test::Cmp(op, want) => match order(v, want) {
+                Some(ord) => {
+                    let holds = match op {
+                        Op::Lt => ord.is_lt(),
+                        Op::Le => ord.is_le(),
+                        Op::Gt => ord.is_gt(),
+                        _ => ord.is_ge(),
+                    };
+                    if holds {
+                        return Ok(());
+                    }
+                    None
+                }
+                None => Some(if want.is_number() {
+                    "not a number"
+                } else if want.is_string() {
+                    "not a string"
+                } else {
+                    "only numbers and strings are ordered"
+                }),
+            },
+            Test::Match(re) => match v {
+                Value::String(s) if re.is_match(s) => return Ok(()),
+                Value::String(_) => None,
+                _ => Some("not a string"),
+            },
+        };
+        let mut msg = format!("{p} is {}, expected {}", short(v), self.wanted());
+        if let Some(why) = why_not {
+            msg.push_str(&format!(" ({why})"));
+        }
+        Err(msg)
+    }
+
+    /// As a dead rule: `Some(why)` when the rule holds on `doc` (`dead: /status is "failed"`,
+    /// `dead: /retries is 5 (>= 5)`), `None` when it does not (a missing pointer never holds).
+    pub fn dead_reason(&self, doc: &Value) -> Option<String> {
+        self.check(doc).ok()?;
+        // `check` only holds when the pointer is there.
+        let v = doc.pointer(&self.pointer)?;
+        let p = shown_pointer(&self.pointer);
+        Some(match &self.test {
+            Test::AnyOf(_) => format!("dead: {p} is {}", short(v)),
+            _ => format!("dead: {p} is {} ({})", short(v), self.wanted()),
+        })
+    }
+
+    /// `"done" or "ready"`, `>= 100`, `=~ "^a"`: what the rule wanted, for messages.
+    fn wanted(&self) -> String {
+        match &self.test {
+            Test::AnyOf(values) => OneOf(values).to_string(),
+            Test::Cmp(op, want) => format!("{} {}", op.as_str(), short(want)),
+            Test::Match(re) => format!("=~ {}", short(&Value::String(re.as_str().into()))),
+        }
+    }
+}
+
+/// JSON equality, except that numbers compare by value (`100` = `100.0`) at any depth.
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(_), Value::Number(_)) => order(a, b) == Some(Ordering::Equal),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, a)| y.get(k).is_some_and(|b| same(a, b)))
+        }
+        _ => a == b,
+    }
+}
+
+/// Order of two numbers (by value; integers exactly, beyond f64's 2^53) or two strings
+/// (by bytes); `None` for any other pair.
+fn order(a: &Value, b: &Value) -> Option<Ordering> {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let int = |n: &serde_json::Number| {
+                n.as_i64()
+                    .map(i128::from)
+                    .or_else(|| n.as_u64().map(i128::from))
+            };
+            match (int(x), int(y)) {
+                (Some(i), Some(j)) => Some(i.cmp(&j)),
+                _ => x.as_f64()?.partial_cmp(&y.as_f64()?),
+            }
+        }
+        (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
+        _ => None,
     }
 }
 
@@ -106,6 +334,27 @@ pub struct Expectations {
     pub status: ExpectStatus,
     /// JSON rules; empty means any body is fine.
     pub json: Vec<JsonRule>,
+    /// `--expect-jq` filters; each must give `true` first.
+    pub jq: Vec<JqRule>,
+    /// `--dead-json` rules; when any holds, the item failed for good.
+    pub dead_json: Vec<JsonRule>,
+    /// `--dead-jq` filters; when any gives `true` first, the item failed for good.
+    pub dead_jq: Vec<JqRule>,
+}
+
+impl Expectations {
+    /// Whether any rule looks at the body.
+    fn has_body_rules(&self) -> bool {
+        !self.json.is_empty()
+            || !self.jq.is_empty()
+            || !self.dead_json.is_empty()
+            || !self.dead_jq.is_empty()
+    }
+
+    /// Whether any dead rule is given (then outcome `dead` can happen).
+    pub fn has_dead_rules(&self) -> bool {
+        !self.dead_json.is_empty() || !self.dead_jq.is_empty()
+    }
 }
 
 /// The judge's conclusion about one HTTP answer.
@@ -115,6 +364,8 @@ pub enum Judgement {
     Ok,
     /// Expected status, but a rule does not hold (why).
     StillFailed(String),
+    /// Expected status, and a dead rule holds: failed for good (which rule, what value).
+    Dead(String),
     /// 404 or 410.
     NotFound,
     /// Worth another attempt (408, 429, 5xx of SPEC §3).
@@ -141,38 +392,63 @@ pub fn status_text(status: u16) -> String {
 
 /// Does the answer's status need the body? Only an expected status with JSON rules does.
 pub fn needs_body(status: u16, expect: &Expectations) -> bool {
-    expect.status.contains(status) && !expect.json.is_empty()
+    expect.status.contains(status) && expect.has_body_rules()
 }
 
 /// Judges an answer. `body` is only looked at when [`needs_body`] said so.
 pub fn judge(status: u16, body: &[u8], expect: &Expectations) -> Judgement {
     if expect.status.contains(status) {
-        if expect.json.is_empty() {
+        if !expect.has_body_rules() {
             return Judgement::Ok;
+        }
+        let invalid =
+            |e: serde_json::Error| Judgement::Error(format!("invalid JSON in answer: {e}"));
+        if expect.json.is_empty() && expect.dead_json.is_empty() {
+            // jq rules only: serde_json parses straight into jq's value (its recursion limit
+            // still applies), no intermediate tree.
+            let val: jaq_json::Val = match serde_json::from_slice(body) {
+                Ok(v) => v,
+                Err(e) => return invalid(e),
+            };
+            if let Some(dead) = judge_dead_jq(&val, expect) {
+                return dead;
+            }
+            return judge_jq(&val, expect).unwrap_or(Judgement::Ok);
         }
         let doc: Value = match serde_json::from_slice(body) {
             Ok(v) => v,
-            Err(e) => return Judgement::Error(format!("invalid JSON in answer: {e}")),
+            Err(e) => return invalid(e),
         };
-        for rule in &expect.json {
-            match doc.pointer(&rule.pointer) {
-                Some(v) if rule.values.iter().any(|want| want == v) => {}
-                Some(v) => {
-                    return Judgement::StillFailed(format!(
-                        "{} is {}, expected {}",
-                        shown_pointer(&rule.pointer),
-                        short(v),
-                        OneOf(&rule.values)
-                    ));
-                }
-                None => {
-                    return Judgement::StillFailed(format!(
-                        "{} is missing, expected {}",
-                        shown_pointer(&rule.pointer),
-                        OneOf(&rule.values)
-                    ));
-                }
+        // Dead rules first: an answer that says "failed for good" is dead even if it would
+        // also pass the expect rules.
+        for rule in &expect.dead_json {
+            if let Some(why) = rule.dead_reason(&doc) {
+                return Judgement::Dead(why);
             }
+        }
+        let val = if expect.dead_jq.is_empty() && expect.jq.is_empty() {
+            None
+        } else {
+            match jq::to_val(&doc) {
+                Ok(v) => Some(v),
+                Err(why) => return Judgement::Error(why),
+            }
+        };
+        // The dead jq filters before any expect rule, too.
+        if let Some(val) = &val
+            && let Some(dead) = judge_dead_jq(val, expect)
+        {
+            return dead;
+        }
+        for rule in &expect.json {
+            if let Err(why) = rule.check(&doc) {
+                return Judgement::StillFailed(why);
+            }
+        }
+        if let Some(val) = &val
+            && let Some(j) = judge_jq(val, expect)
+        {
+            return j;
         }
         return Judgement::Ok;
     }
@@ -181,6 +457,27 @@ pub fn judge(status: u16, body: &[u8], expect: &Expectations) -> Judgement {
         s if is_retryable_status(s) => Judgement::Retry(status_text(s)),
         s => Judgement::Error(format!("unexpected {}", status_text(s))),
     }
+}
+
+/// Dead jq filters on `val`: `Some(Dead)` when one gives `true` first. A filter that fails
+/// on this answer does not hold (the item is judged by the other rules).
+fn judge_dead_jq(val: &jaq_json::Val, expect: &Expectations) -> Option<Judgement> {
+    expect
+        .dead_jq
+        .iter()
+        .find(|rule| rule.holds(val.clone()) == Ok(true))
+        .map(|rule| Judgement::Dead(format!("dead: jq {} gave true", jq::quoted(rule.source()))))
+}
+
+/// The `--expect-jq` filters on `val`: `Some(StillFailed)` for the first that does not
+/// hold, `None` when all hold.
+fn judge_jq(val: &jaq_json::Val, expect: &Expectations) -> Option<Judgement> {
+    for rule in &expect.jq {
+        if let Err(why) = rule.check(val.clone()) {
+            return Some(Judgement::StillFailed(why));
+        }
+    }
+    None
 }
 
 /// The pointer for a message: control characters escaped, so the message stays one line.
@@ -225,6 +522,9 @@ mod tests {
         Expectations {
             status: ExpectStatus::parse(status).unwrap(),
             json: JsonRule::parse_all(rules).unwrap(),
+            jq: Vec::new(),
+            dead_json: Vec::new(),
+            dead_jq: Vec::new(),
         }
     }
 
@@ -246,15 +546,18 @@ mod tests {
         let rules =
             JsonRule::parse_all(&["/status=done", "/status=ready", "/n=3", "/s=abc"]).unwrap();
         assert_eq!(rules.len(), 3);
-        assert_eq!(rules[0].values, vec![json!("done"), json!("ready")]);
-        assert_eq!(rules[1].values, vec![json!(3)]);
-        assert_eq!(rules[2].values, vec![json!("abc")]);
+        assert_eq!(
+            rules[0].test,
+            Test::AnyOf(vec![json!("done"), json!("ready")])
+        );
+        assert_eq!(rules[1].test, Test::AnyOf(vec![json!(3)]));
+        assert_eq!(rules[2].test, Test::AnyOf(vec![json!("abc")]));
         // "3" quoted stays a string
         assert_eq!(
-            JsonRule::parse_all(&["/n=\"3\""]).unwrap()[0].values,
-            vec![json!("3")]
+            JsonRule::parse_all(&["/n=\"3\""]).unwrap()[0].test,
+            Test::AnyOf(vec![json!("3")])
         );
-        for bad in ["status=done", "/a", "/a~2=1", "/a~=1"] {
+        for bad in ["status=done", "/a", "/a~2=1", "/a~=1", "/a=~(", "/a!1"] {
             let err = JsonRule::parse_all(&[bad]).unwrap_err().to_string();
             assert!(err.contains("--expect-json"), "{err}");
         }
@@ -307,5 +610,255 @@ mod tests {
             judge(200, br#"{"a":1,"b":false}"#, &e),
             Judgement::StillFailed(_)
         ));
+    }
+
+    fn why(rules: &[&str], body: &str) -> Option<String> {
+        match judge(200, body.as_bytes(), &expect("200", rules)) {
+            Judgement::Ok => None,
+            Judgement::StillFailed(m) => Some(m),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn operator_is_the_first_in_the_text() {
+        let r = JsonRule::parse_all(&["/progress>=50"]).unwrap();
+        assert_eq!(r[0].pointer, "/progress");
+        assert_eq!(r[0].test, Test::Cmp(Op::Ge, json!(50)));
+        let ops = [
+            ("/a=1", Op::Eq),
+            ("/a!=1", Op::Ne),
+            ("/a<1", Op::Lt),
+            ("/a<=1", Op::Le),
+            ("/a>1", Op::Gt),
+            ("/a>=1", Op::Ge),
+            ("/a=~x", Op::Match),
+        ];
+        for (spec, op) in ops {
+            let r = JsonRule::parse_all(&[spec]).unwrap();
+            assert_eq!(r[0].pointer, "/a", "{spec}");
+            let got = match &r[0].test {
+                Test::AnyOf(_) => Op::Eq,
+                Test::Cmp(op, _) => *op,
+                Test::Match(_) => Op::Match,
+            };
+            assert_eq!(got, op, "{spec}");
+        }
+        // later operator characters belong to the value
+        let r = JsonRule::parse_all(&["/a=<b>"]).unwrap();
+        assert_eq!(r[0].test, Test::AnyOf(vec![json!("<b>")]));
+        // `=` rules merge per pointer, the others stand alone
+        assert_eq!(
+            JsonRule::parse_all(&["/a=1", "/a=2", "/a>0", "/a<9"])
+                .unwrap()
+                .len(),
+            3
+        );
+    }
+
+    #[test]
+    fn each_operator_names_the_actual_value() {
+        let body = r#"{"progress":40,"status":"processing","name":"clip-7","n":null}"#;
+        let cases = [
+            ("/progress>=100", "/progress is 40, expected >= 100"),
+            ("/progress>40", "/progress is 40, expected > 40"),
+            ("/progress<=39", "/progress is 40, expected <= 39"),
+            ("/progress<40", "/progress is 40, expected < 40"),
+            ("/progress!=40", "/progress is 40, expected != 40"),
+            ("/progress=100", "/progress is 40, expected 100"),
+            (
+                "/status=done",
+                r#"/status is "processing", expected "done""#,
+            ),
+            (
+                "/status!=processing",
+                r#"/status is "processing", expected != "processing""#,
+            ),
+            (
+                "/name=~^movie-",
+                r#"/name is "clip-7", expected =~ "^movie-""#,
+            ),
+            (
+                "/progress=~4",
+                r#"/progress is 40, expected =~ "4" (not a string)"#,
+            ),
+            (
+                "/status>=100",
+                r#"/status is "processing", expected >= 100 (not a number)"#,
+            ),
+            ("/n<1", "/n is null, expected < 1 (not a number)"),
+            ("/eta<5", "/eta is missing, expected < 5"),
+        ];
+        for (rule, msg) in cases {
+            assert_eq!(why(&[rule], body).as_deref(), Some(msg), "{rule}");
+        }
+        for rule in [
+            "/progress>=40",
+            "/progress>39.5",
+            "/progress<=40",
+            "/progress<41",
+            "/progress!=41",
+            "/progress!=\"40\"",
+            "/progress=40",
+            "/status!=done",
+            "/name=~^clip-[0-9]+$",
+            "/name=~\"clip\"",
+            "/status>=pro",
+            "/status<q",
+        ] {
+            assert_eq!(why(&[rule], body), None, "{rule}");
+        }
+    }
+
+    #[test]
+    fn numbers_compare_by_value() {
+        assert_eq!(why(&["/p=100.0"], r#"{"p":100}"#), None);
+        assert_eq!(why(&["/p=100"], r#"{"p":100.0}"#), None);
+        assert_eq!(why(&["/p=1e2"], r#"{"p":100}"#), None);
+        assert_eq!(why(&["/p>=100"], r#"{"p":100.0}"#), None);
+        assert_eq!(
+            why(&["/p!=100"], r#"{"p":100.0}"#).as_deref(),
+            Some("/p is 100.0, expected != 100")
+        );
+        // the string "100" is not the number
+        assert!(why(&["/p=\"100\""], r#"{"p":100}"#).is_some());
+        // nested values compare numbers by value too
+        assert_eq!(why(&["/a=[1,{\"b\":2}]"], r#"{"a":[1.0,{"b":2.0}]}"#), None);
+        // integers beyond 2^53 compare exactly
+        assert!(why(&["/p>9007199254740992"], r#"{"p":9007199254740993}"#).is_none());
+        assert!(
+            why(
+                &["/p=18446744073709551615"],
+                r#"{"p":18446744073709551614}"#
+            )
+            .is_some()
+        );
+    }
+
+    #[test]
+    fn all_rules_must_hold_and_eq_rules_are_any_of() {
+        let rules = [
+            "/status=done",
+            "/status=ready",
+            "/progress>=100",
+            "/name=~^clip",
+        ];
+        assert_eq!(
+            why(&rules, r#"{"status":"ready","progress":100,"name":"clip"}"#),
+            None
+        );
+        assert_eq!(
+            why(&rules, r#"{"status":"ready","progress":99,"name":"clip"}"#).as_deref(),
+            Some("/progress is 99, expected >= 100")
+        );
+        assert_eq!(
+            why(&rules, r#"{"status":"new","progress":100,"name":"clip"}"#).as_deref(),
+            Some(r#"/status is "new", expected "done" or "ready""#)
+        );
+        // a range: both bounds must hold
+        let range = ["/p>=10", "/p<20"];
+        assert_eq!(why(&range, r#"{"p":15}"#), None);
+        assert!(why(&range, r#"{"p":20}"#).is_some());
+        assert!(why(&range, r#"{"p":9}"#).is_some());
+    }
+
+    #[test]
+    fn jq_rules_alone_and_with_pointer_rules() {
+        let jq = |f: &str| JqRule::compile("--expect-jq", f).unwrap();
+        let mut e = expect("200", &[]);
+        e.jq = vec![jq("(.renditions | length) >= 3")];
+        assert!(needs_body(200, &e));
+        assert_eq!(judge(200, br#"{"renditions":[1,2,3]}"#, &e), Judgement::Ok);
+        assert_eq!(
+            judge(200, br#"{"renditions":[1]}"#, &e),
+            Judgement::StillFailed("jq '(.renditions | length) >= 3' gave false".into())
+        );
+        assert!(
+            matches!(judge(200, b"{nope", &e), Judgement::Error(m) if m.contains("invalid JSON"))
+        );
+        // both kinds: pointer rules first, then jq on the same parsed document
+        e.json = JsonRule::parse_all(&["/status=done"]).unwrap();
+        assert_eq!(
+            judge(200, br#"{"status":"done","renditions":[1,2,3]}"#, &e),
+            Judgement::Ok
+        );
+        assert_eq!(
+            judge(200, br#"{"status":"done","renditions":[]}"#, &e),
+            Judgement::StillFailed("jq '(.renditions | length) >= 3' gave false".into())
+        );
+        assert!(matches!(
+            judge(200, br#"{"status":"new","renditions":[1,2,3]}"#, &e),
+            Judgement::StillFailed(m) if m.starts_with("/status")
+        ));
+        // serde_json's recursion limit guards jq's input too
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        e.json.clear();
+        assert!(
+            matches!(judge(200, deep.as_bytes(), &e), Judgement::Error(m) if m.contains("recursion"))
+        );
+    }
+
+    #[test]
+    fn dead_rules_come_first_and_name_what_held() {
+        let jq = |f: &str| JqRule::compile("--dead-jq", f).unwrap();
+        let mut e = expect("200", &["/status=done"]);
+        e.dead_json =
+            JsonRule::parse_flag("--dead-json", &["/status=failed", "/retries>=5"]).unwrap();
+        assert!(e.has_dead_rules());
+        assert_eq!(
+            judge(200, br#"{"status":"failed"}"#, &e),
+            Judgement::Dead(r#"dead: /status is "failed""#.into())
+        );
+        assert_eq!(
+            judge(200, br#"{"status":"processing","retries":7}"#, &e),
+            Judgement::Dead("dead: /retries is 7 (>= 5)".into())
+        );
+        // checked before the expect rules: a done answer that a dead rule matches is dead
+        assert!(matches!(
+            judge(200, br#"{"status":"done","retries":5}"#, &e),
+            Judgement::Dead(_)
+        ));
+        // a missing pointer never makes an item dead
+        assert_eq!(judge(200, br#"{"status":"done"}"#, &e), Judgement::Ok);
+        assert!(matches!(
+            judge(200, br#"{"status":"processing"}"#, &e),
+            Judgement::StillFailed(_)
+        ));
+        // only answers with an expected status are judged dead
+        assert_eq!(
+            judge(404, br#"{"status":"failed"}"#, &e),
+            Judgement::NotFound
+        );
+        // dead jq filters, alone and with pointer rules; one that fails does not hold
+        for json in [vec![], vec!["/status=done"]] {
+            let mut e = expect("200", &json);
+            e.dead_jq = vec![
+                jq(".error.code | startswith(\"E_\")"),
+                jq(r#".status == "failed""#),
+            ];
+            assert_eq!(
+                judge(200, br#"{"status":"failed"}"#, &e),
+                Judgement::Dead(r#"dead: jq '.status == "failed"' gave true"#.into()),
+                "{json:?}"
+            );
+            assert_eq!(
+                judge(200, br#"{"status":"x","error":{"code":"E_CODEC"}}"#, &e),
+                Judgement::Dead(r#"dead: jq '.error.code | startswith("E_")' gave true"#.into())
+            );
+            assert_eq!(
+                judge(200, br#"{"status":"done"}"#, &e),
+                Judgement::Ok,
+                "{json:?}"
+            );
+        }
+        // with jq expect rules, dead filters still come first
+        let mut e = expect("200", &[]);
+        e.jq = vec![jq(r#".status == "done""#)];
+        e.dead_jq = vec![jq(".gone")];
+        assert!(matches!(
+            judge(200, br#"{"status":"done","gone":true}"#, &e),
+            Judgement::Dead(_)
+        ));
+        assert_eq!(judge(200, br#"{"status":"done"}"#, &e), Judgement::Ok);
     }
 }

@@ -20,7 +20,7 @@
 //! </testsuites>
 //! ```
 //!
-//! `still_failed` and `not_found` are `<failure>`s (the API answered, and the answer says
+//! `still_failed`, `not_found` and `dead` are `<failure>`s (`type` the outcome) (the API answered, and the answer says
 //! the item is not OK); `error` outcomes are `<error>`s (no usable answer: timeouts, 5xx,
 //! invalid JSON). GitHub's reporters (mikepenz/action-junit-report, dorny/test-reporter)
 //! show both as failed tests with the message and the text; GitLab shows them as "failed"
@@ -173,6 +173,7 @@ mod tests {
             verdict("404-1", Outcome::NotFound, Some("HTTP 404 Not Found")),
             verdict("x&<\"", Outcome::StillFailed, Some("/a is \"b\"")),
             verdict("e", Outcome::Error, Some("timed out")),
+            verdict("d", Outcome::Dead, Some("dead: /status is \"failed\"")),
         ] {
             suite.add_test_case(test_case("t<1>", &v));
         }
@@ -187,8 +188,8 @@ mod tests {
             .find(|n| n.has_tag_name("testsuite"))
             .unwrap();
         assert_eq!(ts.attribute("name"), Some("recheck task t<1>"));
-        assert_eq!(ts.attribute("tests"), Some("4"));
-        assert_eq!(ts.attribute("failures"), Some("2"));
+        assert_eq!(ts.attribute("tests"), Some("5"));
+        assert_eq!(ts.attribute("failures"), Some("3"));
         assert_eq!(ts.attribute("errors"), Some("1"));
         let odd = ts
             .children()
@@ -198,6 +199,13 @@ mod tests {
         assert_eq!(f.attribute("message"), Some("/a is \"b\""));
         assert_eq!(f.attribute("type"), Some("still_failed"));
         assert!(f.text().unwrap().contains("url: http://h/x&<\""));
+        let dead = ts
+            .children()
+            .find(|n| n.attribute("name") == Some("d"))
+            .unwrap();
+        let f = dead.children().find(|n| n.has_tag_name("failure")).unwrap();
+        assert_eq!(f.attribute("type"), Some("dead"));
+        assert_eq!(f.attribute("message"), Some("dead: /status is \"failed\""));
         assert!(xml.contains("run interrupted"), "{xml}");
         summary.store_error = Some("disk full".into());
         let xml = build(TestSuite::new("s"), "t", SystemTime::UNIX_EPOCH, &summary)

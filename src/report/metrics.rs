@@ -6,7 +6,7 @@
 //! again from zero; alert on them as they are, `rate()` is meaningless for them):
 //!
 //! ```text
-//! recheck_last_run_items{task="42",outcome="ok"} 2          # also still_failed, not_found, error
+//! recheck_last_run_items{task="42",outcome="ok"} 2          # also still_failed, not_found, error, dead
 //! recheck_last_run_requests{task="42"} 19                   # HTTP attempts
 //! recheck_last_run_retries{task="42"} 8                     # attempts after the first
 //! recheck_run_duration_seconds{task="42"} 1.25
@@ -137,6 +137,7 @@ pub fn render(task: &str, s: &Summary, latency: &Latency, now: SystemTime) -> St
             Outcome::StillFailed => s.still_failed,
             Outcome::NotFound => s.not_found,
             Outcome::Error => s.errors,
+            Outcome::Dead => s.dead,
         };
         let _ = writeln!(out, "recheck_last_run_items{{{task},outcome=\"{o}\"}} {n}");
     }

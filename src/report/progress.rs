@@ -172,6 +172,7 @@ struct Counts {
     still_failed: AtomicU64,
     not_found: AtomicU64,
     errors: AtomicU64,
+    dead: AtomicU64,
     requests: AtomicU64,
 }
 
@@ -182,6 +183,7 @@ impl Counts {
             still_failed: self.still_failed.load(Ordering::Relaxed),
             not_found: self.not_found.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            dead: self.dead.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
         }
     }
@@ -194,12 +196,13 @@ struct Snapshot {
     still_failed: u64,
     not_found: u64,
     errors: u64,
+    dead: u64,
     requests: u64,
 }
 
 impl Snapshot {
     fn done(&self) -> u64 {
-        self.ok + self.still_failed + self.not_found + self.errors
+        self.ok + self.still_failed + self.not_found + self.errors + self.dead
     }
 }
 
@@ -264,11 +267,12 @@ impl Status {
     fn bar_message(&self) -> String {
         let c = &self.counts;
         format!(
-            "ok {}, still failed {}, not found {}, errors {} | {:.0} req/s, ETA {}",
+            "ok {}, still failed {}, not found {}, errors {}, dead {} | {:.0} req/s, ETA {}",
             c.ok,
             c.still_failed,
             c.not_found,
             c.errors,
+            c.dead,
             self.requests_per_s,
             Eta(self.eta()),
         )
@@ -284,6 +288,7 @@ impl Status {
             still_failed = c.still_failed,
             not_found = c.not_found,
             errors = c.errors,
+            dead = c.dead,
             requests_per_s = (self.requests_per_s * 10.0).round() / 10.0,
             eta = %Eta(self.eta()),
             "progress"
@@ -468,6 +473,7 @@ impl Progress {
             Outcome::StillFailed => &c.still_failed,
             Outcome::NotFound => &c.not_found,
             Outcome::Error => &c.errors,
+            Outcome::Dead => &c.dead,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         c.requests
@@ -537,6 +543,7 @@ mod tests {
         p.record(&verdict(Outcome::StillFailed, 1));
         p.record(&verdict(Outcome::NotFound, 1));
         p.record(&verdict(Outcome::Error, 6));
+        p.record(&verdict(Outcome::Dead, 1));
         let s = p.shared.counts.snapshot();
         assert_eq!(
             s,
@@ -545,10 +552,11 @@ mod tests {
                 still_failed: 1,
                 not_found: 1,
                 errors: 1,
-                requests: 12
+                dead: 1,
+                requests: 13
             }
         );
-        assert_eq!(s.done(), 5);
+        assert_eq!(s.done(), 6);
         p.finish();
         p.finish();
     }
@@ -588,11 +596,12 @@ mod tests {
             still_failed: 50,
             not_found: 20,
             errors: 30,
+            dead: 4,
             requests: 1300,
         };
         assert_eq!(
             status(5000, counts, 480.0, 512.4).bar_message(),
-            "ok 1100, still failed 50, not found 20, errors 30 | 512 req/s, ETA 8s"
+            "ok 1100, still failed 50, not found 20, errors 30, dead 4 | 512 req/s, ETA 8s"
         );
     }
 
@@ -675,7 +684,7 @@ mod tests {
         let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
         assert_eq!(
             text,
-            " INFO progress done=50 total=100 ok=20 still_failed=0 not_found=20 errors=10 \
+            " INFO progress done=50 total=100 ok=20 still_failed=0 not_found=20 errors=10 dead=0 \
              requests_per_s=2.0 eta=25s\n"
         );
     }

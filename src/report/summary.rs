@@ -44,6 +44,8 @@ pub struct Summary {
     pub not_found: u64,
     /// Retries exhausted or final failures.
     pub errors: u64,
+    /// Failed for good (a dead rule held).
+    pub dead: u64,
     /// HTTP attempts made.
     pub requests: u64,
     /// Attempts after the first.
@@ -86,6 +88,7 @@ impl Summary {
             still_failed: 0,
             not_found: 0,
             errors: 0,
+            dead: 0,
             requests: 0,
             retries: 0,
             duration: Duration::ZERO,
@@ -114,6 +117,7 @@ impl Summary {
             Outcome::StillFailed => self.still_failed += 1,
             Outcome::NotFound => self.not_found += 1,
             Outcome::Error => self.errors += 1,
+            Outcome::Dead => self.dead += 1,
         }
         self.requests += u64::from(v.attempts);
         self.retries += u64::from(v.attempts.saturating_sub(1));
@@ -212,6 +216,7 @@ impl Summary {
             still_failed: u64,
             not_found: u64,
             errors: u64,
+            dead: u64,
             requests: u64,
             retries: u64,
             duration_ms: u64,
@@ -235,6 +240,7 @@ impl Summary {
             still_failed: self.still_failed,
             not_found: self.not_found,
             errors: self.errors,
+            dead: self.dead,
             requests: self.requests,
             retries: self.retries,
             duration_ms: self.duration.as_millis() as u64,
@@ -284,6 +290,7 @@ impl Summary {
             ("still failed", self.still_failed.to_string()),
             ("not found", self.not_found.to_string()),
             ("errors", self.errors.to_string()),
+            ("dead", self.dead.to_string()),
             ("requests", self.requests.to_string()),
             ("retries", self.retries.to_string()),
             ("duration", format_duration(self.duration)),
@@ -379,8 +386,12 @@ mod tests {
         s.add(&v(Outcome::Error, 6, Some("HTTP 503")));
         s.add(&v(Outcome::NotFound, 1, Some("HTTP 404 Not Found")));
         s.add(&v(Outcome::Error, 0, Some("item has no url")));
-        assert_eq!((s.checked, s.ok, s.errors, s.not_found), (6, 2, 3, 1));
-        assert_eq!(s.requests, 17);
+        s.add(&v(Outcome::Dead, 1, Some("dead: /status is \"failed\"")));
+        assert_eq!(
+            (s.checked, s.ok, s.errors, s.not_found, s.dead),
+            (7, 2, 3, 1, 1)
+        );
+        assert_eq!(s.requests, 18);
         assert_eq!(s.retries, 2 + 5 + 5);
         assert!(!s.all_ok());
         assert_eq!(s.top_errors(5)[0], ("HTTP 503".to_string(), 2));
@@ -401,6 +412,7 @@ mod tests {
             "still_failed",
             "not_found",
             "errors",
+            "dead",
             "requests",
             "retries",
             "duration_ms",
@@ -427,6 +439,7 @@ mod tests {
         };
         add(Outcome::Ok, 1, 21, None, 1800);
         add(Outcome::Ok, 3, 450, None, 90);
+        add(Outcome::Dead, 1, 24, Some("dead: /status is \"failed\""), 7);
         add(
             Outcome::StillFailed,
             1,

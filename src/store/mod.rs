@@ -225,6 +225,8 @@ pub struct StoreOptions {
     pub ok: StatusValue,
     /// Written on 404/410, when given.
     pub not_found: Option<StatusValue>,
+    /// Written for outcome `dead` (`--dead-status`), when dead rules are given.
+    pub dead: Option<StatusValue>,
     /// Extra columns the URL template reads (`{COLUMN}`), validated at open.
     pub extra_columns: Vec<Ident>,
     /// The run reads each item's own URL (no `--url`): the url column must exist.
@@ -297,6 +299,7 @@ impl StoreOptions {
             failed,
             ok: StatusValue::new("ok"),
             not_found: None,
+            dead: None,
             extra_columns: Vec::new(),
             need_url: false,
             read_only: false,
@@ -312,6 +315,7 @@ impl StoreOptions {
         match outcome {
             Outcome::Ok => Some(&self.ok),
             Outcome::NotFound => self.not_found.as_ref(),
+            Outcome::Dead => self.dead.as_ref(),
             Outcome::StillFailed | Outcome::Error => None,
         }
     }

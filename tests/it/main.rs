@@ -13,6 +13,7 @@ mod hostile;
 mod import;
 mod items;
 mod json_store;
+mod judging;
 mod limits;
 mod mysql;
 mod outcomes;

@@ -348,8 +348,19 @@ fn text_status_on_integer_column(db: &dyn Db, sb: &Sandbox) {
     // ok-0: a text status compared with an integer column would match 0 on MariaDB.
     db.exec("INSERT INTO items VALUES ('t', 'ok-1', 5), ('t', 'ok-0', 0), ('7', 'ok-7', 5)");
     let before = db.snapshot("items");
-    let cases: [(&[&str], &str); 3] = [
+    let cases: [(&[&str], &str); 4] = [
         (&[], "--failed-status \"failed\" is not an integer"),
+        (
+            &[
+                "--failed-status",
+                "5",
+                "--ok-status",
+                "1",
+                "--dead-json",
+                "/status=failed",
+            ],
+            "--dead-status \"dead\" is not an integer",
+        ),
         (
             &["--failed-status", "5"],
             "--ok-status \"ok\" is not an integer",
@@ -382,6 +393,41 @@ fn scenario_text_status_on_integer_column() {
         "text_status_on_integer_column",
         text_status_on_integer_column,
     );
+}
+
+fn dead_by_rule(db: &dyn Db, sb: &Sandbox) {
+    let server = support::default_server();
+    db.default_schema();
+    let ids: Vec<String> = ["job0-a", "job100-b", "job40-c"].map(String::from).to_vec();
+    db.insert_failed("t", &ids);
+    let out = sb
+        .run(&server, "t", &db.store())
+        .args(["--format", "json", "--expect-json", "/status=done"])
+        .args(["--dead-json", "/status=failed", "--metrics-file", "m.prom"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let s = support::summary(&out);
+    assert_eq!(
+        (s["ok"].as_u64(), s["dead"].as_u64()),
+        (Some(1), Some(1)),
+        "{s}"
+    );
+    let items = db.items("t");
+    assert_eq!(items["job0-a"].status, "dead");
+    assert_eq!(
+        items["job0-a"].last_error.as_deref(),
+        Some(r#"dead: /status is "failed""#)
+    );
+    assert_eq!(items["job100-b"].status, "ok");
+    assert_eq!(items["job40-c"].status, "failed");
+    let prom = std::fs::read_to_string(sb.path("m.prom")).unwrap();
+    assert!(prom.contains(r#"outcome="dead"} 1"#), "{prom}");
+}
+
+#[test]
+fn scenario_dead_by_rule() {
+    on_every_backend("dead_by_rule", dead_by_rule);
 }
 
 fn unknown_task(db: &dyn Db, sb: &Sandbox) {

@@ -21,6 +21,7 @@
 //! | `reset`                          | [`Behavior::Reset`]: reads the request, then resets the TCP connection (RST), no answer |
 //! | `badlen`                         | [`Behavior::BadLength`]: 200, Content-Length 1000, sends 100 bytes, then closes |
 //! | `loop`                           | [`Behavior::RedirectLoop`]: 302 to the very same path and query, forever |
+//! | `job<n>` / `jobf<n>` (`job40`)   | [`Behavior::Job`]: 200 `{"id":..,"status":..,"progress":n,"renditions":[..]}`; status `failed` at 0, `processing` below 100, else `done`; one rendition per full 25 of progress; `jobf` writes progress as `n.0` |
 //!
 //! An id without a `-` has no prefix (so purely numeric ids such as `404` are *not*
 //! "not found"); ids without a recognised prefix get [`MockConfig::default`]. A per-id
@@ -125,6 +126,11 @@ pub enum Behavior {
     BadLength,
     /// 302 with `Location:` the request's own path and query, forever.
     RedirectLoop,
+    /// 200 with a transcode-job body for rules with operators and jq filters:
+    /// `{"id":..,"status":S,"progress":P,"renditions":["r0",..]}` with S `failed` at
+    /// progress 0, `processing` below 100, else `done`, and `progress / 25` renditions.
+    /// `float` writes the progress as `P.0` (for "numbers compare by value").
+    Job { progress: u32, float: bool },
 }
 
 impl Behavior {
@@ -176,6 +182,18 @@ impl Behavior {
         if let Some(n) = prefix.strip_prefix("huge") {
             return Some(Behavior::Huge { bytes: digits(n)? });
         }
+        if let Some(n) = prefix.strip_prefix("jobf") {
+            return Some(Behavior::Job {
+                progress: digits(n)?,
+                float: true,
+            });
+        }
+        if let Some(n) = prefix.strip_prefix("job") {
+            return Some(Behavior::Job {
+                progress: digits(n)?,
+                float: false,
+            });
+        }
         if let Some(rest) = prefix.strip_prefix("ra") {
             let (secs, times) = rest.split_once('x')?;
             return Some(Behavior::RetryAfter {
@@ -210,7 +228,8 @@ impl FromStr for Behavior {
             format!(
                 "unknown behaviour {s:?}; expected one of ok, fail, 404, 410, s<code>, \
                  <code>x<times>, ra<secs>x<times>, hang, garbage, huge[<bytes>], \
-                 hugechunked[<bytes>], slow<ms>, dribble[<ms>], reset, badlen, loop"
+                 hugechunked[<bytes>], slow<ms>, dribble[<ms>], reset, badlen, loop, \
+                 job<progress>, jobf<progress>"
             )
         })
     }
@@ -989,6 +1008,28 @@ async fn respond(id: &str, uri: &Uri, ordinal: u64, behavior: Behavior) -> Respo
         Behavior::Slow { delay } => {
             tokio::time::sleep(delay).await;
             ok(id)
+        }
+        Behavior::Job { progress, float } => {
+            let state = match progress {
+                0 => "failed",
+                1..=99 => "processing",
+                _ => "done",
+            };
+            let renditions: Vec<String> =
+                (0..progress / 25).map(|i| format!(r#""r{i}""#)).collect();
+            let p = if float {
+                format!("{progress}.0")
+            } else {
+                progress.to_string()
+            };
+            json(
+                StatusCode::OK,
+                format!(
+                    r#"{{"id":{},"status":"{state}","progress":{p},"renditions":[{}]}}"#,
+                    json_string(id),
+                    renditions.join(",")
+                ),
+            )
         }
         Behavior::Redirect { to } => match HeaderValue::try_from(to) {
             Ok(location) => {

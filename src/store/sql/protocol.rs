@@ -353,6 +353,9 @@ impl<B: Backend> Inner<B> {
             if let Some(nf) = &opts.not_found {
                 value("--not-found-status", &shape.status, nf.as_str())?;
             }
+            if let Some(dead) = &opts.dead {
+                value("--dead-status", &shape.status, dead.as_str())?;
+            }
         }
         let leasing = shape.lease.is_some() && !read_only && mode == OpenMode::Run;
         let inner = Inner {
