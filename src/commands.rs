@@ -186,6 +186,15 @@ pub async fn run(cfg: RunConfig, stop: CancellationToken) -> Result<Summary> {
         sunk.store_failed(&e);
     }
     let (mut summary, outputs) = sunk.finish(store.as_ref()).await;
+    // What is left for the next run (other workers may still be taking some).
+    let failed = cfg.store_opts.failed.as_str();
+    summary.backlog = store.status_counts().await.ok().map(|c| {
+        c.counts
+            .iter()
+            .filter(|(status, _)| status == failed)
+            .map(|(_, n)| n)
+            .sum()
+    });
     halt.cancel(); // ends the deadline timer
     progress.finish();
     summary.duration = started.elapsed();

@@ -16,6 +16,7 @@
 //! recheck_run_store_failed{task="42"} 0                  # 1: the store failed (exit 4)
 //! recheck_last_run_conflicts{task="42"} 0                # rows changed meanwhile, not written
 //! recheck_last_run_unwritten{task="42"} 0                # answers the failed store lost
+//! recheck_task_backlog{task="42"} 12                     # still failed in the store after the run
 //! recheck_check_duration_seconds_bucket{task="42",le="0.005"} 0
 //! ...
 //! recheck_check_duration_seconds_bucket{task="42",le="+Inf"} 11
@@ -194,6 +195,16 @@ pub fn render(task: &str, s: &Summary, latency: &Latency, now: SystemTime) -> St
     for (name, help, value) in single {
         head(&mut out, name, "gauge", help);
         let _ = writeln!(out, "{name}{{{task}}} {value}");
+    }
+    if let Some(n) = s.backlog {
+        let name = "recheck_task_backlog";
+        head(
+            &mut out,
+            name,
+            "gauge",
+            "Items of the task still failed in the store after the last run.",
+        );
+        let _ = writeln!(out, "{name}{{{task}}} {n}");
     }
     let name = "recheck_check_duration_seconds";
     head(

@@ -72,6 +72,9 @@ pub struct Summary {
     pub store_error: Option<String>,
     /// Output files (`--report`, `--junit`, `--metrics-file`) that failed (exit ≥ 1).
     pub output_errors: u64,
+    /// The task's items still failed in the store after the run (`None`: it could not be
+    /// counted).
+    pub backlog: Option<u64>,
     latency_ms: Histogram<u64>,
     error_counts: HashMap<String, u64>,
     other_errors: u64,
@@ -101,6 +104,7 @@ impl Summary {
             unwritten: 0,
             store_error: None,
             output_errors: 0,
+            backlog: None,
             // 1 ms .. 1 hour at 2 significant figures: a few KiB, fixed.
             latency_ms: Histogram::new_with_bounds(1, 3_600_000, 2)
                 .expect("static histogram bounds are valid"),
@@ -228,6 +232,7 @@ impl Summary {
             unwritten: u64,
             store_error: Option<&'a str>,
             output_errors: u64,
+            backlog: Option<u64>,
             latency_ms: Latency,
             top_errors: Vec<TopError<'a>>,
         }
@@ -252,6 +257,7 @@ impl Summary {
             unwritten: self.unwritten,
             store_error: self.store_error.as_deref(),
             output_errors: self.output_errors,
+            backlog: self.backlog,
             latency_ms: Latency {
                 p50: self.latency_percentile(0.50),
                 p95: self.latency_percentile(0.95),
@@ -306,6 +312,13 @@ impl Summary {
         }
         for (name, value) in rows {
             writeln!(out, "  {name:<13}{value:>10}")?;
+        }
+        if let Some(n) = self.backlog {
+            writeln!(
+                out,
+                "  {:<13}{:>10}  (items of the task still failed in the store)",
+                "backlog", n
+            )?;
         }
         if self.conflicts > 0 {
             writeln!(

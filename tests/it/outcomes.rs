@@ -243,3 +243,56 @@ fn text_summary_names_the_problems() {
         "{text}"
     );
 }
+
+#[test]
+fn the_backlog_is_what_the_store_still_holds_as_failed() {
+    let server = support::default_server();
+    let sb = Sandbox::new();
+    for (store, setup) in [("s.db", "sqlite"), ("s.json", "json")] {
+        let ids = ["ok-1", "fail-2", "404-3", "ok-4"];
+        if setup == "sqlite" {
+            support::sqlite_store(&sb.path(store), "t", &ids);
+            support::sqlite_store(&sb.path(store), "other", &["fail-9"]);
+        } else {
+            let mut items: Vec<serde_json::Value> = ids
+                .iter()
+                .map(|id| serde_json::json!({"task_id": "t", "item_id": id, "status": "failed"}))
+                .collect();
+            items.push(
+                serde_json::json!({"task_id": "other", "item_id": "fail-9", "status": "failed"}),
+            );
+            std::fs::write(sb.path(store), serde_json::to_string(&items).unwrap()).unwrap();
+        }
+        let metrics = sb.path(&format!("{setup}.prom"));
+        // A dry run leaves all four; a real one the two that are not OK (404 keeps its
+        // status without --not-found-status). Another task's item never counts.
+        for (extra, backlog) in [(&["--dry-run"][..], 4), (&[][..], 2)] {
+            let out = sb
+                .run(&server, "t", store)
+                .args(["--expect-json", "/status=done", "--format", "json"])
+                .arg("--metrics-file")
+                .arg(&metrics)
+                .args(extra)
+                .output()
+                .unwrap();
+            let s = support::summary(&out);
+            assert_eq!(s["backlog"], backlog, "{setup} {extra:?}: {s}");
+            let prom = std::fs::read_to_string(&metrics).unwrap();
+            assert!(
+                prom.contains(&format!("recheck_task_backlog{{task=\"t\"}} {backlog}")),
+                "{setup}: {prom}"
+            );
+        }
+        let text = sb
+            .run(&server, "t", store)
+            .args(["--expect-json", "/status=done", "--dry-run"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(
+            text.lines()
+                .any(|l| l.split_whitespace().take(2).eq(["backlog", "2"])),
+            "{setup}: {text}"
+        );
+    }
+}
