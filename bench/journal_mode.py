@@ -25,7 +25,8 @@ RECHECK = os.path.join(ROOT, "target", "release", "recheck")
 MOCK = os.path.join(ROOT, "target", "release", "examples", "mock_server")
 
 
-def template(path, n, mode):
+def template(path, n, mode="delete"):
+    """A store with the default schema holding `n` failed items `ok-0`.. of task `b`."""
     conn = sqlite3.connect(path)
     conn.execute(f"PRAGMA journal_mode={mode}")
     conn.executescript(

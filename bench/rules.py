@@ -21,6 +21,8 @@ import sys
 import tempfile
 import time
 
+from journal_mode import template  # the same store, in delete mode
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECHECK = os.path.join(ROOT, "target", "release", "recheck")
 MOCK = os.path.join(ROOT, "target", "release", "examples", "mock_server")
@@ -30,22 +32,6 @@ RULES = [
     ["--expect-jq", '.status == "done"'],
     [],
 ]
-
-
-def template(path, n):
-    conn = sqlite3.connect(path)
-    conn.executescript(
-        """
-        CREATE TABLE items(task_id TEXT NOT NULL, item_id TEXT NOT NULL, status TEXT NOT NULL,
-              url TEXT NULL, http_status INTEGER NULL, attempts INTEGER NOT NULL DEFAULT 0,
-              last_error TEXT NULL, checked_at TEXT NULL, lease_owner TEXT NULL,
-              lease_until TEXT NULL, PRIMARY KEY (task_id, item_id));
-        CREATE INDEX items_task_status ON items(task_id, status);
-        """)
-    conn.executemany("INSERT INTO items(task_id, item_id, status) VALUES ('b', ?, 'failed')",
-                     ((f"ok-{i}",) for i in range(n)))
-    conn.commit()
-    conn.close()
 
 
 def main():

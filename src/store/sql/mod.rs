@@ -238,10 +238,17 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn for_update(&self, skip_locked: bool) -> &'static str;
     /// The key the keyset walks and the save finds rows by: `rowid` on SQLite, else the id
     /// column (rows are then keyed by task and id).
-    fn rowid(&self) -> Option<&'static str>;
+    fn rowid(&self) -> Option<&'static str> {
+        None
+    }
     /// Declarations of the default schema's columns (SPEC §2) and what `init` adds.
     fn column_type(&self, column: crate::store::sql::protocol::SchemaType) -> &'static str;
     /// Whether `e` is a deadlock or lock wait after which the transaction may simply run
     /// again.
-    fn retry_tx(&self, e: &anyhow::Error) -> bool;
+    fn retry_tx(&self, e: &anyhow::Error) -> bool {
+        e.chain().any(|c| {
+            c.downcast_ref::<crate::store::ServerError>()
+                .is_some_and(|s| s.rolled_back)
+        })
+    }
 }

@@ -382,10 +382,6 @@ impl Backend for MyDb {
         }
     }
 
-    fn rowid(&self) -> Option<&'static str> {
-        None
-    }
-
     fn column_type(&self, column: SchemaType) -> &'static str {
         match column {
             SchemaType::Key => "VARCHAR(191)",
@@ -395,13 +391,6 @@ impl Backend for MyDb {
             SchemaType::Int => "INT",
             SchemaType::Time => "DATETIME(3)",
         }
-    }
-
-    fn retry_tx(&self, e: &anyhow::Error) -> bool {
-        e.chain().any(|c| {
-            c.downcast_ref::<ServerError>()
-                .is_some_and(|s| s.rolled_back)
-        })
     }
 }
 

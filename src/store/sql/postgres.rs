@@ -396,22 +396,11 @@ impl Backend for PgDb {
         }
     }
 
-    fn rowid(&self) -> Option<&'static str> {
-        None
-    }
-
     fn column_type(&self, column: SchemaType) -> &'static str {
         match column {
             SchemaType::Int => "INTEGER",
             SchemaType::Time => "TIMESTAMPTZ",
             _ => "TEXT",
         }
-    }
-
-    fn retry_tx(&self, e: &anyhow::Error) -> bool {
-        e.chain().any(|c| {
-            c.downcast_ref::<ServerError>()
-                .is_some_and(|s| s.rolled_back)
-        })
     }
 }

@@ -399,11 +399,6 @@ impl Backend for SqliteDb {
             _ => "TEXT",
         }
     }
-
-    fn retry_tx(&self, _e: &anyhow::Error) -> bool {
-        // BUSY waits out the busy timeout already; the sink retries past it.
-        false
-    }
 }
 
 #[cfg(test)]
