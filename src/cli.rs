@@ -233,9 +233,26 @@ pub struct RunArgs {
     /// fails on an answer does not hold), e.g. '.status == "failed"'.
     #[arg(long, value_name = "FILTER")]
     pub dead_jq: Vec<String>,
-    /// The status written for outcome dead [default: dead]; only with --dead-json/--dead-jq.
+    /// The status written for outcome dead [default: dead]; only with --dead-json/--dead-jq
+    /// or --give-up-after/--give-up-age.
     #[arg(long, value_name = "V", env = "RECHECK_DEAD_STATUS")]
     pub dead_status: Option<String>,
+    /// The schedule across runs: after a not-OK check the item is due again after
+    /// MIN·2^(checks−1), at most MAX, ±10 % jitter (its next_check_at); runs skip items
+    /// not yet due. E.g. 10m..6h [default: none, every run checks every failed item].
+    #[arg(long, value_name = "MIN..MAX", value_parser = parse_recheck_backoff, env = "RECHECK_RECHECK_BACKOFF")]
+    pub recheck_backoff: Option<(Duration, Duration)>,
+    /// An item still not OK after N checks (runs that judged it, this one included)
+    /// becomes dead, written as --dead-status, its last_error saying why.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), env = "RECHECK_GIVE_UP_AFTER")]
+    pub give_up_after: Option<u32>,
+    /// An item still not OK this long after its first check becomes dead (e.g. 7d).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, env = "RECHECK_GIVE_UP_AGE")]
+    pub give_up_age: Option<Duration>,
+    /// Check the task's failed items even when they are not due yet (next_check_at in the
+    /// future); the schedule is still written.
+    #[arg(long, env = "RECHECK_IGNORE_SCHEDULE")]
+    pub ignore_schedule: bool,
     /// The status value that marks an item to re-check.
     #[arg(
         long,
@@ -386,6 +403,16 @@ pub fn parse_backoff(s: &str) -> Result<(Duration, Duration), String> {
     let (lo, hi) = (parse_duration(a)?, parse_duration(b)?);
     if lo > hi {
         return Err(format!("{s:?}: the lower bound is above the upper bound"));
+    }
+    Ok((lo, hi))
+}
+
+/// `--recheck-backoff`: a `MIN..MAX` range whose lower bound is at least a second (a
+/// schedule across runs in milliseconds would be a retry loop, which `--backoff` is for).
+pub fn parse_recheck_backoff(s: &str) -> Result<(Duration, Duration), String> {
+    let (lo, hi) = parse_backoff(s).map_err(|e| e.replace("200ms..30s", "10m..6h"))?;
+    if lo < Duration::from_secs(1) {
+        return Err(format!("{s:?}: the lower bound must be at least 1s"));
     }
     Ok((lo, hi))
 }

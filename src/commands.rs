@@ -98,12 +98,14 @@ pub async fn run(cfg: RunConfig, stop: CancellationToken) -> Result<Summary> {
     let (item_tx, item_rx) = mpsc::channel::<Item>(CLAIM_BATCH);
     let (verdict_tx, verdict_rx) = mpsc::channel(sink::BATCH_ROWS.max(cfg.concurrency * 2));
 
+    let claimed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let feeder = tokio::spawn(feed(
         Arc::clone(&store),
         item_tx,
         cfg.limit,
         halt.clone(),
         retry_for,
+        Arc::clone(&claimed),
     ));
     let summary = Summary::new(&cfg.task, &cfg.store.to_string(), cfg.dry_run);
     let total = sink::retry_transient("counting items", retry_for, || store.pending()).await?;
@@ -149,13 +151,19 @@ pub async fn run(cfg: RunConfig, stop: CancellationToken) -> Result<Summary> {
         })
     };
     let urls = Arc::new(cfg.urls);
+    let schedule = Arc::new(cfg.schedule.clone());
     let check = {
         let halt = halt.clone();
         move |item: Item| {
             let (fetcher, urls, halt) = (Arc::clone(&fetcher), Arc::clone(&urls), halt.clone());
+            let schedule = Arc::clone(&schedule);
             async move {
                 let url = urls.url_for(&item);
-                fetcher.check(item, url, &halt).await
+                // What the store remembers of the item decides its schedule.
+                let (checks, first) = (item.checks, item.first_checked_at);
+                let mut verdict = fetcher.check(item, url, &halt).await?;
+                schedule.apply(checks, first, &mut verdict);
+                Some(verdict)
             }
         }
     };
@@ -188,13 +196,20 @@ pub async fn run(cfg: RunConfig, stop: CancellationToken) -> Result<Summary> {
     let (mut summary, outputs) = sunk.finish(store.as_ref()).await;
     // What is left for the next run (other workers may still be taking some).
     let failed = cfg.store_opts.failed.as_str();
-    summary.backlog = store.status_counts().await.ok().map(|c| {
-        c.counts
-            .iter()
-            .filter(|(status, _)| status == failed)
-            .map(|(_, n)| n)
-            .sum()
-    });
+    match store.status_counts().await {
+        Ok(c) => {
+            summary.backlog = Some(count_of(&c, failed));
+            if let Some(sc) = c.schedule {
+                summary.not_due = Some(sc.not_due);
+                summary.next_due_at = sc.next_due_at;
+            }
+        }
+        Err(e) => tracing::warn!("cannot count the items left in the store: {e:#}"),
+    }
+    // Claimed but never answered: a stop (or a store failure) came first.
+    summary.unchecked = claimed
+        .load(Ordering::SeqCst)
+        .saturating_sub(summary.checked);
     halt.cancel(); // ends the deadline timer
     progress.finish();
     summary.duration = started.elapsed();
@@ -234,6 +249,7 @@ async fn feed<S: Store>(
     limit: Option<u64>,
     halt: CancellationToken,
     retry_for: std::time::Duration,
+    claimed: Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<()> {
     let mut sent = 0u64;
     loop {
@@ -256,6 +272,7 @@ async fn feed<S: Store>(
         if page.is_empty() {
             return Ok(());
         }
+        claimed.fetch_add(page.len() as u64, Ordering::SeqCst);
         for item in page {
             tokio::select! {
                 r = tx.send(item) => if r.is_err() { return Ok(()) },
@@ -279,6 +296,15 @@ fn plain_opts(
         spec,
         StoreOptions::basic(task, columns, StatusValue::new(failed)),
     ))
+}
+
+/// The count of one status (as text) in `c`.
+fn count_of(c: &store::StatusCounts, status: &str) -> u64 {
+    c.counts
+        .iter()
+        .filter(|(s, _)| s == status)
+        .map(|(_, n)| n)
+        .sum()
 }
 
 /// `recheck status`: counts of the task's items per status.

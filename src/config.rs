@@ -17,6 +17,7 @@ use crate::check::fetch::FetchConfig;
 use crate::check::jq::JqRule;
 use crate::check::judge::{ExpectStatus, Expectations, JsonRule};
 use crate::check::pool::UrlSource;
+use crate::check::schedule::Schedule;
 use crate::check::template::UrlTemplate;
 use crate::cli::{Cli, FailOn, RunArgs, StoreArgs};
 use crate::model::StatusValue;
@@ -229,6 +230,8 @@ pub struct RunConfig {
     pub progress: crate::cli::ProgressMode,
     /// When to exit 1.
     pub fail_on: FailOn,
+    /// The schedule across runs: backoff and give-up.
+    pub schedule: Schedule,
 }
 
 /// Maps the store flags to a spec and the column names, refusing non-identifiers.
@@ -287,9 +290,21 @@ impl RunConfig {
         };
         // `dead` is written only when a dead rule can produce it: a --dead-status alone would
         // be a flag that does nothing, so it is refused.
-        let dead = match (&a.dead_status, expect.has_dead_rules()) {
+        let schedule = Schedule {
+            backoff: a.recheck_backoff,
+            give_up_after: a.give_up_after,
+            give_up_age: a.give_up_age,
+            not_found_settles: a.not_found_status.is_some(),
+        };
+        let dead = match (
+            &a.dead_status,
+            expect.has_dead_rules() || schedule.gives_up(),
+        ) {
             (Some(_), false) => {
-                bail!("--dead-status is written for outcome dead: give --dead-json or --dead-jq")
+                bail!(
+                    "--dead-status is written for outcome dead: give --dead-json, --dead-jq, \
+                     --give-up-after or --give-up-age"
+                )
             }
             (status, true) => Some(StatusValue::new(status.as_deref().unwrap_or("dead"))),
             (None, false) => None,
@@ -309,6 +324,7 @@ impl RunConfig {
             ok: StatusValue::new(&a.ok_status),
             not_found: a.not_found_status.as_deref().map(StatusValue::new),
             dead,
+            ignore_schedule: a.ignore_schedule,
             extra_columns,
             need_url: matches!(urls, UrlSource::ItemColumn),
             read_only: a.dry_run,
@@ -374,6 +390,7 @@ impl RunConfig {
             },
             progress: a.progress,
             fail_on: a.fail_on,
+            schedule,
         })
     }
 }

@@ -21,6 +21,11 @@ pub struct Item {
     /// Values of the extra columns the URL template asks for (`{COLUMN}`), in the order of
     /// [`crate::store::StoreOptions::extra_columns`]. `None` is SQL NULL / a missing field.
     pub fields: Vec<Option<String>>,
+    /// Runs that judged the item before this one (`checks`; 0 where the store has no such
+    /// column).
+    pub checks: u32,
+    /// When the item was first checked (`first_checked_at`), if it was and the store says.
+    pub first_checked_at: Option<SystemTime>,
 }
 
 /// What one check concluded about one item (SPEC §3, "Outcome of one item").
@@ -88,6 +93,10 @@ pub struct Verdict {
     pub elapsed: Duration,
     /// The URL asked, for reports: its password, if any, is replaced by `***`.
     pub url: Option<String>,
+    /// When the item is due for its next check (`next_check_at`): set after a not-OK check
+    /// by `--recheck-backoff`, or by a `Retry-After` longer than the run could wait; `None`
+    /// means due at once (or settled).
+    pub next_check_at: Option<SystemTime>,
 }
 
 /// A status value as the user typed it (`--failed-status 5`, `--ok-status ok`).
@@ -128,6 +137,12 @@ pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// Reads a time a store holds as text: RFC 3339 (`T` or a space, `Z` optional, any
+/// fraction), UTC. `None` for anything else.
+pub fn parse_time(s: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(s.trim()).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +160,8 @@ mod tests {
     fn rfc3339_is_utc_millis() {
         let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_500);
         assert_eq!(rfc3339(t), "1970-01-01T00:00:01.500Z");
+        assert_eq!(parse_time("1970-01-01T00:00:01.500Z"), Some(t));
+        assert_eq!(parse_time("1970-01-01 00:00:01.5"), Some(t));
+        assert_eq!(parse_time("yesterday"), None);
     }
 }

@@ -566,6 +566,7 @@ mod tests {
             checked_at: std::time::SystemTime::now(),
             elapsed: Duration::from_millis(3),
             url: None,
+            next_check_at: None,
         }
     }
 

@@ -927,6 +927,7 @@ fn verdict(item: &Item, step: &Step) -> Option<Verdict> {
         elapsed: Duration::ZERO,
         // For reports only: a store must not write it over the item's `url`.
         url: Some(format!("http://h/items/{}?verdict", item.id)),
+        next_check_at: None,
     })
 }
 
@@ -1037,6 +1038,8 @@ fn round_trip(doc: &GenDoc, plan: &Plan) -> Result<(), TestCaseError> {
             id: m.id.clone().unwrap(),
             url: m.url.clone(),
             fields: vec![m.region.clone()],
+            checks: 0,
+            first_checked_at: None,
         })
         .collect();
     prop_assert_eq!(&claimed, &expected, "claimed items");
@@ -1235,6 +1238,8 @@ fn item(id: &str, fields: Vec<Option<String>>) -> Item {
         id: id.to_string(),
         url: None,
         fields,
+        checks: 0,
+        first_checked_at: None,
     }
 }
 

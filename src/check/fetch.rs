@@ -57,6 +57,30 @@ enum Failure {
     Fatal(String, Option<u16>),
 }
 
+/// What the attempts of one item found.
+struct Found {
+    outcome: Outcome,
+    /// HTTP status of the last answer.
+    status: Option<u16>,
+    attempts: u32,
+    error: Option<String>,
+    /// The last answer's `Retry-After`, when the item ended on it (carried into
+    /// `next_check_at`).
+    retry_after: Option<Duration>,
+}
+
+impl Found {
+    fn error(status: Option<u16>, attempts: u32, why: String) -> Found {
+        Found {
+            outcome: Outcome::Error,
+            status,
+            attempts,
+            error: Some(why),
+            retry_after: None,
+        }
+    }
+}
+
 /// An answer to one attempt.
 struct Answer {
     status: u16,
@@ -78,37 +102,40 @@ impl Fetcher {
         url: Result<Url, String>,
         cancel: &CancellationToken,
     ) -> Option<Verdict> {
-        let (url, (outcome, http_status, attempts, error), elapsed) = match url {
+        let (url, found, elapsed) = match url {
             Ok(url) => {
                 let mut first_sent = None;
                 let found = self.retry_loop(&url, cancel, &mut first_sent).await?;
                 let elapsed = first_sent.map_or(Duration::ZERO, |t: Instant| t.elapsed());
                 (Some(url), found, elapsed)
             }
-            Err(why) => (None, (Outcome::Error, None, 0, Some(why)), Duration::ZERO),
+            Err(why) => (None, Found::error(None, 0, why), Duration::ZERO),
         };
+        let checked_at = SystemTime::now();
         Some(Verdict {
             key: item.key,
             id: item.id,
-            outcome,
-            http_status,
-            attempts,
-            error,
-            checked_at: SystemTime::now(),
+            outcome: found.outcome,
+            http_status: found.status,
+            attempts: found.attempts,
+            error: found.error,
+            checked_at,
             elapsed,
             url: url.map(redacted),
+            // The server said when to come back: the next run honours it.
+            next_check_at: found.retry_after.map(|d| checked_at + d),
         })
     }
 
-    /// Attempts until an answer is final or the retries are spent: (outcome, last HTTP
-    /// status, attempts, error). `first_sent` is when the first request was admitted (the
-    /// latency of an item does not count its wait for a request slot).
+    /// Attempts until an answer is final or the retries are spent. `first_sent` is when
+    /// the first request was admitted (the latency of an item does not count its wait for
+    /// a request slot).
     async fn retry_loop(
         &self,
         url: &Url,
         cancel: &CancellationToken,
         first_sent: &mut Option<Instant>,
-    ) -> Option<(Outcome, Option<u16>, u32, Option<String>)> {
+    ) -> Option<Found> {
         let mut attempts = 0u32;
         loop {
             if cancel.is_cancelled() {
@@ -129,26 +156,32 @@ impl Fetcher {
             let (why, retry_after, last_status) = match result {
                 Ok(answer) => {
                     let status = Some(answer.status);
-                    match judge::judge(answer.status, &answer.body, &self.cfg.expect) {
-                        Judgement::Ok => return Some((Outcome::Ok, status, attempts, None)),
-                        Judgement::StillFailed(why) => {
-                            return Some((Outcome::StillFailed, status, attempts, Some(why)));
+                    let final_answer =
+                        match judge::judge(answer.status, &answer.body, &self.cfg.expect) {
+                            Judgement::Retry(why) => Err((why, answer.retry_after, status)),
+                            Judgement::Ok => Ok((Outcome::Ok, None)),
+                            Judgement::StillFailed(why) => Ok((Outcome::StillFailed, Some(why))),
+                            Judgement::Dead(why) => Ok((Outcome::Dead, Some(why))),
+                            Judgement::NotFound => {
+                                Ok((Outcome::NotFound, Some(judge::status_text(answer.status))))
+                            }
+                            Judgement::Error(why) => Ok((Outcome::Error, Some(why))),
+                        };
+                    match final_answer {
+                        Ok((outcome, error)) => {
+                            return Some(Found {
+                                outcome,
+                                status,
+                                attempts,
+                                error,
+                                retry_after: None,
+                            });
                         }
-                        Judgement::Dead(why) => {
-                            return Some((Outcome::Dead, status, attempts, Some(why)));
-                        }
-                        Judgement::NotFound => {
-                            let why = judge::status_text(answer.status);
-                            return Some((Outcome::NotFound, status, attempts, Some(why)));
-                        }
-                        Judgement::Error(why) => {
-                            return Some((Outcome::Error, status, attempts, Some(why)));
-                        }
-                        Judgement::Retry(why) => (why, answer.retry_after, status),
+                        Err(retry) => retry,
                     }
                 }
                 Err(Failure::Fatal(why, status)) => {
-                    return Some((Outcome::Error, status, attempts, Some(why)));
+                    return Some(Found::error(status, attempts, why));
                 }
                 Err(Failure::Retryable(why)) => (why, None, None),
             };
@@ -158,7 +191,11 @@ impl Fetcher {
                 } else {
                     why
                 };
-                return Some((Outcome::Error, last_status, attempts, Some(why)));
+                let mut found = Found::error(last_status, attempts, why);
+                // A Retry-After longer than the capped waits of this run: the next run
+                // comes back then (next_check_at).
+                found.retry_after = retry_after;
+                return Some(found);
             }
             if let Some(d) = retry_after {
                 // The whole host asked for a break, not just this item.

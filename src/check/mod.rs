@@ -7,4 +7,5 @@ pub mod gate;
 pub mod jq;
 pub mod judge;
 pub mod pool;
+pub mod schedule;
 pub mod template;

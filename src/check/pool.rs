@@ -162,6 +162,7 @@ async fn reap(
                         checked_at: SystemTime::now(),
                         elapsed: Duration::ZERO,
                         url: None,
+                        next_check_at: None,
                     })
                     .await;
             }
@@ -190,6 +191,8 @@ mod tests {
             id: format!("i{i}"),
             url: None,
             fields: vec![],
+            checks: 0,
+            first_checked_at: None,
         }
     }
 
@@ -204,6 +207,7 @@ mod tests {
             checked_at: SystemTime::now(),
             elapsed: Duration::ZERO,
             url: None,
+            next_check_at: None,
         }
     }
 

@@ -313,6 +313,8 @@ mod tests {
             id: id.into(),
             url: None,
             fields: vec![],
+            checks: 0,
+            first_checked_at: None,
         }
     }
 

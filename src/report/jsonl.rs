@@ -141,6 +141,7 @@ mod tests {
                     checked_at: SystemTime::UNIX_EPOCH + Duration::from_millis(1_500),
                     elapsed: Duration::from_micros(12_900),
                     url: Some(format!("http://x/{id}")),
+                    next_check_at: None,
                 },
                 Stored::Written,
             )

@@ -162,6 +162,7 @@ mod tests {
             checked_at: SystemTime::UNIX_EPOCH,
             elapsed: Duration::from_millis(250),
             url: Some(format!("http://h/{id}")),
+            next_check_at: None,
         }
     }
 

@@ -17,6 +17,9 @@
 //! recheck_last_run_conflicts{task="42"} 0                # rows changed meanwhile, not written
 //! recheck_last_run_unwritten{task="42"} 0                # answers the failed store lost
 //! recheck_task_backlog{task="42"} 12                     # still failed in the store after the run
+//! recheck_task_not_due{task="42"} 9                      # of them skipped: not due yet
+//! recheck_task_next_due_timestamp_seconds{task="42"} 1.7e9 # earliest next_check_at
+//! recheck_last_run_unchecked{task="42"} 0                # claimed, left unchecked by a stop
 //! recheck_check_duration_seconds_bucket{task="42",le="0.005"} 0
 //! ...
 //! recheck_check_duration_seconds_bucket{task="42",le="+Inf"} 11
@@ -145,7 +148,7 @@ pub fn render(task: &str, s: &Summary, latency: &Latency, now: SystemTime) -> St
     let at = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
-    let single: [(&str, &str, String); 9] = [
+    let single: [(&str, &str, String); 10] = [
         (
             "recheck_last_run_requests",
             "HTTP attempts made by the last run of the task.",
@@ -191,6 +194,11 @@ pub fn render(task: &str, s: &Summary, latency: &Latency, now: SystemTime) -> St
             "Answers of the last run not written because the store failed.",
             s.unwritten.to_string(),
         ),
+        (
+            "recheck_last_run_unchecked",
+            "Items the last run claimed but left unchecked (a stop came first).",
+            s.unchecked.to_string(),
+        ),
     ];
     for (name, help, value) in single {
         head(&mut out, name, "gauge", help);
@@ -205,6 +213,29 @@ pub fn render(task: &str, s: &Summary, latency: &Latency, now: SystemTime) -> St
             "Items of the task still failed in the store after the last run.",
         );
         let _ = writeln!(out, "{name}{{{task}}} {n}");
+    }
+    if let Some(n) = s.not_due {
+        let name = "recheck_task_not_due";
+        head(
+            &mut out,
+            name,
+            "gauge",
+            "Failed items the last run skipped because they were not due yet (next_check_at ahead).",
+        );
+        let _ = writeln!(out, "{name}{{{task}}} {n}");
+    }
+    if let Some(at) = s.next_due_at.as_deref().and_then(crate::model::parse_time) {
+        let name = "recheck_task_next_due_timestamp_seconds";
+        head(
+            &mut out,
+            name,
+            "gauge",
+            "The earliest next_check_at of the task's failed items, in Unix seconds.",
+        );
+        let secs = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let _ = writeln!(out, "{name}{{{task}}} {secs:.3}");
     }
     let name = "recheck_check_duration_seconds";
     head(

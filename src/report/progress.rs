@@ -521,6 +521,7 @@ mod tests {
             checked_at: SystemTime::now(),
             elapsed: Duration::ZERO,
             url: None,
+            next_check_at: None,
         }
     }
 

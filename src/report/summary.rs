@@ -75,6 +75,14 @@ pub struct Summary {
     /// The task's items still failed in the store after the run (`None`: it could not be
     /// counted).
     pub backlog: Option<u64>,
+    /// Failed items this run skipped because they were not due yet (`next_check_at`
+    /// ahead; `None`: the store has no schedule).
+    pub not_due: Option<u64>,
+    /// The earliest `next_check_at` among the task's failed items, RFC 3339 UTC: when a
+    /// run next has something to check.
+    pub next_due_at: Option<String>,
+    /// Items claimed from the store but left unchecked by a stop (their status kept).
+    pub unchecked: u64,
     latency_ms: Histogram<u64>,
     error_counts: HashMap<String, u64>,
     other_errors: u64,
@@ -105,6 +113,9 @@ impl Summary {
             store_error: None,
             output_errors: 0,
             backlog: None,
+            not_due: None,
+            next_due_at: None,
+            unchecked: 0,
             // 1 ms .. 1 hour at 2 significant figures: a few KiB, fixed.
             latency_ms: Histogram::new_with_bounds(1, 3_600_000, 2)
                 .expect("static histogram bounds are valid"),
@@ -233,6 +244,9 @@ impl Summary {
             store_error: Option<&'a str>,
             output_errors: u64,
             backlog: Option<u64>,
+            not_due: Option<u64>,
+            next_due_at: Option<&'a str>,
+            unchecked: u64,
             latency_ms: Latency,
             top_errors: Vec<TopError<'a>>,
         }
@@ -258,6 +272,9 @@ impl Summary {
             store_error: self.store_error.as_deref(),
             output_errors: self.output_errors,
             backlog: self.backlog,
+            not_due: self.not_due,
+            next_due_at: self.next_due_at.as_deref(),
+            unchecked: self.unchecked,
             latency_ms: Latency {
                 p50: self.latency_percentile(0.50),
                 p95: self.latency_percentile(0.95),
@@ -318,6 +335,31 @@ impl Summary {
                 out,
                 "  {:<13}{:>10}  (items of the task still failed in the store)",
                 "backlog", n
+            )?;
+        }
+        match (self.not_due.filter(|n| *n > 0), &self.next_due_at) {
+            (Some(n), Some(at)) => writeln!(
+                out,
+                "  {:<13}{n:>10}  (failed items not due yet, skipped; the next is due at {at})",
+                "not due"
+            )?,
+            (Some(n), None) => writeln!(
+                out,
+                "  {:<13}{n:>10}  (failed items not due yet, skipped)",
+                "not due"
+            )?,
+            (None, Some(at)) => writeln!(
+                out,
+                "  {:<13}{at}  (the failed items' earliest next_check_at)",
+                "next due"
+            )?,
+            (None, None) => {}
+        }
+        if self.unchecked > 0 {
+            writeln!(
+                out,
+                "  {:<13}{:>10}  (claimed, left unchecked by the stop; status kept)",
+                "unchecked", self.unchecked
             )?;
         }
         if self.conflicts > 0 {
@@ -387,6 +429,7 @@ mod tests {
             checked_at: SystemTime::now(),
             elapsed: Duration::from_millis(20),
             url: None,
+            next_check_at: None,
         }
     }
 
@@ -551,6 +594,52 @@ mod tests {
         assert_eq!(j["output_errors"], 1);
         assert!(j["store_error"].as_str().unwrap().contains("disk is full"));
         assert!(Summary::new("t", "x", false).store_failure_line().is_none());
+    }
+
+    /// The schedule's lines: a cron run that skipped items not due yet, gave up on some
+    /// (dead) and was stopped by its deadline with claimed items unchecked.
+    #[test]
+    fn text_snapshot_schedule() {
+        let mut s = Summary::new("transcode-7", "sqlite:recheck.db", false);
+        s.add(&v(Outcome::Ok, 1, None));
+        s.add(&v(
+            Outcome::StillFailed,
+            1,
+            Some("/state is \"processing\", expected done"),
+        ));
+        s.add(&v(
+            Outcome::Dead,
+            1,
+            Some("gave up after 3 checks: /state is \"processing\", expected done"),
+        ));
+        s.deadline_reached = true;
+        s.backlog = Some(1_204);
+        s.not_due = Some(1_180);
+        s.next_due_at = Some("2026-12-01T12:10:03.120Z".into());
+        s.unchecked = 23;
+        s.duration = Duration::from_millis(60_000);
+        let mut out = Vec::new();
+        s.write(Format::Text, &mut out).unwrap();
+        insta::assert_snapshot!(String::from_utf8(out).unwrap());
+        let mut out = Vec::new();
+        s.write(Format::Json, &mut out).unwrap();
+        let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            (
+                &j["backlog"],
+                &j["not_due"],
+                &j["next_due_at"],
+                &j["unchecked"],
+                &j["dead"]
+            ),
+            (
+                &serde_json::json!(1_204),
+                &serde_json::json!(1_180),
+                &serde_json::json!("2026-12-01T12:10:03.120Z"),
+                &serde_json::json!(23),
+                &serde_json::json!(1)
+            )
+        );
     }
 
     #[test]

@@ -73,7 +73,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Result, anyhow, bail};
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -83,7 +83,7 @@ use super::lock::LockFile;
 use super::{
     BOOKKEEPING, Columns, Ident, ImportCounts, NewItem, OpenMode, StatusCounts, StoreOptions,
 };
-use crate::model::{Item, StatusValue, Verdict, rfc3339};
+use crate::model::{Item, StatusValue, Verdict, parse_time, rfc3339};
 
 /// How often a run writes its verdicts back while they arrive.
 const CHECKPOINT: Duration = Duration::from_secs(1);
@@ -126,8 +126,13 @@ const HTTP_STATUS: usize = 5;
 const ATTEMPTS: usize = 6;
 const LAST_ERROR: usize = 7;
 const CHECKED_AT: usize = 8;
+const CHECKS: usize = 9;
+const FIRST_CHECKED_AT: usize = 10;
+const NEXT_CHECK_AT: usize = 11;
 /// First of the extra columns (`{COLUMN}` of the URL template).
-const EXTRA: usize = 9;
+const EXTRA: usize = 12;
+/// The schedule's fields, after the bookkeeping ones.
+const SCHEDULE: [&str; 3] = ["checks", "first_checked_at", "next_check_at"];
 
 /// The field names of the slots, in slot order.
 fn slot_names(columns: &Columns, extra: &[Ident]) -> Vec<String> {
@@ -139,7 +144,9 @@ fn slot_names(columns: &Columns, extra: &[Ident]) -> Vec<String> {
         columns.url.as_str().to_string(),
     ];
     keys.extend(BOOKKEEPING.iter().map(|s| s.to_string()));
+    keys.extend(SCHEDULE.iter().map(|s| s.to_string()));
     debug_assert_eq!(keys.len(), EXTRA);
+    debug_assert_eq!(keys[NEXT_CHECK_AT], "next_check_at");
     debug_assert_eq!(keys[CHECKED_AT], "checked_at");
     keys.extend(extra.iter().map(|c| c.as_str().to_string()));
     keys
@@ -462,7 +469,17 @@ impl Doc {
     fn fingerprint(&self, idx: usize, extra: usize) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        let slots = [STATUS, URL, HTTP_STATUS, ATTEMPTS, LAST_ERROR, CHECKED_AT];
+        let slots = [
+            STATUS,
+            URL,
+            HTTP_STATUS,
+            ATTEMPTS,
+            LAST_ERROR,
+            CHECKED_AT,
+            CHECKS,
+            FIRST_CHECKED_AT,
+            NEXT_CHECK_AT,
+        ];
         for slot in slots.into_iter().chain(EXTRA..EXTRA + extra) {
             let canonical = match self.raw(idx, slot) {
                 None | Some("null") => Cow::Borrowed("null"),
@@ -1080,6 +1097,22 @@ impl State {
         let error = v.error.as_deref().map_or_else(|| "null".into(), json_str);
         self.set(idx, LAST_ERROR, error);
         self.set(idx, CHECKED_AT, json_str(&rfc3339(v.checked_at)));
+        let checks = self
+            .current(idx, CHECKS)
+            .and_then(int_of)
+            .unwrap_or(0)
+            .max(0);
+        self.set(idx, CHECKS, checks.saturating_add(1).to_string());
+        if self
+            .current(idx, FIRST_CHECKED_AT)
+            .is_none_or(|raw| raw == "null")
+        {
+            self.set(idx, FIRST_CHECKED_AT, json_str(&rfc3339(v.checked_at)));
+        }
+        let next = v
+            .next_check_at
+            .map_or_else(|| "null".into(), |t| json_str(&rfc3339(t)));
+        self.set(idx, NEXT_CHECK_AT, next);
         Ok(Applied::Merged)
     }
 
@@ -1156,7 +1189,20 @@ fn final_error(msg: String) -> anyhow::Error {
     anyhow!(msg)
 }
 
+/// An item's `next_check_at` as a time, when it has one that can be read.
+fn next_check_at(doc: &Doc, idx: usize) -> Option<SystemTime> {
+    doc.raw(idx, NEXT_CHECK_AT)
+        .and_then(decode_str)
+        .and_then(|t| parse_time(&t))
+}
+
 impl Inner {
+    /// Whether item `idx` may be checked now: its `next_check_at` is not ahead of `now`
+    /// (or `--ignore-schedule`). Text that is no time leaves it due.
+    fn due(&self, doc: &Doc, idx: usize, now: SystemTime) -> bool {
+        self.opts.ignore_schedule || next_check_at(doc, idx).is_none_or(|t| t <= now)
+    }
+
     /// Notices a change of the file by another process since recheck last read or wrote
     /// it, and merges it (`State::rebase`). Without `full`, a cheap `stat` decides
     /// whether to read the file; with it, the bytes are always compared (before a write).
@@ -1534,7 +1580,11 @@ impl FileStore {
     /// Failed items of the task not handed out yet (see [`super::Store::pending`]).
     pub fn pending(&self) -> u64 {
         let st = lock(&self.inner.state);
-        st.cands.len().saturating_sub(st.next) as u64
+        let now = SystemTime::now();
+        st.cands[st.next.min(st.cands.len())..]
+            .iter()
+            .filter(|c| c.idx.is_some_and(|idx| self.inner.due(&st.doc, idx, now)))
+            .count() as u64
     }
 
     /// See [`super::Store::claim`]. Items another process removed, or changed from the
@@ -1546,6 +1596,7 @@ impl FileStore {
         let st = &mut *guard;
         let mut items = Vec::with_capacity(n.min(st.cands.len() - st.next));
         let extra = inner.opts.extra_columns.len();
+        let now = SystemTime::now();
         while items.len() < n && st.next < st.cands.len() {
             let cand = &mut st.cands[st.next];
             st.next += 1;
@@ -1554,6 +1605,7 @@ impl FileStore {
             if !doc
                 .raw(idx, STATUS)
                 .is_some_and(|raw| status_matches(raw, &inner.opts.failed))
+                || !inner.due(doc, idx, now)
             {
                 continue;
             }
@@ -1565,6 +1617,14 @@ impl FileStore {
                 fields: (0..extra)
                     .map(|i| doc.raw(idx, EXTRA + i).and_then(field_text))
                     .collect(),
+                checks: doc
+                    .raw(idx, CHECKS)
+                    .and_then(int_of)
+                    .map_or(0, |c| c.clamp(0, i64::from(u32::MAX)) as u32),
+                first_checked_at: doc
+                    .raw(idx, FIRST_CHECKED_AT)
+                    .and_then(decode_str)
+                    .and_then(|t| parse_time(&t)),
             });
         }
         Ok(items)
@@ -1604,9 +1664,33 @@ impl FileStore {
         let mut counts: BTreeMap<String, u64> = BTreeMap::new();
         let mut oldest: Option<String> = None;
         let mut newest: Option<String> = None;
+        let mut schedule = super::ScheduleCounts::default();
+        let mut earliest: Option<SystemTime> = None;
+        let now = SystemTime::now();
+        let time_of = |idx: usize, slot: usize| {
+            st.current(idx, slot)
+                .and_then(decode_str)
+                .and_then(|t| parse_time(&t))
+        };
         for idx in 0..st.doc.items.len() {
             if !st.doc.task_is(idx, task) {
                 continue;
+            }
+            if st
+                .current(idx, STATUS)
+                .is_some_and(|raw| status_matches(raw, &self.inner.opts.failed))
+            {
+                let checked = time_of(idx, CHECKED_AT);
+                if let Some(next) = time_of(idx, NEXT_CHECK_AT).filter(|t| *t > now) {
+                    earliest = Some(earliest.map_or(next, |e| e.min(next)));
+                    if checked.is_none_or(|c| c < self.inner.opts.started) {
+                        schedule.not_due += 1;
+                    }
+                }
+                let checks = st.current(idx, CHECKS).and_then(int_of).unwrap_or(0);
+                if checks <= 0 && checked.is_none() {
+                    schedule.never_checked += 1;
+                }
             }
             let status = st
                 .current(idx, STATUS)
@@ -1625,6 +1709,10 @@ impl FileStore {
             counts: counts.into_iter().collect(),
             oldest_checked_at: oldest,
             newest_checked_at: newest,
+            schedule: Some(super::ScheduleCounts {
+                next_due_at: earliest.map(rfc3339),
+                ..schedule
+            }),
         })
     }
 

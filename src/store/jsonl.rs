@@ -78,6 +78,7 @@ mod tests {
             checked_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             elapsed: Duration::ZERO,
             url: None,
+            next_check_at: None,
         }
     }
 

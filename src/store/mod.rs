@@ -227,6 +227,8 @@ pub struct StoreOptions {
     pub not_found: Option<StatusValue>,
     /// Written for outcome `dead` (`--dead-status`), when dead rules are given.
     pub dead: Option<StatusValue>,
+    /// `--ignore-schedule`: claim failed items whose `next_check_at` is still ahead.
+    pub ignore_schedule: bool,
     /// Extra columns the URL template reads (`{COLUMN}`), validated at open.
     pub extra_columns: Vec<Ident>,
     /// The run reads each item's own URL (no `--url`): the url column must exist.
@@ -300,6 +302,7 @@ impl StoreOptions {
             ok: StatusValue::new("ok"),
             not_found: None,
             dead: None,
+            ignore_schedule: false,
             extra_columns: Vec::new(),
             need_url: false,
             read_only: false,
@@ -523,6 +526,20 @@ pub struct StatusCounts {
     pub oldest_checked_at: Option<String>,
     /// Newest `checked_at`, where the store has it.
     pub newest_checked_at: Option<String>,
+    /// The failed items by schedule, where the store has `next_check_at` (else `None`).
+    pub schedule: Option<ScheduleCounts>,
+}
+
+/// A task's failed items by schedule (`next_check_at`), for `status` and the summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ScheduleCounts {
+    /// Failed items not due yet (`next_check_at` ahead) that nobody checked since the
+    /// run started: the ones a run skips. For `status`, every failed item not due yet.
+    pub not_due: u64,
+    /// The earliest `next_check_at` still ahead among the failed items, RFC 3339 UTC.
+    pub next_due_at: Option<String>,
+    /// Failed items no run has checked yet (`checks` 0, or no `checked_at`).
+    pub never_checked: u64,
 }
 
 /// A backend. Shaped for batches: a run claims pages of items and saves pages of verdicts,

@@ -34,6 +34,9 @@ pub enum Val {
     Text(String),
     /// A point in time, bound the way its [`TimeKind`] says.
     Time(SystemTime, TimeKind),
+    /// NULL for a time column of that kind: typed like [`Val::Time`], so that it can stand
+    /// next to times in one `CASE`.
+    NullTime(TimeKind),
 }
 
 /// One result row, every column as text (`None` for NULL).

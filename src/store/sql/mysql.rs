@@ -171,6 +171,8 @@ fn bind<'q>(q: Query<'q>, v: Val) -> Query<'q> {
         Val::Text(s) => q.bind(s),
         Val::Time(t, TimeKind::Text) => q.bind(rfc3339(t)),
         Val::Time(t, _) => q.bind(chrono::DateTime::<chrono::Utc>::from(t).naive_utc()),
+        Val::NullTime(TimeKind::Text) => q.bind(None::<String>),
+        Val::NullTime(_) => q.bind(None::<chrono::NaiveDateTime>),
     }
 }
 

@@ -175,6 +175,8 @@ fn bind<'q>(q: Query<'q>, v: Val) -> Query<'q> {
         Val::Text(s) => q.bind(s),
         Val::Time(t, TimeKind::Text) => q.bind(rfc3339(t)),
         Val::Time(t, _) => q.bind(DateTime::<Utc>::from(t)),
+        Val::NullTime(TimeKind::Text) => q.bind(None::<String>),
+        Val::NullTime(_) => q.bind(None::<DateTime<Utc>>),
     }
 }
 
@@ -349,6 +351,8 @@ impl Backend for PgDb {
             Val::Int(_) => format!("${n}::int8"),
             Val::Time(_, TimeKind::Zoned) => format!("${n}::timestamptz"),
             Val::Time(_, TimeKind::Naive) => format!("(${n}::timestamptz AT TIME ZONE 'UTC')"),
+            Val::NullTime(TimeKind::Zoned) => format!("${n}::timestamptz"),
+            Val::NullTime(TimeKind::Naive) => format!("(${n}::timestamptz AT TIME ZONE 'UTC')"),
             Val::Null if kind == Kind::Int => format!("${n}::int8"),
             _ => format!("${n}::text"),
         }

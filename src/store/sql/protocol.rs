@@ -41,7 +41,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result, anyhow, bail};
 
 use super::{Backend, Col, Kind, Row, Sql, TimeKind, Tx, Val};
-use crate::model::{Item, StatusValue, Verdict};
+use crate::model::{Item, StatusValue, Verdict, parse_time};
 use crate::store::{
     Ident, ImportCounts, NewItem, OpenMode, Saved, StatusCounts, Store, StoreOptions,
 };
@@ -143,6 +143,11 @@ struct Shape {
     checked_at: Option<(Col, TimeKind)>,
     /// `lease_owner`, `lease_until` (with `checked_at`): workers can share the task.
     lease: Option<(Col, Col, TimeKind)>,
+    /// The schedule across runs: `checks`, `first_checked_at`, `next_check_at`, each used
+    /// where the table has it.
+    checks: Option<Col>,
+    first_checked_at: Option<(Col, TimeKind)>,
+    next_check_at: Option<(Col, TimeKind)>,
 }
 
 fn held(m: &StdMutex<HashSet<String>>) -> MutexGuard<'_, HashSet<String>> {
@@ -512,8 +517,15 @@ impl<B: Backend> Inner<B> {
         for col in sh.url.iter().chain(&sh.extras) {
             s.push(", ").push(&self.b.text(&self.q(col)));
         }
+        if let Some(c) = &sh.checks {
+            s.push(", ").push(&self.b.text(&self.q(c)));
+        }
+        if let Some((c, ck)) = &sh.first_checked_at {
+            s.push(", ").push(&self.b.time_text(&self.q(c), *ck));
+        }
         s.push(" FROM ").push(&self.t()).push(" WHERE ");
         self.task_and_failed(&mut s);
+        self.due_now(&mut s, now);
         if !sh.key_is_rowid {
             // A NULL id is no key: such rows cannot be claimed on a shared server.
             s.push(" AND ").push(&self.q(&sh.id)).push(" IS NOT NULL");
@@ -545,6 +557,20 @@ impl<B: Backend> Inner<B> {
             s.push(self.b.for_update(true));
         }
         s.done()
+    }
+
+    /// ` AND` the item is due at `now` (`next_check_at` not ahead), unless
+    /// `--ignore-schedule` or the table has no `next_check_at`. Compared with the checking
+    /// worker's clock, which wrote the time (like `checked_at`).
+    fn due_now(&self, s: &mut Sql<'_, B>, now: SystemTime) {
+        if let Some((next, nk)) = &self.shape.next_check_at
+            && !self.opts.ignore_schedule
+        {
+            let next = self.q(next);
+            s.push(&format!(" AND ({next} IS NULL OR {next} <= "));
+            s.bind(Val::Time(now, *nk), Kind::Other);
+            s.push(")");
+        }
     }
 
     /// A task id with no row at all is a typo, not "nothing to check" (SPEC §2).
@@ -709,6 +735,10 @@ impl<B: Backend> Inner<B> {
         };
         let extra = self.shape.extras.len();
         let has_url = self.shape.url.is_some();
+        let (has_checks, has_first) = (
+            self.shape.checks.is_some(),
+            self.shape.first_checked_at.is_some(),
+        );
         let items: Vec<(String, Item)> = rows
             .into_iter()
             .map(|r| {
@@ -716,7 +746,21 @@ impl<B: Backend> Inner<B> {
                 let key = cols.next().flatten().unwrap_or_default();
                 let id = cols.next().flatten().unwrap_or_default();
                 let url = if has_url { cols.next().flatten() } else { None };
-                let fields: Vec<Option<String>> = cols.take(extra).collect();
+                let fields: Vec<Option<String>> = cols.by_ref().take(extra).collect();
+                let checks = if has_checks {
+                    cols.next()
+                        .flatten()
+                        .and_then(|c| c.trim().parse::<f64>().ok())
+                        .map_or(0, |c| c.clamp(0.0, f64::from(u32::MAX)) as u32)
+                } else {
+                    0
+                };
+                // Text no one can read as a time (another program's) is no first check.
+                let first_checked_at = if has_first {
+                    cols.next().flatten().and_then(|t| parse_time(&t))
+                } else {
+                    None
+                };
                 let item = Item {
                     key: if self.shape.key_is_rowid {
                         key.parse().unwrap_or(0)
@@ -726,6 +770,8 @@ impl<B: Backend> Inner<B> {
                     id,
                     url,
                     fields,
+                    checks,
+                    first_checked_at,
                 };
                 (key, item)
             })
@@ -930,8 +976,14 @@ impl<B: Backend> Inner<B> {
             |s: &mut Sql<'_, B>, col: &Col, how: Set, f: &dyn Fn(&Verdict) -> (Val, Kind)| {
                 let q = self.q(col);
                 s.push(&format!("{q} = "));
-                if how == Set::Add {
-                    s.push(&format!("COALESCE({q}, 0) + "));
+                match how {
+                    Set::Add => {
+                        s.push(&format!("COALESCE({q}, 0) + "));
+                    }
+                    Set::IfNull => {
+                        s.push(&format!("COALESCE({q}, "));
+                    }
+                    Set::To | Set::UnlessNull => {}
                 }
                 s.push(&format!("CASE {key_expr}"));
                 for (i, key) in keys.iter().enumerate() {
@@ -948,8 +1000,11 @@ impl<B: Backend> Inner<B> {
                         s.bind(v, vk);
                     }
                 }
-                let keep = if how == Set::Add { "0".to_string() } else { q };
-                s.push(&format!(" ELSE {keep} END"));
+                match how {
+                    Set::Add => s.push(" ELSE 0 END"),
+                    Set::IfNull => s.push(" ELSE NULL END)"),
+                    Set::To | Set::UnlessNull => s.push(&format!(" ELSE {q} END")),
+                };
             };
         case(&mut s, &sh.status, Set::UnlessNull, &|v| {
             let val = self
@@ -986,6 +1041,25 @@ impl<B: Backend> Inner<B> {
                 (Val::Time(v.checked_at, *ck), Kind::Other)
             });
         }
+        if let Some(c) = &sh.checks {
+            s.push(", ");
+            case(&mut s, c, Set::Add, &|_| (Val::Int(1), Kind::Int));
+        }
+        if let Some((c, ck)) = &sh.first_checked_at {
+            s.push(", ");
+            case(&mut s, c, Set::IfNull, &|v| {
+                (Val::Time(v.checked_at, *ck), Kind::Other)
+            });
+        }
+        if let Some((c, ck)) = &sh.next_check_at {
+            s.push(", ");
+            case(&mut s, c, Set::To, &|v| {
+                let at = v
+                    .next_check_at
+                    .map_or(Val::NullTime(*ck), |t| Val::Time(t, *ck));
+                (at, Kind::Other)
+            });
+        }
         if self.leasing
             && let Some((owner, until, _)) = &sh.lease
         {
@@ -1009,6 +1083,7 @@ impl<B: Backend> Inner<B> {
             .push(&self.t())
             .push(" WHERE ");
         self.task_and_failed(&mut s);
+        self.due_now(&mut s, SystemTime::now());
         let (sql, args) = s.done();
         let rows = self
             .read(sql, args)
@@ -1062,11 +1137,73 @@ impl<B: Backend> Inner<B> {
             }
             None => (None, None),
         };
+        let schedule = self
+            .schedule_counts()
+            .await
+            .with_context(|| format!("{name}: cannot count items by schedule"))?;
         Ok(StatusCounts {
             counts,
             oldest_checked_at: oldest,
             newest_checked_at: newest,
+            schedule,
         })
+    }
+
+    /// The failed items by schedule (see [`crate::store::ScheduleCounts`]); `None` without
+    /// a `next_check_at` column, or when the failed status does not fit the column
+    /// (`status` with its default).
+    async fn schedule_counts(&self) -> Result<Option<crate::store::ScheduleCounts>> {
+        let sh = &self.shape;
+        let Some((next, nk)) = &sh.next_check_at else {
+            return Ok(None);
+        };
+        if self.failed == Val::Null {
+            return Ok(None);
+        }
+        let now = SystemTime::now();
+        let next = self.q(next);
+        let mut s = self.sql();
+        s.push(&format!("SELECT COUNT(CASE WHEN {next} > "));
+        s.bind(Val::Time(now, *nk), Kind::Other);
+        if let Some((checked, ck)) = &sh.checked_at {
+            let checked = self.q(checked);
+            s.push(&format!(" AND ({checked} IS NULL OR {checked} < "));
+            s.bind(Val::Time(self.since, *ck), Kind::Other);
+            s.push(")");
+        }
+        s.push(" THEN 1 END), ");
+        let mut earliest = format!("MIN(CASE WHEN {next} > ");
+        earliest.push_str(
+            &self
+                .b
+                .placeholder(s.args.len() + 1, &Val::Time(now, *nk), Kind::Other),
+        );
+        earliest.push_str(&format!(" THEN {next} END)"));
+        s.args.push(Val::Time(now, *nk));
+        s.push(&self.b.time_text(&earliest, *nk));
+        s.push(", COUNT(CASE WHEN ");
+        // Checked before the schedule columns existed: a `checked_at` says so.
+        let mut never = Vec::new();
+        if let Some(c) = &sh.checks {
+            never.push(format!("COALESCE({}, 0) = 0", self.q(c)));
+        }
+        if let Some((c, _)) = &sh.checked_at {
+            never.push(format!("{} IS NULL", self.q(c)));
+        }
+        if never.is_empty() {
+            never.push("1 = 1".into());
+        }
+        s.push(&never.join(" AND "));
+        s.push(" THEN 1 END) FROM ").push(&self.t()).push(" WHERE ");
+        self.task_and_failed(&mut s);
+        let (sql, args) = s.done();
+        let rows = self.read(sql, args).await?;
+        let r = rows.into_iter().next().unwrap_or_default();
+        Ok(Some(crate::store::ScheduleCounts {
+            not_due: int_of(&r, 0)?.max(0) as u64,
+            next_due_at: r.get(1).cloned().flatten(),
+            never_checked: int_of(&r, 2)?.max(0) as u64,
+        }))
     }
 
     /// Adds the ids that are new; an id already there is left as it is, or set back to
@@ -1234,6 +1371,8 @@ enum Set {
     UnlessNull,
     /// The value added to what is there.
     Add,
+    /// To the value where the column is NULL, else left as it is.
+    IfNull,
 }
 
 /// A status value bound the way its column holds it.
@@ -1329,6 +1468,9 @@ fn inspect<B: Backend>(
         last_error: find("last_error"),
         checked_at,
         lease,
+        checks: find("checks"),
+        first_checked_at: time("first_checked_at")?,
+        next_check_at: time("next_check_at")?,
     })
 }
 
@@ -1450,6 +1592,7 @@ mod tests {
             checked_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1),
             elapsed: Duration::ZERO,
             url: None,
+            next_check_at: None,
         };
         let saved = store
             .save(page.iter().map(verdict).collect())

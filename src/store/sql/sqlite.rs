@@ -159,7 +159,7 @@ fn value_text(v: ValueRef<'_>) -> Option<String> {
 
 fn to_value(v: Val) -> Value {
     match v {
-        Val::Null => Value::Null,
+        Val::Null | Val::NullTime(_) => Value::Null,
         Val::Int(n) => Value::Integer(n),
         Val::Text(s) => Value::Text(s),
         Val::Time(t, _) => Value::Text(rfc3339(t)),
