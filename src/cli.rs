@@ -334,12 +334,28 @@ pub enum FailOn {
 /// `recheck status`.
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
-    /// The task to count.
+    /// The task to count [default: every task in the store, one line each].
     #[arg(long, value_name = "ID", env = "RECHECK_TASK")]
-    pub task: String,
+    pub task: Option<String>,
     /// Where the items are.
     #[command(flatten)]
     pub store: StoreArgs,
+    /// The status that marks an item to re-check: counted as the backlog, and by schedule.
+    #[arg(
+        long,
+        value_name = "V",
+        default_value = "failed",
+        env = "RECHECK_FAILED_STATUS"
+    )]
+    pub failed_status: String,
+    /// The status of items given up on (outcome dead).
+    #[arg(
+        long,
+        value_name = "V",
+        default_value = "dead",
+        env = "RECHECK_DEAD_STATUS"
+    )]
+    pub dead_status: String,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text, env = "RECHECK_FORMAT")]
     pub format: Format,

@@ -307,47 +307,165 @@ fn count_of(c: &store::StatusCounts, status: &str) -> u64 {
         .sum()
 }
 
-/// `recheck status`: counts of the task's items per status.
+/// `recheck status`: counts of a task's items per status, with its backlog (failed items)
+/// by schedule; without `--task`, one line per task of the store.
 pub async fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<()> {
-    let (spec, mut opts) = plain_opts(&args.task, &args.store, "failed")?;
+    let task = args.task.as_deref();
+    let (spec, mut opts) = match task {
+        Some(t) => plain_opts(t, &args.store, &args.failed_status)?,
+        None => {
+            let (spec, columns) = store_columns(&args.store)?;
+            let opts = StoreOptions::basic("", columns, StatusValue::new(&args.failed_status));
+            (spec, opts)
+        }
+    };
     opts.read_only = true;
     let store = store::open(&spec, opts, OpenMode::Status).await?;
-    let counts = store.status_counts().await?;
-    let total: u64 = counts.counts.iter().map(|(_, n)| n).sum();
-    match args.format {
-        Format::Json => {
-            let by_status: serde_json::Map<String, serde_json::Value> = counts
-                .counts
-                .iter()
-                .map(|(s, n)| (s.clone(), (*n).into()))
-                .collect();
-            let j = serde_json::json!({
-                "task": args.task,
-                "store": spec.to_string(),
-                "total": total,
-                "statuses": by_status,
-                "oldest_checked_at": counts.oldest_checked_at,
-                "newest_checked_at": counts.newest_checked_at,
-            });
+    let rows: Vec<TaskStatus> = match task {
+        Some(t) => vec![TaskStatus::new(t, store.status_counts().await?, args)],
+        None => store
+            .status_all()
+            .await?
+            .into_iter()
+            .map(|(t, c)| TaskStatus::new(&t, c, args))
+            .collect(),
+    };
+    let store_name = spec.to_string();
+    match (args.format, task) {
+        (Format::Json, Some(_)) => {
+            let mut j = rows[0].json();
+            j["store"] = store_name.into();
             writeln!(out, "{j}")?;
         }
-        Format::Text => {
-            writeln!(out, "task {} on {spec}", args.task)?;
-            let width = counts
-                .counts
-                .iter()
-                .map(|(s, _)| s.len())
-                .max()
-                .unwrap_or(0)
-                .max(5);
-            for (s, n) in &counts.counts {
-                writeln!(out, "  {s:<width$}  {n:>10}")?;
-            }
-            writeln!(out, "  {:<width$}  {total:>10}", "total")?;
-            if let (Some(a), Some(b)) = (&counts.oldest_checked_at, &counts.newest_checked_at) {
-                writeln!(out, "  checked between {a} and {b}")?;
-            }
+        (Format::Json, None) => {
+            let tasks: Vec<serde_json::Value> = rows.iter().map(TaskStatus::json).collect();
+            let j = serde_json::json!({"store": store_name, "tasks": tasks});
+            writeln!(out, "{j}")?;
         }
+        (Format::Text, Some(t)) => rows[0].write_text(t, &store_name, out)?,
+        (Format::Text, None) => write_tasks_table(&rows, &store_name, out)?,
+    }
+    Ok(())
+}
+
+/// One task's line of `recheck status`.
+struct TaskStatus {
+    task: String,
+    counts: store::StatusCounts,
+    total: u64,
+    /// Items with the failed status: what runs will check.
+    backlog: u64,
+    /// Items with the dead status: given up on.
+    dead: u64,
+}
+
+impl TaskStatus {
+    fn new(task: &str, counts: store::StatusCounts, args: &StatusArgs) -> TaskStatus {
+        TaskStatus {
+            task: task.to_string(),
+            total: counts.counts.iter().map(|(_, n)| n).sum(),
+            backlog: count_of(&counts, &args.failed_status),
+            dead: count_of(&counts, &args.dead_status),
+            counts,
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let c = &self.counts;
+        let by_status: serde_json::Map<String, serde_json::Value> = c
+            .counts
+            .iter()
+            .map(|(s, n)| (s.clone(), (*n).into()))
+            .collect();
+        let sc = c.schedule.as_ref();
+        serde_json::json!({
+            "task": self.task,
+            "total": self.total,
+            "statuses": by_status,
+            "backlog": self.backlog,
+            "dead": self.dead,
+            "not_due": sc.map(|s| s.not_due),
+            "next_due_at": sc.and_then(|s| s.next_due_at.clone()),
+            "unchecked": sc.map(|s| s.never_checked),
+            "oldest_checked_at": c.oldest_checked_at,
+            "newest_checked_at": c.newest_checked_at,
+        })
+    }
+
+    fn write_text(&self, task: &str, store: &str, out: &mut dyn Write) -> Result<()> {
+        let c = &self.counts;
+        writeln!(out, "task {task} on {store}")?;
+        let width = c
+            .counts
+            .iter()
+            .map(|(s, _)| s.len())
+            .max()
+            .unwrap_or(0)
+            .max(9);
+        for (s, n) in &c.counts {
+            writeln!(out, "  {s:<width$}  {n:>10}")?;
+        }
+        writeln!(out, "  {:<width$}  {:>10}", "total", self.total)?;
+        writeln!(
+            out,
+            "  {:<width$}  {:>10}  (failed: what the next runs check)",
+            "backlog", self.backlog
+        )?;
+        if let Some(sc) = &c.schedule {
+            let next = sc
+                .next_due_at
+                .as_deref()
+                .map_or(String::new(), |at| format!("; the next is due at {at}"));
+            writeln!(
+                out,
+                "  {:<width$}  {:>10}  (failed, waiting for their next_check_at{next})",
+                "not due", sc.not_due
+            )?;
+            writeln!(
+                out,
+                "  {:<width$}  {:>10}  (failed, never checked yet)",
+                "unchecked", sc.never_checked
+            )?;
+        }
+        writeln!(
+            out,
+            "  {:<width$}  {:>10}  (given up on: failed for good)",
+            "dead", self.dead
+        )?;
+        if let (Some(a), Some(b)) = (&c.oldest_checked_at, &c.newest_checked_at) {
+            writeln!(out, "  checked between {a} and {b}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `recheck status` without `--task`: one line per task.
+fn write_tasks_table(rows: &[TaskStatus], store: &str, out: &mut dyn Write) -> Result<()> {
+    let n = rows.len();
+    writeln!(out, "{n} task{} on {store}", if n == 1 { "" } else { "s" })?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let width = rows.iter().map(|r| r.task.len()).max().unwrap_or(0).max(4);
+    writeln!(
+        out,
+        "  {:<width$}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  next due",
+        "task", "total", "backlog", "not due", "unchecked", "dead"
+    )?;
+    for r in rows {
+        let sc = r.counts.schedule.as_ref();
+        let opt = |v: Option<u64>| v.map_or("-".to_string(), |n| n.to_string());
+        writeln!(
+            out,
+            "  {:<width$}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {}",
+            r.task,
+            r.total,
+            r.backlog,
+            opt(sc.map(|s| s.not_due)),
+            opt(sc.map(|s| s.never_checked)),
+            r.dead,
+            sc.and_then(|s| s.next_due_at.as_deref()).unwrap_or("-")
+        )?;
     }
     Ok(())
 }
@@ -741,14 +859,23 @@ mod tests {
         store.finish().await.unwrap();
         drop(store);
         let conn = rusqlite::Connection::open(&db).unwrap();
+        // 1880 ok, 30 gone, 10 dead; of the 80 failed, 50 not due until 2099, 20 due again,
+        // 10 never checked. And a second task, never checked.
         conn.execute_batch(
-            "UPDATE items SET status = 'ok', checked_at = '2026-11-20T03:10:00.000Z' WHERE rowid <= 1880;
-             UPDATE items SET status = 'gone', checked_at = '2026-11-21T03:10:04.250Z' WHERE rowid > 1880 AND rowid <= 1910;",
+            "UPDATE items SET status = 'ok', checked_at = '2026-11-20T03:10:00.000Z', checks = 1 WHERE rowid <= 1880;
+             UPDATE items SET status = 'gone', checked_at = '2026-11-21T03:10:04.250Z', checks = 1 WHERE rowid > 1880 AND rowid <= 1910;
+             UPDATE items SET status = 'dead', checked_at = '2026-11-21T03:10:04.250Z', checks = 3 WHERE rowid > 1910 AND rowid <= 1920;
+             UPDATE items SET checked_at = '2026-11-21T03:10:04.250Z', checks = 2, next_check_at = '2099-01-01T00:10:00.000Z' WHERE rowid > 1920 AND rowid <= 1970;
+             UPDATE items SET next_check_at = '2099-01-01T00:00:00.000Z' WHERE rowid = 1921;
+             UPDATE items SET checked_at = '2026-11-21T03:10:04.250Z', checks = 1, next_check_at = '2026-11-21T04:10:04.250Z' WHERE rowid > 1970 AND rowid <= 1990;
+             INSERT INTO items(task_id, item_id, status) VALUES ('nightly-43', 'a', 'failed'), ('nightly-43', 'b', 'failed');",
         )
         .unwrap();
         let mut args = StatusArgs {
-            task: "nightly-42".into(),
+            task: Some("nightly-42".into()),
             store: store_args(&db),
+            failed_status: "failed".into(),
+            dead_status: "dead".into(),
             format: Format::Text,
         };
         let mut out = Vec::new();
@@ -765,6 +892,25 @@ mod tests {
             .unwrap()
             .replace(&db.display().to_string(), "jobs.db");
         insta::assert_snapshot!("status_json", text);
+        // Every task of the store, one line each.
+        args.task = None;
+        args.format = Format::Text;
+        let mut out = Vec::new();
+        status(&args, &mut out).await.unwrap();
+        let text = String::from_utf8(out)
+            .unwrap()
+            .replace(&db.display().to_string(), "jobs.db");
+        insta::assert_snapshot!("status_all_text", text);
+        args.format = Format::Json;
+        let mut out = Vec::new();
+        status(&args, &mut out).await.unwrap();
+        let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(j["tasks"].as_array().unwrap().len(), 2, "{j}");
+        assert_eq!(j["tasks"][1]["task"], "nightly-43");
+        assert_eq!(j["tasks"][1]["backlog"], 2);
+        assert_eq!(j["tasks"][1]["unchecked"], 2);
+        assert_eq!(j["tasks"][0]["not_due"], 50);
+        assert_eq!(j["tasks"][0]["next_due_at"], "2099-01-01T00:00:00.000Z");
     }
 
     fn import_args(db: &std::path::Path, file: &std::path::Path) -> ImportArgs {

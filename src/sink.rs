@@ -550,6 +550,9 @@ mod tests {
         async fn status_counts(&self) -> Result<StatusCounts> {
             Ok(StatusCounts::default())
         }
+        async fn status_all(&self) -> Result<Vec<(String, StatusCounts)>> {
+            Ok(Vec::new())
+        }
         async fn import(&self, _items: Vec<NewItem>, _reset: bool) -> Result<ImportCounts> {
             Ok(ImportCounts::default())
         }

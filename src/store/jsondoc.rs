@@ -1659,61 +1659,95 @@ impl FileStore {
 
     /// See [`super::Store::status_counts`].
     pub async fn status_counts(&self) -> Result<StatusCounts> {
+        let task = self.inner.opts.task.clone();
+        let mut counts = self.status_by_task(Some(&task));
+        Ok(counts
+            .pop()
+            .map(|(_, c)| c)
+            .unwrap_or_else(|| StatusCounts {
+                schedule: Some(Default::default()),
+                ..StatusCounts::default()
+            }))
+    }
+
+    /// See [`super::Store::status_all`].
+    pub async fn status_all(&self) -> Result<Vec<(String, StatusCounts)>> {
+        Ok(self.status_by_task(None))
+    }
+
+    /// Counts per status, and the failed items by schedule, of `task` or of every task.
+    fn status_by_task(&self, task: Option<&str>) -> Vec<(String, StatusCounts)> {
+        #[derive(Default)]
+        struct Acc {
+            counts: BTreeMap<String, u64>,
+            oldest: Option<String>,
+            newest: Option<String>,
+            schedule: super::ScheduleCounts,
+            earliest: Option<SystemTime>,
+        }
         let st = lock(&self.inner.state);
-        let task = &self.inner.opts.task;
-        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-        let mut oldest: Option<String> = None;
-        let mut newest: Option<String> = None;
-        let mut schedule = super::ScheduleCounts::default();
-        let mut earliest: Option<SystemTime> = None;
+        let opts = &self.inner.opts;
         let now = SystemTime::now();
         let time_of = |idx: usize, slot: usize| {
             st.current(idx, slot)
                 .and_then(decode_str)
                 .and_then(|t| parse_time(&t))
         };
+        let mut by_task: BTreeMap<String, Acc> = BTreeMap::new();
         for idx in 0..st.doc.items.len() {
-            if !st.doc.task_is(idx, task) {
+            let Some(t) = st.doc.raw(idx, TASK).and_then(key_text) else {
+                continue;
+            };
+            if task.is_some_and(|want| want != t) {
                 continue;
             }
-            if st
-                .current(idx, STATUS)
-                .is_some_and(|raw| status_matches(raw, &self.inner.opts.failed))
-            {
-                let checked = time_of(idx, CHECKED_AT);
-                if let Some(next) = time_of(idx, NEXT_CHECK_AT).filter(|t| *t > now) {
-                    earliest = Some(earliest.map_or(next, |e| e.min(next)));
-                    if checked.is_none_or(|c| c < self.inner.opts.started) {
-                        schedule.not_due += 1;
-                    }
-                }
-                let checks = st.current(idx, CHECKS).and_then(int_of).unwrap_or(0);
-                if checks <= 0 && checked.is_none() {
-                    schedule.never_checked += 1;
-                }
-            }
+            let acc = by_task.entry(t).or_default();
             let status = st
                 .current(idx, STATUS)
                 .map_or_else(|| "(missing)".to_string(), status_text);
-            *counts.entry(status).or_default() += 1;
+            *acc.counts.entry(status).or_default() += 1;
             if let Some(at) = st.current(idx, CHECKED_AT).and_then(decode_str) {
-                if oldest.as_ref().is_none_or(|o| at < *o) {
-                    oldest = Some(at.clone());
+                if acc.oldest.as_ref().is_none_or(|o| at < *o) {
+                    acc.oldest = Some(at.clone());
                 }
-                if newest.as_ref().is_none_or(|n| at > *n) {
-                    newest = Some(at);
+                if acc.newest.as_ref().is_none_or(|n| at > *n) {
+                    acc.newest = Some(at);
                 }
             }
+            if !st
+                .current(idx, STATUS)
+                .is_some_and(|raw| status_matches(raw, &opts.failed))
+            {
+                continue;
+            }
+            let checked = time_of(idx, CHECKED_AT);
+            if let Some(next) = time_of(idx, NEXT_CHECK_AT).filter(|t| *t > now) {
+                acc.earliest = Some(acc.earliest.map_or(next, |e| e.min(next)));
+                // Checked by this run: rescheduled, not skipped.
+                if checked.is_none_or(|c| c < opts.started) {
+                    acc.schedule.not_due += 1;
+                }
+            }
+            let checks = st.current(idx, CHECKS).and_then(int_of).unwrap_or(0);
+            if checks <= 0 && checked.is_none() {
+                acc.schedule.never_checked += 1;
+            }
         }
-        Ok(StatusCounts {
-            counts: counts.into_iter().collect(),
-            oldest_checked_at: oldest,
-            newest_checked_at: newest,
-            schedule: Some(super::ScheduleCounts {
-                next_due_at: earliest.map(rfc3339),
-                ..schedule
-            }),
-        })
+        by_task
+            .into_iter()
+            .map(|(t, acc)| {
+                let counts = StatusCounts {
+                    counts: acc.counts.into_iter().collect(),
+                    oldest_checked_at: acc.oldest,
+                    newest_checked_at: acc.newest,
+                    schedule: Some(super::ScheduleCounts {
+                        next_due_at: acc.earliest.map(rfc3339),
+                        ..acc.schedule
+                    }),
+                };
+                (t, counts)
+            })
+            .collect()
     }
 
     /// See [`super::Store::import`]: merged into the file as it is now and written at

@@ -46,6 +46,9 @@ impl Store for JsonlStore {
     async fn status_counts(&self) -> Result<StatusCounts> {
         self.0.status_counts().await
     }
+    async fn status_all(&self) -> Result<Vec<(String, StatusCounts)>> {
+        self.0.status_all().await
+    }
     async fn import(&self, items: Vec<NewItem>, reset: bool) -> Result<super::ImportCounts> {
         self.0.import(items, reset).await
     }

@@ -573,6 +573,9 @@ pub trait Store: Send + Sync + 'static {
     /// Counts the task's items per status.
     fn status_counts(&self) -> impl Future<Output = Result<StatusCounts>> + Send;
 
+    /// Counts every task's items per status, by task id (sorted).
+    fn status_all(&self) -> impl Future<Output = Result<Vec<(String, StatusCounts)>>> + Send;
+
     /// Adds items to the task with the failed status. An id the task already has is left
     /// as it is, unless `reset`: then it is set back to failed (and its url replaced when
     /// one is given).
@@ -684,6 +687,9 @@ impl Store for AnyStore {
     }
     async fn status_counts(&self) -> Result<StatusCounts> {
         delegate!(self, s => s.status_counts().await)
+    }
+    async fn status_all(&self) -> Result<Vec<(String, StatusCounts)>> {
+        delegate!(self, s => s.status_all().await)
     }
     async fn import(&self, items: Vec<NewItem>, reset: bool) -> Result<ImportCounts> {
         delegate!(self, s => s.import(items, reset).await)

@@ -346,7 +346,11 @@ impl<B: Backend> Inner<B> {
                 )
             })
         };
-        let task = value("--task", &shape.task, &opts.task)?;
+        let task = match value("--task", &shape.task, &opts.task) {
+            // `status` of every task: no task is bound.
+            Err(_) if mode == OpenMode::Status && opts.task.is_empty() => Val::Null,
+            other => other?,
+        };
         let failed = match value("--failed-status", &shape.status, opts.failed.as_str()) {
             // `status` counts every status and has no --failed-status: its default need
             // not fit an integer column (it is never used).
@@ -1092,67 +1096,100 @@ impl<B: Backend> Inner<B> {
         Ok(rows.first().map_or(Ok(0), |r| int_of(r, 0))?.max(0) as u64)
     }
 
-    async fn status_counts(&self) -> Result<StatusCounts> {
+    /// Counts per status (and the schedule of the failed items) of the run's task, or of
+    /// every task (`all`), by task.
+    async fn status_by_task(&self, all: bool) -> Result<Vec<(String, StatusCounts)>> {
         let name = self.b.name();
-        let st = self.b.text(&self.q(&self.shape.status));
+        let sh = &self.shape;
+        let task = self.b.text(&self.q(&sh.task));
+        let st = self.b.text(&self.q(&sh.status));
+        let mut by_task: std::collections::BTreeMap<String, StatusCounts> = Default::default();
+        let scope = |s: &mut Sql<'_, B>| {
+            if all {
+                s.push(&format!("{} IS NOT NULL", self.q(&sh.task)));
+            } else {
+                self.task_is(s);
+            }
+        };
         let mut s = self.sql();
-        s.push(&format!("SELECT {st}, COUNT(*) FROM {} WHERE ", self.t()));
-        self.task_is(&mut s);
-        s.push(&format!(" GROUP BY {st}"));
+        s.push(&format!(
+            "SELECT {task}, {st}, COUNT(*) FROM {} WHERE ",
+            self.t()
+        ));
+        scope(&mut s);
+        s.push(&format!(" GROUP BY {task}, {st}"));
         let (sql, args) = s.done();
-        let mut counts = self
+        for r in self
             .read(sql, args)
             .await
             .with_context(|| format!("{name}: cannot count items"))?
-            .iter()
-            .map(|r| {
-                Ok((
-                    r.first()
-                        .cloned()
-                        .flatten()
-                        .unwrap_or_else(|| "NULL".into()),
-                    int_of(r, 1)?.max(0) as u64,
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        counts.sort();
-        let (oldest, newest) = match &self.shape.checked_at {
-            Some((c, ck)) => {
-                let q = self.q(c);
-                let mut s = self.sql();
-                s.push(&format!(
-                    "SELECT {}, {} FROM {} WHERE ",
-                    self.b.time_text(&format!("MIN({q})"), *ck),
-                    self.b.time_text(&format!("MAX({q})"), *ck),
-                    self.t()
-                ));
-                self.task_is(&mut s);
-                let (sql, args) = s.done();
-                let rows = self
-                    .read(sql, args)
-                    .await
-                    .with_context(|| format!("{name}: cannot read checked_at"))?;
-                let r = rows.into_iter().next().unwrap_or_default();
-                (r.first().cloned().flatten(), r.get(1).cloned().flatten())
+        {
+            let t = r.first().cloned().flatten().unwrap_or_default();
+            let status = r.get(1).cloned().flatten().unwrap_or_else(|| "NULL".into());
+            let n = int_of(&r, 2)?.max(0) as u64;
+            by_task.entry(t).or_default().counts.push((status, n));
+        }
+        if let Some((c, ck)) = &sh.checked_at {
+            let q = self.q(c);
+            let mut s = self.sql();
+            s.push(&format!(
+                "SELECT {task}, {}, {} FROM {} WHERE ",
+                self.b.time_text(&format!("MIN({q})"), *ck),
+                self.b.time_text(&format!("MAX({q})"), *ck),
+                self.t()
+            ));
+            scope(&mut s);
+            s.push(&format!(" GROUP BY {task}"));
+            let (sql, args) = s.done();
+            for r in self
+                .read(sql, args)
+                .await
+                .with_context(|| format!("{name}: cannot read checked_at"))?
+            {
+                let t = r.first().cloned().flatten().unwrap_or_default();
+                if let Some(c) = by_task.get_mut(&t) {
+                    c.oldest_checked_at = r.get(1).cloned().flatten();
+                    c.newest_checked_at = r.get(2).cloned().flatten();
+                }
             }
-            None => (None, None),
-        };
-        let schedule = self
-            .schedule_counts()
+        }
+        if let Some(schedule) = self
+            .schedule_by_task(all)
             .await
-            .with_context(|| format!("{name}: cannot count items by schedule"))?;
-        Ok(StatusCounts {
-            counts,
-            oldest_checked_at: oldest,
-            newest_checked_at: newest,
-            schedule,
-        })
+            .with_context(|| format!("{name}: cannot count items by schedule"))?
+        {
+            // A task with no failed item has an empty schedule, not an unknown one.
+            for c in by_task.values_mut() {
+                c.schedule = Some(Default::default());
+            }
+            for (t, sc) in schedule {
+                if let Some(c) = by_task.get_mut(&t) {
+                    c.schedule = Some(sc);
+                }
+            }
+        }
+        for c in by_task.values_mut() {
+            c.counts.sort();
+        }
+        Ok(by_task.into_iter().collect())
     }
 
-    /// The failed items by schedule (see [`crate::store::ScheduleCounts`]); `None` without
-    /// a `next_check_at` column, or when the failed status does not fit the column
-    /// (`status` with its default).
-    async fn schedule_counts(&self) -> Result<Option<crate::store::ScheduleCounts>> {
+    async fn status_counts(&self) -> Result<StatusCounts> {
+        let counts = self.status_by_task(false).await?.pop().map(|(_, c)| c);
+        Ok(counts.unwrap_or_else(|| StatusCounts {
+            schedule: (self.shape.next_check_at.is_some() && self.failed != Val::Null)
+                .then(Default::default),
+            ..StatusCounts::default()
+        }))
+    }
+
+    /// The failed items by schedule (see [`crate::store::ScheduleCounts`]), by task; `None`
+    /// without a `next_check_at` column, or when the failed status does not fit the
+    /// column (`status` with its default).
+    async fn schedule_by_task(
+        &self,
+        all: bool,
+    ) -> Result<Option<Vec<(String, crate::store::ScheduleCounts)>>> {
         let sh = &self.shape;
         let Some((next, nk)) = &sh.next_check_at else {
             return Ok(None);
@@ -1162,8 +1199,9 @@ impl<B: Backend> Inner<B> {
         }
         let now = SystemTime::now();
         let next = self.q(next);
+        let task = self.b.text(&self.q(&sh.task));
         let mut s = self.sql();
-        s.push(&format!("SELECT COUNT(CASE WHEN {next} > "));
+        s.push(&format!("SELECT {task}, COUNT(CASE WHEN {next} > "));
         s.bind(Val::Time(now, *nk), Kind::Other);
         if let Some((checked, ck)) = &sh.checked_at {
             let checked = self.q(checked);
@@ -1195,15 +1233,29 @@ impl<B: Backend> Inner<B> {
         }
         s.push(&never.join(" AND "));
         s.push(" THEN 1 END) FROM ").push(&self.t()).push(" WHERE ");
-        self.task_and_failed(&mut s);
+        if all {
+            s.push(&format!("{} IS NOT NULL AND ", self.q(&sh.task)));
+            let stq = self.q(&sh.status);
+            s.eq(&stq, &sh.status, &self.failed);
+        } else {
+            self.task_and_failed(&mut s);
+        }
+        s.push(&format!(" GROUP BY {task}"));
         let (sql, args) = s.done();
         let rows = self.read(sql, args).await?;
-        let r = rows.into_iter().next().unwrap_or_default();
-        Ok(Some(crate::store::ScheduleCounts {
-            not_due: int_of(&r, 0)?.max(0) as u64,
-            next_due_at: r.get(1).cloned().flatten(),
-            never_checked: int_of(&r, 2)?.max(0) as u64,
-        }))
+        rows.into_iter()
+            .map(|r| {
+                Ok((
+                    r.first().cloned().flatten().unwrap_or_default(),
+                    crate::store::ScheduleCounts {
+                        not_due: int_of(&r, 1)?.max(0) as u64,
+                        next_due_at: r.get(2).cloned().flatten(),
+                        never_checked: int_of(&r, 3)?.max(0) as u64,
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
     }
 
     /// Adds the ids that are new; an id already there is left as it is, or set back to
@@ -1508,6 +1560,10 @@ impl<B: Backend> Store for SqlStore<B> {
 
     async fn status_counts(&self) -> Result<StatusCounts> {
         self.inner.status_counts().await
+    }
+
+    async fn status_all(&self) -> Result<Vec<(String, StatusCounts)>> {
+        self.inner.status_by_task(true).await
     }
 
     async fn import(&self, items: Vec<NewItem>, reset: bool) -> Result<ImportCounts> {
