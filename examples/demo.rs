@@ -84,8 +84,10 @@ async fn main() -> Result<()> {
 
     println!("\n$ recheck status --task demo --store {}", db.display());
     let status = recheck::cli::StatusArgs {
-        task: "demo".into(),
+        task: Some("demo".into()),
         store: store_args(&db),
+        failed_status: "failed".into(),
+        dead_status: "dead".into(),
         format: recheck::report::Format::Text,
     };
     recheck::commands::status(&status, &mut std::io::stdout().lock()).await?;
