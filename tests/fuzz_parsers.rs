@@ -321,7 +321,10 @@ fn options(case: StoreCase) -> StoreOptions {
 }
 
 /// The fields recheck reads or writes with these options; generated unknown keys avoid them.
-const OWNED: [&str; 10] = [
+const OWNED: [&str; 13] = [
+    "checks",
+    "first_checked_at",
+    "next_check_at",
     "task_id",
     "item_id",
     "id",
@@ -335,7 +338,10 @@ const OWNED: [&str; 10] = [
 ];
 
 /// The fields a saved verdict writes.
-const WRITTEN: [&str; 5] = [
+const WRITTEN: [&str; 8] = [
+    "checks",
+    "first_checked_at",
+    "next_check_at",
     "status",
     "http_status",
     "attempts",
@@ -927,7 +933,9 @@ fn verdict(item: &Item, step: &Step) -> Option<Verdict> {
         elapsed: Duration::ZERO,
         // For reports only: a store must not write it over the item's `url`.
         url: Some(format!("http://h/items/{}?verdict", item.id)),
-        next_check_at: None,
+        // Some verdicts carry a schedule.
+        next_check_at: (step.millis % 2 == 1)
+            .then(|| SystemTime::UNIX_EPOCH + Duration::from_millis(step.millis + 60_000)),
     })
 }
 
@@ -978,6 +986,16 @@ fn check_item(
         Some(e) => prop_assert_eq!(&decoded(&one(&nm, "last_error")?)?, e),
     }
     prop_assert_eq!(decoded(&one(&nm, "checked_at")?)?, rfc3339(v.checked_at));
+    // The schedule: generated items were never checked by a schedule-aware run.
+    prop_assert_eq!(one(&nm, "checks")?, "1");
+    prop_assert_eq!(
+        decoded(&one(&nm, "first_checked_at")?)?,
+        rfc3339(v.checked_at)
+    );
+    match v.next_check_at {
+        None => prop_assert_eq!(one(&nm, "next_check_at")?, "null"),
+        Some(t) => prop_assert_eq!(decoded(&one(&nm, "next_check_at")?)?, rfc3339(t)),
+    }
     let old_status = one(&om, "status")?;
     let new_status = one(&nm, "status")?;
     match opts.status_for(v.outcome) {

@@ -177,7 +177,10 @@ mod tests {
       "attempts": 3,
       "http_status": 200,
       "last_error": null,
-      "checked_at": "{WHEN}"
+      "checked_at": "{WHEN}",
+      "checks": 1,
+      "first_checked_at": "{WHEN}",
+      "next_check_at": null
     }},
     {{
       "task_id": "t2",
@@ -193,7 +196,10 @@ mod tests {
       "last_error": "HTTP 503 \"Service\"",
       "big": 12345678901234567890123,
       "attempts": 6,
-      "checked_at": "{WHEN}"
+      "checked_at": "{WHEN}",
+      "checks": 1,
+      "first_checked_at": "{WHEN}",
+      "next_check_at": null
     }},
     {{"task_id": "t1", "item_id": "d", "status": "ok", "x": 1E+2}}
   ],
@@ -224,7 +230,7 @@ mod tests {
         .await;
         assert_eq!(items[1].id, "7");
         let expected = format!(
-            r#"{{"meta":{{"n":1.50,"s":"\u00e9"}},"items":[{{"task_id":"t1","item_id":"a","status":"ok","k":[1,2,{{"z":null}}],"http_status":200,"attempts":1,"last_error":null,"checked_at":"{WHEN}"}},{{"task_id":"t1","id":7,"status":"failed","http_status":404,"attempts":1,"last_error":"HTTP 404 \"Service\"","checked_at":"{WHEN}"}}],"z":0}}"#
+            r#"{{"meta":{{"n":1.50,"s":"\u00e9"}},"items":[{{"task_id":"t1","item_id":"a","status":"ok","k":[1,2,{{"z":null}}],"http_status":200,"attempts":1,"last_error":null,"checked_at":"{WHEN}","checks":1,"first_checked_at":"{WHEN}","next_check_at":null}},{{"task_id":"t1","id":7,"status":"failed","http_status":404,"attempts":1,"last_error":"HTTP 404 \"Service\"","checked_at":"{WHEN}","checks":1,"first_checked_at":"{WHEN}","next_check_at":null}}],"z":0}}"#
         );
         assert_eq!(text, expected);
     }
@@ -262,7 +268,7 @@ mod tests {
         let ids: Vec<_> = items.iter().map(|i| i.id.as_str()).collect();
         assert_eq!(ids, ["1", "2"]);
         let tail = format!(
-            r#", "http_status": 200, "attempts": 1, "last_error": null, "checked_at": "{WHEN}"}}"#
+            r#", "http_status": 200, "attempts": 1, "last_error": null, "checked_at": "{WHEN}", "checks": 1, "first_checked_at": "{WHEN}", "next_check_at": null}}"#
         );
         let expected = format!(
             r#"[{{"task_id": 42, "item_id": 1, "status": 1{tail}, {{"task_id": "42", "item_id": "2", "status": "1"{tail}, {{"task_id": 42, "item_id": 3, "status": 1}}, {{"task_id": 4, "item_id": 4, "status": 5}}]"#
@@ -350,7 +356,7 @@ mod tests {
         .await;
         assert_eq!(items.len(), 1);
         let expected = format!(
-            r#"[{{"t\u0061sk_id": "t", "item_id": "a", "st\u0061tus": "ok", "status": "ok", "attempts": 1, "attempts": 3, "http_status": 200, "last_error": null, "checked_at": "{WHEN}"}}]"#
+            r#"[{{"t\u0061sk_id": "t", "item_id": "a", "st\u0061tus": "ok", "status": "ok", "attempts": 1, "attempts": 3, "http_status": 200, "last_error": null, "checked_at": "{WHEN}", "checks": 1, "first_checked_at": "{WHEN}", "next_check_at": null}}]"#
         );
         assert_eq!(text, expected);
     }
@@ -800,7 +806,7 @@ mod tests {
         assert_eq!(saved.conflicts, [0, 1]);
         store.finish().await.unwrap();
         let tail = format!(
-            r#", "http_status": 200, "attempts": 1, "last_error": null, "checked_at": "{WHEN}"}}"#
+            r#", "http_status": 200, "attempts": 1, "last_error": null, "checked_at": "{WHEN}", "checks": 1, "first_checked_at": "{WHEN}", "next_check_at": null}}"#
         );
         let expected = format!(
             r#"[
@@ -946,7 +952,7 @@ mod tests {
         let text = fs::read_to_string(&path).unwrap();
         assert!(
             text.ends_with(&format!(
-                r#"{{"task_id":"t","item_id":null,"status":"failed","http_status":null,"attempts":0,"last_error":"empty item id","checked_at":"{WHEN}"}}]"#
+                r#"{{"task_id":"t","item_id":null,"status":"failed","http_status":null,"attempts":0,"last_error":"empty item id","checked_at":"{WHEN}","checks":1,"first_checked_at":"{WHEN}","next_check_at":null}}]"#
             )),
             "{text}"
         );

@@ -114,12 +114,12 @@ mod tests {
         store.finish().await.unwrap();
         let expected = format!(
             concat!(
-                "{{\"task_id\": \"t\", \"item_id\": \"a\", \"status\": \"ok\", \"n\": 1.0e3, \"http_status\": 200, \"attempts\": 1, \"last_error\": null, \"checked_at\": \"{w}\"}}\n",
+                "{{\"task_id\": \"t\", \"item_id\": \"a\", \"status\": \"ok\", \"n\": 1.0e3, \"http_status\": 200, \"attempts\": 1, \"last_error\": null, \"checked_at\": \"{w}\", \"checks\": 1, \"first_checked_at\": \"{w}\", \"next_check_at\": null}}\n",
                 "\n",
                 "   \n",
                 "{{\"task_id\":\"u\",\"item_id\":\"b\",\"status\":\"failed\"}}\n",
-                "{{\"task_id\":\"t\",\"item_id\":\"c\",\"status\":\"ok\",\"x\":{{\"y\":\"\\u00e9\"}},\"http_status\":200,\"attempts\":1,\"last_error\":null,\"checked_at\":\"{w}\"}}\r\n",
-                "\t{{ \"task_id\" : \"t\" , \"id\" : 4 , \"status\" : \"ok\" , \"http_status\" : 200 , \"attempts\" : 1 , \"last_error\" : null , \"checked_at\" : \"{w}\" }}",
+                "{{\"task_id\":\"t\",\"item_id\":\"c\",\"status\":\"ok\",\"x\":{{\"y\":\"\\u00e9\"}},\"http_status\":200,\"attempts\":1,\"last_error\":null,\"checked_at\":\"{w}\",\"checks\":1,\"first_checked_at\":\"{w}\",\"next_check_at\":null}}\r\n",
+                "\t{{ \"task_id\" : \"t\" , \"id\" : 4 , \"status\" : \"ok\" , \"http_status\" : 200 , \"attempts\" : 1 , \"last_error\" : null , \"checked_at\" : \"{w}\" , \"checks\" : 1 , \"first_checked_at\" : \"{w}\" , \"next_check_at\" : null }}",
             ),
             w = WHEN
         );
@@ -169,7 +169,10 @@ mod tests {
         let store = JsonlStore::open(&path, opts("t"), OpenMode::Status).unwrap();
         assert_eq!(
             store.status_counts().await.unwrap(),
-            StatusCounts::default()
+            StatusCounts {
+                schedule: Some(Default::default()),
+                ..StatusCounts::default()
+            }
         );
         assert!(store.claim(5).await.unwrap().is_empty());
     }
@@ -280,7 +283,7 @@ mod tests {
         assert_eq!(
             fs::read_to_string(&path).unwrap(),
             format!(
-                "{{\"task_id\":\"t\",\"item_id\":\"a\",\"status\":\"ok\",\"http_status\":200,\"attempts\":1,\"last_error\":null,\"checked_at\":\"{WHEN}\"}}\n{{\"task_id\":\"t\",\"item_id\":\"b\",\"status\":\"done\"}}\n{{\"task_id\":\"t\",\"item_id\":\"c\",\"status\":\"failed\"}}\n"
+                "{{\"task_id\":\"t\",\"item_id\":\"a\",\"status\":\"ok\",\"http_status\":200,\"attempts\":1,\"last_error\":null,\"checked_at\":\"{WHEN}\",\"checks\":1,\"first_checked_at\":\"{WHEN}\",\"next_check_at\":null}}\n{{\"task_id\":\"t\",\"item_id\":\"b\",\"status\":\"done\"}}\n{{\"task_id\":\"t\",\"item_id\":\"c\",\"status\":\"failed\"}}\n"
             )
         );
     }
