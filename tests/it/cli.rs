@@ -109,7 +109,7 @@ fn init_import_status() {
         .stdout;
     assert_eq!(
         String::from_utf8(text).unwrap(),
-        "task t on sqlite:recheck.db\n  failed           4\n  total            4\n"
+        "task t on sqlite:recheck.db\n  failed              4\n  total               4\n  backlog             4  (failed: what the next runs check)\n  not due             0  (failed, waiting for their next_check_at)\n  unchecked           4  (failed, never checked yet)\n  dead                0  (given up on: failed for good)\n"
     );
     // A bad line imports nothing.
     sb.cmd()

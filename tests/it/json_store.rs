@@ -4,10 +4,14 @@ use crate::support::{self, Sandbox};
 
 /// Replaces every `"checked_at": "<RFC 3339>"` value with `"<T>"`, the one thing that
 /// differs between runs.
+/// `checked_at` and `first_checked_at` values replaced by `"<T>"` (they must be UTC times).
 fn mask_times(s: &str) -> String {
+    mask_key(&mask_key(s, "\"checked_at\":"), "\"first_checked_at\":")
+}
+
+fn mask_key(s: &str, key: &str) -> String {
     let mut out = String::new();
     let mut rest = s;
-    let key = "\"checked_at\":";
     while let Some(at) = rest.find(key) {
         let (head, tail) = rest.split_at(at + key.len());
         out.push_str(head);
@@ -62,15 +66,18 @@ const AFTER: &str = r#"{
       "attempts": 3,
       "http_status": 200,
       "last_error": null,
-      "checked_at": "<T>"
+      "checked_at": "<T>",
+      "checks": 1,
+      "first_checked_at": "<T>",
+      "next_check_at": null
     },
-    {"task_id": "t1", "id": "fail-1", "status": "failed", "x": -0.0, "http_status": 200, "attempts": 1, "last_error": "/status is \"processing\", expected \"done\"", "checked_at": "<T>"},
+    {"task_id": "t1", "id": "fail-1", "status": "failed", "x": -0.0, "http_status": 200, "attempts": 1, "last_error": "/status is \"processing\", expected \"done\"", "checked_at": "<T>", "checks": 1, "first_checked_at": "<T>", "next_check_at": null},
     {
       "task_id": "t2",
       "item_id": "ok-2",
       "status": "failed"
     },
-    {"task_id":"t1","item_id":"404-1","status":"failed","last_error":"HTTP 404 Not Found","http_status":404,"attempts":1,"checked_at":"<T>"}
+    {"task_id":"t1","item_id":"404-1","status":"failed","last_error":"HTTP 404 Not Found","http_status":404,"attempts":1,"checked_at":"<T>","checks":1,"first_checked_at":"<T>","next_check_at":null}
   ],
   "trailer": [1,2,3]
 }
@@ -115,7 +122,7 @@ fn jsonl_keeps_lines_and_numeric_statuses() {
         .assert()
         .code(1);
     let after = mask_times(&std::fs::read_to_string(&path).unwrap());
-    let expected = "{\"task_id\": 7, \"item_id\": \"ok-1\", \"status\": 1, \"z\": {\"k\": [1, 2]}, \"http_status\": 200, \"attempts\": 1, \"last_error\": null, \"checked_at\": \"<T>\"}\n\n{\"task_id\": 7, \"item_id\": \"fail-1\", \"status\": 5, \"http_status\": 200, \"attempts\": 1, \"last_error\": \"/ok is false, expected true\", \"checked_at\": \"<T>\"}\n{\"task_id\": 8, \"item_id\": \"ok-2\", \"status\": 5}\n";
+    let expected = "{\"task_id\": 7, \"item_id\": \"ok-1\", \"status\": 1, \"z\": {\"k\": [1, 2]}, \"http_status\": 200, \"attempts\": 1, \"last_error\": null, \"checked_at\": \"<T>\", \"checks\": 1, \"first_checked_at\": \"<T>\", \"next_check_at\": null}\n\n{\"task_id\": 7, \"item_id\": \"fail-1\", \"status\": 5, \"http_status\": 200, \"attempts\": 1, \"last_error\": \"/ok is false, expected true\", \"checked_at\": \"<T>\", \"checks\": 1, \"first_checked_at\": \"<T>\", \"next_check_at\": null}\n{\"task_id\": 8, \"item_id\": \"ok-2\", \"status\": 5}\n";
     assert_eq!(after, expected);
 }
 
