@@ -1201,7 +1201,12 @@ impl<B: Backend> Inner<B> {
         let next = self.q(next);
         let task = self.b.text(&self.q(&sh.task));
         let mut s = self.sql();
-        s.push(&format!("SELECT {task}, COUNT(CASE WHEN {next} > "));
+        // The earliest time is formatted outside the grouping query: MySQL's formatting
+        // repeats its argument, which must not hold a placeholder.
+        s.push(&format!(
+            "SELECT rc_task, rc_not_due, {}, rc_never FROM (SELECT {task} AS rc_task, COUNT(CASE WHEN {next} > ",
+            self.b.time_text("rc_next", *nk)
+        ));
         s.bind(Val::Time(now, *nk), Kind::Other);
         if let Some((checked, ck)) = &sh.checked_at {
             let checked = self.q(checked);
@@ -1209,17 +1214,9 @@ impl<B: Backend> Inner<B> {
             s.bind(Val::Time(self.since, *ck), Kind::Other);
             s.push(")");
         }
-        s.push(" THEN 1 END), ");
-        let mut earliest = format!("MIN(CASE WHEN {next} > ");
-        earliest.push_str(
-            &self
-                .b
-                .placeholder(s.args.len() + 1, &Val::Time(now, *nk), Kind::Other),
-        );
-        earliest.push_str(&format!(" THEN {next} END)"));
-        s.args.push(Val::Time(now, *nk));
-        s.push(&self.b.time_text(&earliest, *nk));
-        s.push(", COUNT(CASE WHEN ");
+        s.push(&format!(" THEN 1 END) AS rc_not_due, MIN(CASE WHEN {next} > "));
+        s.bind(Val::Time(now, *nk), Kind::Other);
+        s.push(&format!(" THEN {next} END) AS rc_next, COUNT(CASE WHEN "));
         // Checked before the schedule columns existed: a `checked_at` says so.
         let mut never = Vec::new();
         if let Some(c) = &sh.checks {
@@ -1232,7 +1229,9 @@ impl<B: Backend> Inner<B> {
             never.push("1 = 1".into());
         }
         s.push(&never.join(" AND "));
-        s.push(" THEN 1 END) FROM ").push(&self.t()).push(" WHERE ");
+        s.push(" THEN 1 END) AS rc_never FROM ")
+            .push(&self.t())
+            .push(" WHERE ");
         if all {
             s.push(&format!("{} IS NOT NULL AND ", self.q(&sh.task)));
             let stq = self.q(&sh.status);
@@ -1240,7 +1239,7 @@ impl<B: Backend> Inner<B> {
         } else {
             self.task_and_failed(&mut s);
         }
-        s.push(&format!(" GROUP BY {task}"));
+        s.push(&format!(" GROUP BY {task}) rc_schedule"));
         let (sql, args) = s.done();
         let rows = self.read(sql, args).await?;
         rows.into_iter()
