@@ -430,6 +430,146 @@ fn scenario_dead_by_rule() {
     on_every_backend("dead_by_rule", dead_by_rule);
 }
 
+// ---------------------------------------------------------------------------------------
+// The schedule across runs
+
+fn time(at: &Option<String>) -> SystemTime {
+    let at = at.as_deref().expect("a time");
+    humantime::parse_rfc3339(at).unwrap_or_else(|e| panic!("{at:?}: {e}"))
+}
+
+/// `next_check_at - checked_at` of a row, in seconds.
+fn wait_of(db: &dyn Db, id: &str) -> f64 {
+    let row = db.item("t", id);
+    let (_, _, next) = db.schedule("t").remove(id).expect("the row");
+    time(&next)
+        .duration_since(time(&row.checked_at))
+        .expect("next_check_at after checked_at")
+        .as_secs_f64()
+}
+
+/// Several runs a few seconds apart with `--recheck-backoff 2s..8s --give-up-after 3`:
+/// items not due are not asked for (the server's per-id counts), come due when their
+/// next_check_at passes, `--ignore-schedule` asks anyway, the third check gives up (dead,
+/// in every output), and a `Retry-After: 3600` is carried into next_check_at.
+fn schedule(db: &dyn Db, sb: &Sandbox) {
+    let server = support::default_server();
+    db.default_schema();
+    let ids: Vec<String> = ["fail-a", "ok-b", "ra3600x99-c"].map(String::from).to_vec();
+    db.insert_failed("t", &ids);
+    let run = |extra: &[&str]| {
+        let out = sb
+            .run(&server, "t", &db.store())
+            .args(["--format", "json", "--expect-json", "/status=done"])
+            .args(["--recheck-backoff", "2s..8s", "--give-up-after", "3"])
+            .args(["--retries", "0"])
+            .args(extra)
+            .output()
+            .unwrap();
+        (out.status.code(), support::summary(&out))
+    };
+    let asked = |id: &str| server.requests(id);
+
+    // Run 1: every item is due.
+    let (code, s) = run(&[]);
+    assert_eq!(code, Some(1), "{s}");
+    assert_eq!(
+        (asked("fail-a"), asked("ok-b"), asked("ra3600x99-c")),
+        (1, 1, 1)
+    );
+    let sched = db.schedule("t");
+    assert_eq!(sched["ok-b"].0, 1);
+    assert_eq!(sched["ok-b"].2, None, "an OK item is due never again");
+    assert_eq!(sched["fail-a"].0, 1);
+    assert_eq!(sched["fail-a"].1, db.item("t", "fail-a").checked_at);
+    let w = wait_of(db, "fail-a");
+    assert!((1.8..=2.2).contains(&w), "first wait: MIN ±10 %, got {w}s");
+    let w = wait_of(db, "ra3600x99-c");
+    assert!((3599.0..=3601.0).contains(&w), "Retry-After carried: {w}s");
+
+    // Run 2, at once: nothing is due; nothing is asked.
+    let (code, s) = run(&[]);
+    assert_eq!(code, Some(0), "nothing to check: {s}");
+    assert_eq!(
+        (s["checked"].as_u64(), s["not_due"].as_u64()),
+        (Some(0), Some(2)),
+        "{s}"
+    );
+    assert_eq!(s["backlog"], 2);
+    assert_eq!(
+        s["next_due_at"].as_str(),
+        db.schedule("t")["fail-a"].2.as_deref(),
+        "{s}"
+    );
+    assert_eq!(
+        (asked("fail-a"), asked("ra3600x99-c")),
+        (1, 1),
+        "not due, not asked"
+    );
+
+    // Run 3: --ignore-schedule asks anyway, and the schedule goes on (second check: 2·MIN).
+    let (_, s) = run(&["--ignore-schedule"]);
+    assert_eq!(s["checked"], 2, "{s}");
+    assert_eq!((asked("fail-a"), asked("ra3600x99-c")), (2, 2));
+    assert_eq!(db.schedule("t")["fail-a"].0, 2);
+    let w = wait_of(db, "fail-a");
+    assert!(
+        (3.6..=4.4).contains(&w),
+        "second wait: 2·MIN ±10 %, got {w}s"
+    );
+
+    // Run 4, once fail-a is due: its third check gives up on it.
+    let due = time(&db.schedule("t")["fail-a"].2);
+    if let Ok(left) = due.duration_since(SystemTime::now()) {
+        std::thread::sleep(left + Duration::from_millis(200));
+    }
+    let (code, s) = run(&[
+        "--report",
+        "r.jsonl",
+        "--junit",
+        "j.xml",
+        "--metrics-file",
+        "m.prom",
+    ]);
+    assert_eq!(code, Some(1), "{s}");
+    assert_eq!(
+        (asked("fail-a"), asked("ra3600x99-c")),
+        (3, 2),
+        "c is not due for an hour"
+    );
+    assert_eq!(
+        (s["dead"].as_u64(), s["not_due"].as_u64()),
+        (Some(1), Some(1)),
+        "{s}"
+    );
+    let row = db.item("t", "fail-a");
+    assert_eq!(row.status, "dead");
+    let why = row.last_error.unwrap();
+    assert!(
+        why.starts_with("gave up after 3 checks: /status is"),
+        "{why}"
+    );
+    assert_eq!(db.schedule("t")["fail-a"].2, None, "dead: due never again");
+    let report = std::fs::read_to_string(sb.path("r.jsonl")).unwrap();
+    assert!(
+        report.contains(r#""outcome":"dead""#) && report.contains("gave up after 3 checks"),
+        "{report}"
+    );
+    let junit = std::fs::read_to_string(sb.path("j.xml")).unwrap();
+    assert!(junit.contains(r#"type="dead""#), "{junit}");
+    let prom = std::fs::read_to_string(sb.path("m.prom")).unwrap();
+    assert!(prom.contains(r#"outcome="dead"} 1"#), "{prom}");
+    assert!(
+        prom.contains(r#"recheck_task_not_due{task="t"} 1"#),
+        "{prom}"
+    );
+}
+
+#[test]
+fn scenario_schedule() {
+    on_every_backend("schedule", schedule);
+}
+
 fn unknown_task(db: &dyn Db, sb: &Sandbox) {
     let server = support::default_server();
     db.default_schema();

@@ -1214,7 +1214,9 @@ impl<B: Backend> Inner<B> {
             s.bind(Val::Time(self.since, *ck), Kind::Other);
             s.push(")");
         }
-        s.push(&format!(" THEN 1 END) AS rc_not_due, MIN(CASE WHEN {next} > "));
+        s.push(&format!(
+            " THEN 1 END) AS rc_not_due, MIN(CASE WHEN {next} > "
+        ));
         s.bind(Val::Time(now, *nk), Kind::Other);
         s.push(&format!(" THEN {next} END) AS rc_next, COUNT(CASE WHEN "));
         // Checked before the schedule columns existed: a `checked_at` says so.

@@ -192,6 +192,26 @@ pub(crate) trait Db {
             .collect()
     }
 
+    /// The schedule of every row of `task`: id → (checks, first_checked_at,
+    /// next_check_at), times as RFC 3339 UTC.
+    fn schedule(&self, task: &str) -> HashMap<String, (i64, Option<String>, Option<String>)> {
+        let sql = format!(
+            "SELECT item_id, checks, {}, {} FROM items WHERE task_id = '{task}'",
+            self.time_text("first_checked_at"),
+            self.time_text("next_check_at")
+        );
+        self.rows(&sql)
+            .into_iter()
+            .map(|r| {
+                let checks = r[1].as_deref().map_or(0, |s| s.parse::<i64>().unwrap());
+                (
+                    r[0].clone().expect("an id"),
+                    (checks, r[2].clone(), r[3].clone()),
+                )
+            })
+            .collect()
+    }
+
     /// Item `id` of `task`.
     fn item(&self, task: &str, id: &str) -> Item {
         self.items(task)
