@@ -411,3 +411,69 @@ fn json_import_leaves_an_existing_ok_item_as_it_is() {
     assert_eq!(doc[1]["status"], "failed");
     assert_eq!(doc.as_array().unwrap().len(), 2);
 }
+
+/// A JSON store keeps the schedule in the items' own fields: an item whose next_check_at is
+/// ahead is skipped (and counted), `--give-up-after 1` makes a still-failed item dead at
+/// once, `--ignore-schedule` checks the skipped one too.
+#[test]
+fn json_items_carry_the_schedule() {
+    let server = support::default_server();
+    let sb = Sandbox::new();
+    let path = sb.path("items.json");
+    std::fs::write(
+        &path,
+        r#"[{"task_id": "t", "item_id": "fail-a", "status": "failed", "checks": 4, "first_checked_at": "2026-01-01T00:00:00.000Z", "next_check_at": "2099-01-01T00:00:00.000Z"},
+{"task_id": "t", "item_id": "fail-b", "status": "failed"}]"#,
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let out = sb
+            .run(&server, "t", "items.json")
+            .args(["--format", "json", "--expect-json", "/status=done"])
+            .args(["--give-up-after", "1", "--dead-status", "given-up"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        support::summary(&out)
+    };
+    let s = run(&[]);
+    assert_eq!(
+        (s["dead"].as_u64(), s["not_due"].as_u64()),
+        (Some(1), Some(1)),
+        "{s}"
+    );
+    assert_eq!(s["next_due_at"], "2099-01-01T00:00:00.000Z");
+    assert_eq!(
+        (server.requests("fail-a"), server.requests("fail-b")),
+        (0, 1)
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let b = &doc[1];
+    assert_eq!(b["status"], "given-up");
+    assert_eq!(b["checks"], 1);
+    assert_eq!(b["first_checked_at"], b["checked_at"]);
+    assert_eq!(b["next_check_at"], serde_json::Value::Null);
+    assert!(
+        b["last_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("gave up after 1 check: "),
+        "{b}"
+    );
+    assert_eq!(doc[0]["checks"], 4, "not due: untouched");
+
+    let s = run(&["--ignore-schedule"]);
+    assert_eq!(s["dead"], 1, "{s}");
+    assert_eq!(server.requests("fail-a"), 1);
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let a = &doc[0];
+    assert_eq!(a["status"], "given-up");
+    assert_eq!(a["checks"], 5);
+    assert_eq!(
+        a["first_checked_at"], "2026-01-01T00:00:00.000Z",
+        "the first check stays"
+    );
+}
