@@ -290,6 +290,42 @@ const CASES: &[Case] = &[
         args: &["--retries=-1", URL],
         fragment: "--retries",
     },
+    Case {
+        store: "s.db",
+        setup: default_db,
+        args: &["--recheck-backoff", "100ms..1s", URL],
+        fragment: "at least 1s",
+    },
+    Case {
+        store: "s.db",
+        setup: default_db,
+        args: &["--recheck-backoff", "6h..10m", URL],
+        fragment: "--recheck-backoff",
+    },
+    Case {
+        store: "s.db",
+        setup: default_db,
+        args: &["--recheck-backoff", "10m", URL],
+        fragment: "10m..6h",
+    },
+    Case {
+        store: "s.db",
+        setup: default_db,
+        args: &["--give-up-after", "0", URL],
+        fragment: "--give-up-after",
+    },
+    Case {
+        store: "s.db",
+        setup: default_db,
+        args: &["--give-up-age", "soon", URL],
+        fragment: "--give-up-age",
+    },
+    Case {
+        store: "s.db",
+        setup: default_db,
+        args: &["--give-up-after", "3", "--dead-status", "failed", URL],
+        fragment: "re-checked forever",
+    },
 ];
 
 #[test]
