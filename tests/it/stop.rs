@@ -266,4 +266,12 @@ fn deadline_stops_writes_back_and_exits_3() {
     let written = store_matches_server(&sb, &server, &ids);
     assert_eq!(s["checked"], written as u64);
     assert!(written > 0 && written < 1000, "{written}");
+    // The first page of 1,000 was claimed at once: what of it got no answer is unchecked
+    // (and kept its status, as store_matches_server showed).
+    let unchecked = s["unchecked"].as_u64().expect("unchecked");
+    assert!(
+        unchecked >= 1000 - written as u64 && unchecked + written as u64 <= 1200,
+        "unchecked {unchecked}, written {written}"
+    );
+    assert_eq!(s["backlog"], 1200 - s["ok"].as_u64().unwrap(), "{s}");
 }
