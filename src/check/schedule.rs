@@ -235,4 +235,59 @@ mod tests {
         s.apply_with(0, None, &mut v, 0.5);
         assert_eq!(v.outcome, Outcome::Error);
     }
+
+    /// The README's worked example, measured with the real schedule: a cron run every 10
+    /// minutes with `--recheck-backoff 10m..6h --give-up-age 7d`, on an item that never
+    /// recovers. Each run checks the item when its next_check_at has passed. Prints how
+    /// many checks it gets before it is dead, over 1,000 items (different jitter).
+    #[test]
+    fn cron_worked_example() {
+        let week = Duration::from_secs(7 * 86_400);
+        let with_backoff = Schedule {
+            backoff: Some((MIN, MAX)),
+            give_up_age: Some(week),
+            ..Schedule::default()
+        };
+        let without = Schedule {
+            give_up_age: Some(week),
+            ..Schedule::default()
+        };
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut counts: Vec<u32> = (0..1000)
+            .map(|_| checks_until_dead(&with_backoff, &mut rng))
+            .collect();
+        counts.sort_unstable();
+        let (lo, median, hi) = (counts[0], counts[500], counts[999]);
+        let plain = checks_until_dead(&without, &mut rng);
+        println!(
+            "cron every 10m, --recheck-backoff 10m..6h --give-up-age 7d: {lo}..{hi} checks \
+             (median {median}) before dead; {plain} with --give-up-age 7d alone"
+        );
+        // 10m, 20m, 40m, 80m, 160m, 320m, then every 6h (±10 %, rounded up to the next
+        // run) for the rest of the week, and the check at 7 days that gives up.
+        assert!((30..=40).contains(&median), "{median}");
+        assert!(hi - lo <= 6, "{lo}..{hi}");
+        assert_eq!(plain, 7 * 144 + 1, "every run of the week, and the one at 7 days");
+    }
+
+    /// Checks an item that never recovers gets from a cron run every 10 minutes, until the
+    /// schedule makes it dead.
+    fn checks_until_dead(s: &Schedule, rng: &mut fastrand::Rng) -> u32 {
+        let tick = Duration::from_secs(600);
+        let mut now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let (mut checks, mut first, mut next) = (0u32, None, None::<SystemTime>);
+        loop {
+            if next.is_none_or(|t| t <= now) {
+                let mut v = verdict(Outcome::StillFailed, now);
+                s.apply_with(checks, first, &mut v, rng.f64());
+                checks += 1;
+                first.get_or_insert(now);
+                if v.outcome == Outcome::Dead {
+                    return checks;
+                }
+                next = v.next_check_at;
+            }
+            now += tick;
+        }
+    }
 }
