@@ -325,6 +325,7 @@ impl RunConfig {
             not_found: a.not_found_status.as_deref().map(StatusValue::new),
             dead,
             ignore_schedule: a.ignore_schedule,
+            schedule_columns: schedule.columns(),
             extra_columns,
             need_url: matches!(urls, UrlSource::ItemColumn),
             read_only: a.dry_run,

@@ -26,6 +26,22 @@ pub struct Schedule {
 }
 
 impl Schedule {
+    /// The store columns the flags need, with the flag that needs each.
+    pub fn columns(&self) -> Vec<(&'static str, &'static str)> {
+        let mut cols = Vec::new();
+        if self.backoff.is_some() {
+            cols.push(("checks", "--recheck-backoff"));
+            cols.push(("next_check_at", "--recheck-backoff"));
+        }
+        if self.give_up_after.is_some() {
+            cols.push(("checks", "--give-up-after"));
+        }
+        if self.give_up_age.is_some() {
+            cols.push(("first_checked_at", "--give-up-age"));
+        }
+        cols
+    }
+
     /// Whether a give-up rule is set (they need a `--dead-status` to write).
     pub fn gives_up(&self) -> bool {
         self.give_up_after.is_some() || self.give_up_age.is_some()
@@ -267,7 +283,11 @@ mod tests {
         // run) for the rest of the week, and the check at 7 days that gives up.
         assert!((30..=40).contains(&median), "{median}");
         assert!(hi - lo <= 6, "{lo}..{hi}");
-        assert_eq!(plain, 7 * 144 + 1, "every run of the week, and the one at 7 days");
+        assert_eq!(
+            plain,
+            7 * 144 + 1,
+            "every run of the week, and the one at 7 days"
+        );
     }
 
     /// Checks an item that never recovers gets from a cron run every 10 minutes, until the

@@ -229,6 +229,10 @@ pub struct StoreOptions {
     pub dead: Option<StatusValue>,
     /// `--ignore-schedule`: claim failed items whose `next_check_at` is still ahead.
     pub ignore_schedule: bool,
+    /// The schedule's columns the run's flags need, with the flag (`("next_check_at",
+    /// "--recheck-backoff")`): a table without one is refused at open, so a schedule flag
+    /// never does nothing.
+    pub schedule_columns: Vec<(&'static str, &'static str)>,
     /// Extra columns the URL template reads (`{COLUMN}`), validated at open.
     pub extra_columns: Vec<Ident>,
     /// The run reads each item's own URL (no `--url`): the url column must exist.
@@ -303,6 +307,7 @@ impl StoreOptions {
             not_found: None,
             dead: None,
             ignore_schedule: false,
+            schedule_columns: Vec::new(),
             extra_columns: Vec::new(),
             need_url: false,
             read_only: false,

@@ -326,6 +326,19 @@ const CASES: &[Case] = &[
         args: &["--give-up-after", "3", "--dead-status", "failed", URL],
         fragment: "re-checked forever",
     },
+    // A table without the schedule's columns cannot keep a schedule: refused, not ignored.
+    Case {
+        store: "s.db",
+        setup: default_db,
+        args: &["--recheck-backoff", "10m..6h", URL],
+        fragment: "which --recheck-backoff needs; `recheck init",
+    },
+    Case {
+        store: "s.db",
+        setup: default_db,
+        args: &["--give-up-age", "7d", URL],
+        fragment: "no column first_checked_at, which --give-up-age needs",
+    },
 ];
 
 #[test]

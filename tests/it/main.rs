@@ -23,6 +23,7 @@ mod postgres;
 mod progress;
 mod retries;
 mod scenarios;
+mod schedule;
 mod secrets;
 mod seed_shape;
 mod stop;

@@ -336,6 +336,23 @@ impl<B: Backend> Inner<B> {
             }
         };
         let shape = inspect(&b, &name, found, &opts)?;
+        if mode == OpenMode::Run {
+            for (col, flag) in &opts.schedule_columns {
+                let has = match *col {
+                    "checks" => shape.checks.is_some(),
+                    "first_checked_at" => shape.first_checked_at.is_some(),
+                    _ => shape.next_check_at.is_some(),
+                };
+                if !has {
+                    bail!(
+                        "{name}: table {} has no column {col}, which {flag} needs; `recheck init \
+                         --store {name} --table {}` adds the schedule's columns",
+                        shape.table,
+                        shape.table
+                    );
+                }
+            }
+        }
         let col_of = |col: &Col| format!("column {} of table {}", col.name, shape.table);
         let value = |flag: &str, col: &Col, v: &str| -> Result<Val> {
             col.kind.val(v).map_err(|what| {
