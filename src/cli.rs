@@ -186,6 +186,20 @@ pub struct RunArgs {
     /// Most requests in flight to one host [default: = --concurrency].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000), env = "RECHECK_PER_HOST")]
     pub per_host: Option<u32>,
+    /// Adapt each host's limit: down on 429/503/timeouts or a clear latency rise, back up
+    /// while answers are healthy, never above --per-host (the default; --no-adaptive keeps
+    /// it fixed).
+    #[arg(long, overrides_with = "no_adaptive", env = "RECHECK_ADAPTIVE")]
+    pub adaptive: bool,
+    /// Keep each host's limit at --per-host.
+    #[arg(long, overrides_with = "adaptive", env = "RECHECK_NO_ADAPTIVE")]
+    pub no_adaptive: bool,
+    /// After N consecutive connection failures, timeouts or 5xx from one host, its circuit
+    /// opens: after a 5 s cool-down one probe goes; if it fails, the host's items are
+    /// deferred (no request, status kept, next_check_at set) and the run exits 5. 0 turns
+    /// it off.
+    #[arg(long, value_name = "N", default_value_t = 20, env = "RECHECK_CIRCUIT")]
+    pub circuit: u32,
     /// Most requests started per second, evenly spaced (200, 200/s, 5000/m) [default:
     /// unlimited].
     #[arg(long, value_name = "R", value_parser = crate::check::gate::Rate::parse, env = "RECHECK_RATE")]

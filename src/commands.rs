@@ -34,10 +34,13 @@ pub const IMPORT_BATCH: usize = 10_000;
 /// Exit code of a run whose store failed during the run (SPEC §4).
 pub const EXIT_STORE_FAILED: u8 = 4;
 
+/// Exit code of a run that deferred items because their host's circuit opened (SPEC §4).
+pub const EXIT_API_UNAVAILABLE: u8 = 5;
+
 /// The exit code for a finished run (SPEC §4). When several apply: 4 (the store failed),
-/// then 130 (interrupted), then 3 (deadline), then 1 (items not OK, or an output file
-/// failed: that is never hidden by `--fail-on never`, since the file the user asked for is
-/// missing or incomplete).
+/// then 130 (interrupted), then 3 (deadline), then 5 (items deferred: the API was
+/// unavailable), then 1 (items not OK, or an output file failed: that is never hidden by
+/// `--fail-on never`, since the file the user asked for is missing or incomplete).
 pub fn exit_code(summary: &Summary, fail_on: FailOn) -> u8 {
     if summary.store_error.is_some() {
         EXIT_STORE_FAILED
@@ -45,6 +48,8 @@ pub fn exit_code(summary: &Summary, fail_on: FailOn) -> u8 {
         EXIT_INTERRUPTED
     } else if summary.deadline_reached {
         EXIT_DEADLINE
+    } else if summary.deferred > 0 {
+        EXIT_API_UNAVAILABLE
     } else if summary.output_errors > 0 || (!summary.all_ok() && fail_on != FailOn::Never) {
         1
     } else {
@@ -75,8 +80,14 @@ pub async fn run(cfg: RunConfig, stop: CancellationToken) -> Result<Summary> {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .context("cannot build the HTTP client")?;
-    let gate = Gate::new(cfg.concurrency, cfg.per_host, cfg.rate);
-    let fetcher = Arc::new(Fetcher::new(client, cfg.fetch.clone(), gate));
+    let gate = Arc::new(Gate::new(
+        cfg.concurrency,
+        cfg.per_host,
+        cfg.rate,
+        cfg.adaptive,
+        cfg.circuit,
+    ));
+    let fetcher = Arc::new(Fetcher::new(client, cfg.fetch.clone(), Arc::clone(&gate)));
     tracing::info!(task = %cfg.task, store = %cfg.store, concurrency = cfg.concurrency, dry_run = cfg.dry_run, "checking failed items");
 
     // One token halts the run: a signal (`stop`), the deadline, or a store error.
@@ -206,10 +217,11 @@ pub async fn run(cfg: RunConfig, stop: CancellationToken) -> Result<Summary> {
         }
         Err(e) => tracing::warn!("cannot count the items left in the store: {e:#}"),
     }
+    summary.hosts = gate.host_summaries();
     // Claimed but never answered: a stop (or a store failure) came first.
     summary.unchecked = claimed
         .load(Ordering::SeqCst)
-        .saturating_sub(summary.checked);
+        .saturating_sub(summary.checked + summary.deferred);
     halt.cancel(); // ends the deadline timer
     progress.finish();
     summary.duration = started.elapsed();

@@ -214,6 +214,10 @@ pub struct RunConfig {
     pub per_host: Option<usize>,
     /// Most request starts per period.
     pub rate: Option<crate::check::gate::Rate>,
+    /// Each host's limit adapts (`--adaptive`, the default; `--no-adaptive`).
+    pub adaptive: bool,
+    /// Consecutive failures that open a host's circuit (`--circuit`; 0: off).
+    pub circuit: u32,
     /// Time limit for opening a connection.
     pub connect_timeout: Duration,
     /// Most items checked.
@@ -379,6 +383,8 @@ impl RunConfig {
             concurrency: a.concurrency as usize,
             per_host: a.per_host.map(|n| n as usize),
             rate: a.rate,
+            adaptive: !a.no_adaptive,
+            circuit: a.circuit,
             connect_timeout: a.connect_timeout,
             limit: a.limit,
             deadline: a.deadline,

@@ -42,6 +42,10 @@ pub enum Outcome {
     Error,
     /// The answer says the item failed for good (a `--dead-json` / `--dead-jq` rule holds).
     Dead,
+    /// Not an outcome of a check: the host's circuit was open, so the item was not asked
+    /// for (or its retries stopped). Its status stays; only `next_check_at` is written.
+    /// Not in [`Outcome::ALL`] and not counted as checked.
+    Deferred,
 }
 
 impl Outcome {
@@ -62,6 +66,7 @@ impl Outcome {
             Outcome::NotFound => "not_found",
             Outcome::Error => "error",
             Outcome::Dead => "dead",
+            Outcome::Deferred => "deferred",
         }
     }
 }
@@ -93,6 +98,9 @@ pub struct Verdict {
     pub elapsed: Duration,
     /// The URL asked, for reports: its password, if any, is replaced by `***`.
     pub url: Option<String>,
+    /// The host's adaptive limit when the last attempt was admitted (`None`: no per-host
+    /// limit), for `--report`.
+    pub host_limit: Option<usize>,
     /// When the item is due for its next check (`next_check_at`): set after a not-OK check
     /// by `--recheck-backoff`, or by a `Retry-After` longer than the run could wait; `None`
     /// means due at once (or settled).

@@ -570,6 +570,7 @@ mod tests {
             elapsed: Duration::from_millis(3),
             url: None,
             next_check_at: None,
+            host_limit: None,
         }
     }
 

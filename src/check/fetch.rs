@@ -11,7 +11,8 @@ use reqwest::{Client, Response, StatusCode};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use super::gate::Gate;
+use super::gate::{Gate, Refused};
+use super::hosts::Signal;
 use super::judge::{self, Expectations, Judgement};
 use crate::model::{Item, Outcome, Verdict};
 
@@ -45,13 +46,15 @@ pub struct FetchConfig {
 pub struct Fetcher {
     client: Client,
     cfg: FetchConfig,
-    gate: Gate,
+    gate: std::sync::Arc<Gate>,
 }
 
 /// Why one attempt did not produce an answer.
 #[derive(Debug)]
 enum Failure {
-    /// Worth another attempt (timeout, connection refused or reset).
+    /// No answer within `--timeout`: worth another attempt.
+    Timeout(String),
+    /// Worth another attempt (connection refused or reset, a connect timeout).
     Retryable(String),
     /// Final (body too large, redirect loop, bad redirect), with the status if one came.
     Fatal(String, Option<u16>),
@@ -67,6 +70,10 @@ struct Found {
     /// The last answer's `Retry-After`, when the item ended on it (carried into
     /// `next_check_at`).
     retry_after: Option<Duration>,
+    /// Deferred by an open circuit: when it may be probed again.
+    deferred_until: Option<SystemTime>,
+    /// The host's limit when the last attempt was admitted.
+    host_limit: Option<usize>,
 }
 
 impl Found {
@@ -77,6 +84,8 @@ impl Found {
             attempts,
             error: Some(why),
             retry_after: None,
+            deferred_until: None,
+            host_limit: None,
         }
     }
 }
@@ -90,7 +99,7 @@ struct Answer {
 
 impl Fetcher {
     /// A fetcher sending through `client` whatever `gate` admits.
-    pub fn new(client: Client, cfg: FetchConfig, gate: Gate) -> Fetcher {
+    pub fn new(client: Client, cfg: FetchConfig, gate: std::sync::Arc<Gate>) -> Fetcher {
         Fetcher { client, cfg, gate }
     }
 
@@ -122,8 +131,12 @@ impl Fetcher {
             checked_at,
             elapsed,
             url: url.map(redacted),
-            // The server said when to come back: the next run honours it.
-            next_check_at: found.retry_after.map(|d| checked_at + d),
+            // The server said when to come back, or the host's circuit did: the next run
+            // honours it.
+            next_check_at: found
+                .deferred_until
+                .or_else(|| found.retry_after.map(|d| checked_at + d)),
+            host_limit: found.host_limit,
         })
     }
 
@@ -137,21 +150,46 @@ impl Fetcher {
         first_sent: &mut Option<Instant>,
     ) -> Option<Found> {
         let mut attempts = 0u32;
+        let (mut host_limit, mut last_seen) = (None, None);
         loop {
             if cancel.is_cancelled() {
                 return None;
             }
             attempts += 1;
             let result = {
-                let _admitted = self.gate.admit(url, cancel).await?;
+                let admitted = match self.gate.admit(url, cancel).await {
+                    Ok(a) => a,
+                    Err(Refused::Cancelled) => return None,
+                    Err(Refused::Deferred(d)) => {
+                        return Some(Found {
+                            outcome: Outcome::Deferred,
+                            status: last_seen,
+                            attempts: attempts - 1,
+                            error: Some(d.why),
+                            retry_after: None,
+                            deferred_until: Some(d.until),
+                            host_limit,
+                        });
+                    }
+                };
+                host_limit = admitted.host_limit();
                 first_sent.get_or_insert_with(Instant::now);
-                match tokio::time::timeout(self.cfg.timeout, self.attempt(url)).await {
+                let r = match tokio::time::timeout(self.cfg.timeout, self.attempt(url)).await {
                     Ok(r) => r,
-                    Err(_) => Err(Failure::Retryable(format!(
+                    Err(_) => Err(Failure::Timeout(format!(
                         "timed out after {}",
                         humantime::format_duration(self.cfg.timeout)
                     ))),
-                }
+                };
+                let signal = match &r {
+                    Ok(answer) => Signal::Answer(answer.status),
+                    Err(Failure::Timeout(_)) => Signal::Timeout,
+                    Err(Failure::Retryable(_)) => Signal::Connect,
+                    Err(Failure::Fatal(_, Some(status))) => Signal::Answer(*status),
+                    Err(Failure::Fatal(_, None)) => Signal::Neutral,
+                };
+                admitted.done(signal, attempts > 1);
+                r
             };
             let (why, retry_after, last_status) = match result {
                 Ok(answer) => {
@@ -175,16 +213,21 @@ impl Fetcher {
                                 attempts,
                                 error,
                                 retry_after: None,
+                                deferred_until: None,
+                                host_limit,
                             });
                         }
                         Err(retry) => retry,
                     }
                 }
                 Err(Failure::Fatal(why, status)) => {
-                    return Some(Found::error(status, attempts, why));
+                    let mut found = Found::error(status, attempts, why);
+                    found.host_limit = host_limit;
+                    return Some(found);
                 }
-                Err(Failure::Retryable(why)) => (why, None, None),
+                Err(Failure::Retryable(why) | Failure::Timeout(why)) => (why, None, None),
             };
+            last_seen = last_status.or(last_seen);
             if attempts > self.cfg.retries {
                 let why = if attempts > 1 {
                     format!("{why} (after {attempts} attempts)")
@@ -192,6 +235,7 @@ impl Fetcher {
                     why
                 };
                 let mut found = Found::error(last_status, attempts, why);
+                found.host_limit = host_limit;
                 // A Retry-After longer than the capped waits of this run: the next run
                 // comes back then (next_check_at).
                 found.retry_after = retry_after;

@@ -1,7 +1,8 @@
 //! Stage "check", admission: decides when a request may start. Holds the bound on requests
-//! in flight (`--concurrency`), the per-host bound (`--per-host`), the start rate (`--rate`)
-//! and the pause a host asked for with `Retry-After`. A request waits here without holding
-//! anything it has not been admitted to. Knows nothing of items or stores.
+//! in flight (`--concurrency`), the start rate (`--rate`), the pause a host asked for with
+//! `Retry-After`, and each host's limit and circuit ([`super::hosts`]: `--per-host`,
+//! `--adaptive`, `--circuit`). A request waits here without holding anything it has not
+//! been admitted to. Knows nothing of items or stores.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -11,6 +12,8 @@ use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::hosts::{Deferred, HostPermit, HostPolicy, HostSummary, Hosts, Signal};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use url::Url;
@@ -49,34 +52,60 @@ impl Rate {
     }
 }
 
-/// One host's bound and pause.
-struct Host {
-    slots: Option<Arc<Semaphore>>,
-    /// Set from a 429/503 `Retry-After`: no new request to the host before then.
-    paused_until: Mutex<Option<Instant>>,
-}
-
 /// The admission gate shared by every check of the run.
 pub struct Gate {
     in_flight: Arc<Semaphore>,
-    per_host: Option<usize>,
-    /// Some host asked for a pause: from then on every admission looks its host up. Until
-    /// then (and without `--per-host`) admissions skip the per-host table entirely.
+    /// Each host's limit and circuit, when anything about hosts is on (`--per-host` below
+    /// `--concurrency`, `--adaptive`, `--circuit`); else admissions skip the host table
+    /// unless a host asked for a pause.
+    hosts: Option<Hosts>,
+    /// Some host asked for a pause: from then on every admission looks its host up.
     any_pause: AtomicBool,
-    hosts: Mutex<HashMap<String, Arc<Host>>>,
+    paused: Mutex<HashMap<String, Instant>>,
     rate: Option<DefaultDirectRateLimiter>,
 }
 
-/// Permission to have one request in flight; dropping it frees the slots.
+/// Permission to have one request in flight; dropping it frees the slots. Tell it how the
+/// attempt ended with [`Admission::done`].
 pub struct Admission {
-    _host: Option<OwnedSemaphorePermit>,
+    host: Option<HostPermit>,
     _global: OwnedSemaphorePermit,
+}
+
+impl Admission {
+    /// The host's limit when the request was admitted (`None`: no per-host limit).
+    pub fn host_limit(&self) -> Option<usize> {
+        self.host.as_ref().map(|h| h.limit)
+    }
+
+    /// How the attempt ended (`retry`: not the item's first attempt): feeds the host's
+    /// adaptive limit, circuit and statistics.
+    pub fn done(self, signal: Signal, retry: bool) {
+        if let Some(h) = self.host {
+            h.done(signal, retry);
+        }
+    }
+}
+
+/// Why [`Gate::admit`] admitted nothing.
+#[derive(Debug)]
+pub enum Refused {
+    /// The run is stopping.
+    Cancelled,
+    /// The host's circuit is open: the item is deferred.
+    Deferred(Deferred),
 }
 
 impl Gate {
     /// A gate for `concurrency` requests in flight, at most `per_host` of them to one host,
     /// started at most at `rate`.
-    pub fn new(concurrency: usize, per_host: Option<usize>, rate: Option<Rate>) -> Gate {
+    pub fn new(
+        concurrency: usize,
+        per_host: Option<usize>,
+        rate: Option<Rate>,
+        adaptive: bool,
+        circuit: u32,
+    ) -> Gate {
         let rate = rate.map(|r| {
             // Evenly spaced starts (a burst of one): "at most R per second" holds for every
             // window, not just on average.
@@ -85,39 +114,37 @@ impl Gate {
                 .unwrap_or_else(|| Quota::per_second(r.count));
             RateLimiter::direct(quota)
         });
+        let per_host = per_host.filter(|&n| n < concurrency);
+        let hosts = (per_host.is_some() || adaptive || circuit > 0).then(|| {
+            Hosts::new(HostPolicy {
+                max: per_host.unwrap_or(concurrency),
+                adaptive,
+                circuit,
+            })
+        });
         Gate {
             in_flight: Arc::new(Semaphore::new(concurrency.max(1))),
-            per_host: per_host.filter(|&n| n < concurrency),
+            hosts,
             any_pause: AtomicBool::new(false),
-            hosts: Mutex::new(HashMap::new()),
+            paused: Mutex::new(HashMap::new()),
             rate,
         }
     }
 
-    fn host(&self, url: &Url) -> Arc<Host> {
-        let key = format!(
-            "{}:{}",
-            url.host_str().unwrap_or_default(),
-            url.port_or_known_default().unwrap_or(0)
-        );
-        let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(hosts.entry(key).or_insert_with(|| {
-            Arc::new(Host {
-                slots: self.per_host.map(|n| Arc::new(Semaphore::new(n.max(1)))),
-                paused_until: Mutex::new(None),
-            })
-        }))
-    }
-
-    /// Waits until a request to `url` may start: the host's pause, the rate, a host slot,
-    /// then a global slot. `None` when `cancel` fires first.
-    pub async fn admit(&self, url: &Url, cancel: &CancellationToken) -> Option<Admission> {
-        let host = (self.per_host.is_some() || self.any_pause.load(Ordering::Relaxed))
-            .then(|| self.host(url));
+    /// Waits until a request to `url` may start: the host's pause, the rate, a slot of the
+    /// host (its limit and circuit), then a global slot.
+    pub async fn admit(&self, url: &Url, cancel: &CancellationToken) -> Result<Admission, Refused> {
         let wait = async {
-            if let Some(host) = &host {
+            let paused = self.any_pause.load(Ordering::Relaxed);
+            let key = (self.hosts.is_some() || paused).then(|| host_key(url));
+            if paused && let Some(key) = &key {
                 loop {
-                    let until = *host.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+                    let until = self
+                        .paused
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(key)
+                        .copied();
                     match until {
                         Some(t) if t > Instant::now() => tokio::time::sleep_until(t).await,
                         _ => break,
@@ -127,32 +154,51 @@ impl Gate {
             if let Some(rate) = &self.rate {
                 rate.until_ready().await;
             }
-            let host_permit = match host.as_ref().and_then(|h| h.slots.as_ref()) {
-                Some(s) => Some(Arc::clone(s).acquire_owned().await.ok()?),
-                None => None,
+            let host = match (&self.hosts, &key) {
+                (Some(hosts), Some(key)) => {
+                    Some(hosts.get(key).acquire().await.map_err(Refused::Deferred)?)
+                }
+                _ => None,
             };
-            let global = Arc::clone(&self.in_flight).acquire_owned().await.ok()?;
-            Some(Admission {
-                _host: host_permit,
+            let global = Arc::clone(&self.in_flight)
+                .acquire_owned()
+                .await
+                .map_err(|_| Refused::Cancelled)?;
+            Ok(Admission {
+                host,
                 _global: global,
             })
         };
         tokio::select! {
             a = wait => a,
-            _ = cancel.cancelled() => None,
+            _ = cancel.cancelled() => Err(Refused::Cancelled),
         }
     }
 
     /// The host of `url` asked for a break (`Retry-After`): no new request to it for `d`.
     pub fn pause_host(&self, url: &Url, d: Duration) {
         self.any_pause.store(true, Ordering::Relaxed);
-        let host = self.host(url);
         let until = Instant::now() + d;
-        let mut p = host.paused_until.lock().unwrap_or_else(|e| e.into_inner());
-        if p.is_none_or(|t| t < until) {
-            *p = Some(until);
+        let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        let p = paused.entry(host_key(url)).or_insert(until);
+        if *p < until {
+            *p = until;
         }
     }
+
+    /// Every host's line of the summary (empty without per-host limits or circuits).
+    pub fn host_summaries(&self) -> Vec<HostSummary> {
+        self.hosts.as_ref().map_or_else(Vec::new, Hosts::summaries)
+    }
+}
+
+/// `host:port` of a URL, the unit of per-host limits, pauses and circuits.
+fn host_key(url: &Url) -> String {
+    format!(
+        "{}:{}",
+        url.host_str().unwrap_or_default(),
+        url.port_or_known_default().unwrap_or(0)
+    )
 }
 
 #[cfg(test)]
@@ -177,10 +223,10 @@ mod tests {
 
     #[tokio::test]
     async fn per_host_bound_is_separate_per_host() {
-        let gate = Gate::new(10, Some(2), None);
+        let gate = Gate::new(10, Some(2), None, false, 0);
         let stop = CancellationToken::new();
-        let a1 = gate.admit(&url("http://a/1"), &stop).await.unwrap();
-        let _a2 = gate.admit(&url("http://a/2"), &stop).await.unwrap();
+        let a1 = gate.admit(&url("http://a/1"), &stop).await.ok().unwrap();
+        let _a2 = gate.admit(&url("http://a/2"), &stop).await.ok().unwrap();
         // A third to host a waits; host b is free.
         let third = tokio::time::timeout(
             Duration::from_millis(50),
@@ -188,32 +234,35 @@ mod tests {
         )
         .await;
         assert!(third.is_err(), "a third request to one host was admitted");
-        assert!(gate.admit(&url("http://b/1"), &stop).await.is_some());
+        assert!(gate.admit(&url("http://b/1"), &stop).await.is_ok());
         drop(a1);
-        assert!(gate.admit(&url("http://a/3"), &stop).await.is_some());
+        assert!(gate.admit(&url("http://a/3"), &stop).await.is_ok());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_paused_host_waits() {
-        let gate = Gate::new(10, None, None);
+        let gate = Gate::new(10, None, None, false, 0);
         let stop = CancellationToken::new();
         gate.pause_host(&url("http://a/"), Duration::from_secs(3));
         let started = Instant::now();
-        gate.admit(&url("http://a/x"), &stop).await.unwrap();
+        gate.admit(&url("http://a/x"), &stop).await.ok().unwrap();
         assert!(started.elapsed() >= Duration::from_secs(3));
         // Other hosts are not paused.
         let started = Instant::now();
         gate.pause_host(&url("http://a/"), Duration::from_secs(3));
-        gate.admit(&url("http://b/x"), &stop).await.unwrap();
+        gate.admit(&url("http://b/x"), &stop).await.ok().unwrap();
         assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[tokio::test]
     async fn cancel_ends_a_wait() {
-        let gate = Gate::new(1, None, None);
+        let gate = Gate::new(1, None, None, false, 0);
         let stop = CancellationToken::new();
-        let _held = gate.admit(&url("http://a/"), &stop).await.unwrap();
+        let _held = gate.admit(&url("http://a/"), &stop).await.ok().unwrap();
         stop.cancel();
-        assert!(gate.admit(&url("http://a/"), &stop).await.is_none());
+        assert!(matches!(
+            gate.admit(&url("http://a/"), &stop).await,
+            Err(Refused::Cancelled)
+        ));
     }
 }

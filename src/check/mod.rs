@@ -4,6 +4,7 @@
 
 pub mod fetch;
 pub mod gate;
+pub mod hosts;
 pub mod jq;
 pub mod judge;
 pub mod pool;

@@ -163,6 +163,7 @@ async fn reap(
                         elapsed: Duration::ZERO,
                         url: None,
                         next_check_at: None,
+                        host_limit: None,
                     })
                     .await;
             }
@@ -208,6 +209,7 @@ mod tests {
             elapsed: Duration::ZERO,
             url: None,
             next_check_at: None,
+            host_limit: None,
         }
     }
 

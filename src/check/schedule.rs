@@ -69,6 +69,8 @@ impl Schedule {
             Outcome::Ok | Outcome::Dead => true,
             Outcome::NotFound => self.not_found_settles,
             Outcome::StillFailed | Outcome::Error => false,
+            // Not checked: its circuit decided when it is due; no check to count.
+            Outcome::Deferred => return,
         };
         if settled {
             v.next_check_at = None;
@@ -143,6 +145,7 @@ mod tests {
             elapsed: Duration::ZERO,
             url: None,
             next_check_at: None,
+            host_limit: None,
         }
     }
 

@@ -2,7 +2,7 @@
 //! are saved (memory does not grow with the number of items):
 //!
 //! ```json
-//! {"task":"42","item_id":"a7","url":"https://api.example.com/v1/items/a7","outcome":"not_found","http_status":404,"attempts":1,"error":"HTTP 404 Not Found","latency_ms":12,"checked_at":"2025-01-31T10:00:00.123Z","store":"written"}
+//! {"task":"42","item_id":"a7","url":"https://api.example.com/v1/items/a7","outcome":"not_found","http_status":404,"attempts":1,"error":"HTTP 404 Not Found","latency_ms":12,"checked_at":"2025-01-31T10:00:00.123Z","store":"written","host_limit":100}
 //! ```
 //!
 //! Keys are always present, in that order; `url`, `http_status` and `error` are `null`
@@ -52,6 +52,8 @@ struct Line<'a> {
     latency_ms: u64,
     checked_at: String,
     store: Stored,
+    /// The host's adaptive limit when the item's last attempt started (`null`: none).
+    host_limit: Option<usize>,
 }
 
 impl JsonlReport {
@@ -88,6 +90,7 @@ impl JsonlReport {
             latency_ms: u64::try_from(v.elapsed.as_millis()).unwrap_or(u64::MAX),
             checked_at: rfc3339(v.checked_at),
             store: stored,
+            host_limit: v.host_limit,
         };
         serde_json::to_writer(&mut self.out, &line)
             .map_err(std::io::Error::from)
@@ -142,6 +145,7 @@ mod tests {
                     elapsed: Duration::from_micros(12_900),
                     url: Some(format!("http://x/{id}")),
                     next_check_at: None,
+                    host_limit: None,
                 },
                 Stored::Written,
             )
@@ -153,7 +157,7 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert_eq!(
             lines[0],
-            r#"{"task":"t\"1","item_id":"a","url":"http://x/a","outcome":"ok","http_status":null,"attempts":2,"error":null,"latency_ms":12,"checked_at":"1970-01-01T00:00:01.500Z","store":"written"}"#
+            r#"{"task":"t\"1","item_id":"a","url":"http://x/a","outcome":"ok","http_status":null,"attempts":2,"error":null,"latency_ms":12,"checked_at":"1970-01-01T00:00:01.500Z","store":"written","host_limit":null}"#
         );
         let v: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
         assert_eq!(v["item_id"], "b\nc");

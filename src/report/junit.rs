@@ -76,6 +76,13 @@ impl JunitReport {
 fn test_case(task: &str, v: &Verdict) -> TestCase {
     let status = match v.outcome {
         Outcome::Ok => TestCaseStatus::success(),
+        Outcome::Deferred => {
+            let mut s = TestCaseStatus::skipped();
+            if let Some(why) = &v.error {
+                s.set_message(why.clone());
+            }
+            s
+        }
         other => {
             let kind = if other == Outcome::Error {
                 NonSuccessKind::Error
@@ -163,6 +170,7 @@ mod tests {
             elapsed: Duration::from_millis(250),
             url: Some(format!("http://h/{id}")),
             next_check_at: None,
+            host_limit: None,
         }
     }
 

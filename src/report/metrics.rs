@@ -142,6 +142,7 @@ pub fn render(task: &str, s: &Summary, latency: &Latency, now: SystemTime) -> St
             Outcome::NotFound => s.not_found,
             Outcome::Error => s.errors,
             Outcome::Dead => s.dead,
+            Outcome::Deferred => s.deferred,
         };
         let _ = writeln!(out, "recheck_last_run_items{{{task},outcome=\"{o}\"}} {n}");
     }

@@ -173,6 +173,7 @@ struct Counts {
     not_found: AtomicU64,
     errors: AtomicU64,
     dead: AtomicU64,
+    deferred: AtomicU64,
     requests: AtomicU64,
 }
 
@@ -184,6 +185,7 @@ impl Counts {
             not_found: self.not_found.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             dead: self.dead.load(Ordering::Relaxed),
+            deferred: self.deferred.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
         }
     }
@@ -197,12 +199,14 @@ struct Snapshot {
     not_found: u64,
     errors: u64,
     dead: u64,
+    /// Not checked: their host's circuit was open. Done for the bar, not checked.
+    deferred: u64,
     requests: u64,
 }
 
 impl Snapshot {
     fn done(&self) -> u64 {
-        self.ok + self.still_failed + self.not_found + self.errors + self.dead
+        self.ok + self.still_failed + self.not_found + self.errors + self.dead + self.deferred
     }
 }
 
@@ -266,8 +270,13 @@ impl Status {
     /// The bar's second line.
     fn bar_message(&self) -> String {
         let c = &self.counts;
+        let deferred = if c.deferred > 0 {
+            format!(", deferred {}", c.deferred)
+        } else {
+            String::new()
+        };
         format!(
-            "ok {}, still failed {}, not found {}, errors {}, dead {} | {:.0} req/s, ETA {}",
+            "ok {}, still failed {}, not found {}, errors {}, dead {}{deferred} | {:.0} req/s, ETA {}",
             c.ok,
             c.still_failed,
             c.not_found,
@@ -289,6 +298,7 @@ impl Status {
             not_found = c.not_found,
             errors = c.errors,
             dead = c.dead,
+            deferred = c.deferred,
             requests_per_s = (self.requests_per_s * 10.0).round() / 10.0,
             eta = %Eta(self.eta()),
             "progress"
@@ -474,6 +484,7 @@ impl Progress {
             Outcome::NotFound => &c.not_found,
             Outcome::Error => &c.errors,
             Outcome::Dead => &c.dead,
+            Outcome::Deferred => &c.deferred,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         c.requests
@@ -522,6 +533,7 @@ mod tests {
             elapsed: Duration::ZERO,
             url: None,
             next_check_at: None,
+            host_limit: None,
         }
     }
 
@@ -554,7 +566,8 @@ mod tests {
                 not_found: 1,
                 errors: 1,
                 dead: 1,
-                requests: 13
+                requests: 13,
+                deferred: 0,
             }
         );
         assert_eq!(s.done(), 6);
@@ -599,6 +612,7 @@ mod tests {
             errors: 30,
             dead: 4,
             requests: 1300,
+            deferred: 0,
         };
         assert_eq!(
             status(5000, counts, 480.0, 512.4).bar_message(),

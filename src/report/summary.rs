@@ -8,6 +8,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::check::hosts::HostSummary;
 use crate::model::{Outcome, Verdict};
 use crate::report::Stored;
 
@@ -46,6 +47,8 @@ pub struct Summary {
     pub errors: u64,
     /// Failed for good (a dead rule held).
     pub dead: u64,
+    /// Not checked: their host's circuit was open (exit 5). Not in `checked`.
+    pub deferred: u64,
     /// HTTP attempts made.
     pub requests: u64,
     /// Attempts after the first.
@@ -83,6 +86,8 @@ pub struct Summary {
     pub next_due_at: Option<String>,
     /// Items claimed from the store but left unchecked by a stop (their status kept).
     pub unchecked: u64,
+    /// Per host: requests, answers, latency, adaptive limit, circuit.
+    pub hosts: Vec<HostSummary>,
     latency_ms: Histogram<u64>,
     error_counts: HashMap<String, u64>,
     other_errors: u64,
@@ -100,6 +105,7 @@ impl Summary {
             not_found: 0,
             errors: 0,
             dead: 0,
+            deferred: 0,
             requests: 0,
             retries: 0,
             duration: Duration::ZERO,
@@ -116,6 +122,7 @@ impl Summary {
             not_due: None,
             next_due_at: None,
             unchecked: 0,
+            hosts: Vec::new(),
             // 1 ms .. 1 hour at 2 significant figures: a few KiB, fixed.
             latency_ms: Histogram::new_with_bounds(1, 3_600_000, 2)
                 .expect("static histogram bounds are valid"),
@@ -126,6 +133,13 @@ impl Summary {
 
     /// Counts one verdict.
     pub fn add(&mut self, v: &Verdict) {
+        self.requests += u64::from(v.attempts);
+        self.retries += u64::from(v.attempts.saturating_sub(1));
+        if v.outcome == Outcome::Deferred {
+            // No outcome: the host's circuit was open. Its line says so, once per host.
+            self.deferred += 1;
+            return;
+        }
         self.checked += 1;
         match v.outcome {
             Outcome::Ok => self.ok += 1,
@@ -133,9 +147,8 @@ impl Summary {
             Outcome::NotFound => self.not_found += 1,
             Outcome::Error => self.errors += 1,
             Outcome::Dead => self.dead += 1,
+            Outcome::Deferred => {}
         }
-        self.requests += u64::from(v.attempts);
-        self.retries += u64::from(v.attempts.saturating_sub(1));
         if v.attempts > 0 {
             let ms = (v.elapsed.as_millis() as u64).clamp(1, 3_600_000);
             self.latency_ms.saturating_record(ms);
@@ -232,6 +245,7 @@ impl Summary {
             not_found: u64,
             errors: u64,
             dead: u64,
+            deferred: u64,
             requests: u64,
             retries: u64,
             duration_ms: u64,
@@ -247,6 +261,7 @@ impl Summary {
             not_due: Option<u64>,
             next_due_at: Option<&'a str>,
             unchecked: u64,
+            hosts: &'a [HostSummary],
             latency_ms: Latency,
             top_errors: Vec<TopError<'a>>,
         }
@@ -260,6 +275,7 @@ impl Summary {
             not_found: self.not_found,
             errors: self.errors,
             dead: self.dead,
+            deferred: self.deferred,
             requests: self.requests,
             retries: self.retries,
             duration_ms: self.duration.as_millis() as u64,
@@ -275,6 +291,7 @@ impl Summary {
             not_due: self.not_due,
             next_due_at: self.next_due_at.as_deref(),
             unchecked: self.unchecked,
+            hosts: &self.hosts,
             latency_ms: Latency {
                 p50: self.latency_percentile(0.50),
                 p95: self.latency_percentile(0.95),
@@ -391,6 +408,35 @@ impl Summary {
                 "abandoned", self.abandoned
             )?;
         }
+        if self.deferred > 0 {
+            writeln!(
+                out,
+                "  {:<13}{:>10}  (not checked: their host's circuit was open; status kept)",
+                "deferred", self.deferred
+            )?;
+        }
+        for h in &self.hosts {
+            if let (Some(at), Some(n)) = (&h.circuit_opened_at, h.circuit_failures) {
+                let clock = at.get(11..19).unwrap_or(at);
+                writeln!(
+                    out,
+                    "  {}: circuit opened after {n} consecutive failures at {clock} UTC, {} items deferred (circuit {})",
+                    h.host,
+                    thousands(h.deferred),
+                    h.circuit
+                )?;
+            }
+            if h.lowest_limit < h.max_limit {
+                writeln!(
+                    out,
+                    "  {}: concurrency limit lowered to {} of {} (429/503/timeouts), {} at the end",
+                    h.host, h.lowest_limit, h.max_limit, h.limit
+                )?;
+            }
+        }
+        if self.hosts.len() > 1 {
+            self.write_hosts_table(out)?;
+        }
         let top = self.top_errors(TOP_ERRORS);
         if !top.is_empty() {
             writeln!(out, "  most common problems:")?;
@@ -400,6 +446,65 @@ impl Summary {
         }
         Ok(())
     }
+}
+
+impl Summary {
+    fn write_hosts_table(&self, out: &mut dyn Write) -> io::Result<()> {
+        let width = self
+            .hosts
+            .iter()
+            .map(|h| h.host.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        writeln!(
+            out,
+            "  {:<width$}  {:>8}  {:>7}  {:>7}  {:>7}  {:>7}  {:>7}  {:>7}  {:>6}  {:>6}  {:>5}  circuit",
+            "host",
+            "requests",
+            "2xx",
+            "3xx",
+            "4xx",
+            "5xx",
+            "errors",
+            "retries",
+            "p50",
+            "p95",
+            "limit"
+        )?;
+        for h in &self.hosts {
+            writeln!(
+                out,
+                "  {:<width$}  {:>8}  {:>7}  {:>7}  {:>7}  {:>7}  {:>7}  {:>7}  {:>4}ms  {:>4}ms  {:>5}  {}",
+                h.host,
+                h.requests,
+                h.answers.c2xx,
+                h.answers.c3xx,
+                h.answers.c4xx,
+                h.answers.c5xx,
+                h.errors,
+                h.retries,
+                h.latency_p50_ms,
+                h.latency_p95_ms,
+                h.lowest_limit,
+                h.circuit
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// `49,980`: a count as a person reads it.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// `1.234s`, `2m 03s`: short, and exact enough for a person.
@@ -430,6 +535,7 @@ mod tests {
             elapsed: Duration::from_millis(20),
             url: None,
             next_check_at: None,
+            host_limit: None,
         }
     }
 

@@ -1080,6 +1080,14 @@ impl State {
         if self.doc.fingerprint(idx, opts.extra_columns.len()) != seen {
             return Ok(Applied::Conflict);
         }
+        if v.outcome == crate::model::Outcome::Deferred {
+            // Not checked (its host's circuit was open): only when it is due again.
+            let next = v
+                .next_check_at
+                .map_or_else(|| "null".into(), |t| json_str(&rfc3339(t)));
+            self.set(idx, NEXT_CHECK_AT, next);
+            return Ok(Applied::Merged);
+        }
         if let Some(new) = opts.status_for(v.outcome) {
             let raw = status_json(new, self.current(idx, STATUS));
             self.set(idx, STATUS, raw);

@@ -82,6 +82,7 @@ mod tests {
             elapsed: Duration::ZERO,
             url: None,
             next_check_at: None,
+            host_limit: None,
         }
     }
 

@@ -324,7 +324,7 @@ impl StoreOptions {
             Outcome::Ok => Some(&self.ok),
             Outcome::NotFound => self.not_found.as_ref(),
             Outcome::Dead => self.dead.as_ref(),
-            Outcome::StillFailed | Outcome::Error => None,
+            Outcome::StillFailed | Outcome::Error | Outcome::Deferred => None,
         }
     }
 }

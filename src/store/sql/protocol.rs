@@ -959,11 +959,17 @@ impl<B: Backend> Inner<B> {
                     conflicts.push(n * SAVE_CHUNK + i);
                 }
             }
-            if write.is_empty() {
-                continue;
+            // Deferred items were not checked: only their next_check_at is written.
+            let (deferred, write): (Vec<&Verdict>, Vec<&Verdict>) = write
+                .into_iter()
+                .partition(|v| v.outcome == crate::model::Outcome::Deferred);
+            if !write.is_empty() {
+                let (sql, args) = self.update_sql(&write);
+                tx.exec(sql, args).await?;
             }
-            let (sql, args) = self.update_sql(&write);
-            tx.exec(sql, args).await?;
+            if let Some((sql, args)) = self.defer_sql(&deferred) {
+                tx.exec(sql, args).await?;
+            }
         }
         tx.commit().await?;
         Ok(conflicts)
@@ -1096,6 +1102,68 @@ impl<B: Backend> Inner<B> {
         let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
         self.key_in(&mut s, &refs);
         s.done()
+    }
+
+    /// The write of deferred items (their host's circuit was open): `next_check_at` where
+    /// the table has it, and the lease given back; nothing else of the row changes. `None`
+    /// when there is nothing to write.
+    fn defer_sql(&self, rows: &[&Verdict]) -> Option<(String, Vec<Val>)> {
+        let sh = &self.shape;
+        let lease = sh.lease.as_ref().filter(|_| self.leasing);
+        if rows.is_empty() || (sh.next_check_at.is_none() && lease.is_none()) {
+            return None;
+        }
+        let keys: Vec<String> = rows.iter().map(|v| self.key_of(v)).collect();
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let mut s = self.sql();
+        s.push(&format!("UPDATE {} SET ", self.t_by_key()));
+        let mut sets = Vec::new();
+        if let Some((c, ck)) = &sh.next_check_at {
+            let q = self.q(c);
+            let mut e = format!("{q} = CASE {}", self.key_sql());
+            // Built by hand: the placeholders must be numbered in text order.
+            for (k, v) in keys.iter().zip(rows) {
+                let key = match sh.key.kind {
+                    Kind::Int => Val::Int(k.parse().unwrap_or(0)),
+                    _ => Val::Text(k.clone()),
+                };
+                let kind = if sh.key.kind == Kind::Int {
+                    Kind::Int
+                } else {
+                    Kind::Text
+                };
+                s.args.push(key);
+                e.push_str(&format!(
+                    " WHEN {} THEN ",
+                    self.b
+                        .placeholder(s.args.len(), &s.args[s.args.len() - 1], kind)
+                ));
+                let at = v
+                    .next_check_at
+                    .map_or(Val::NullTime(*ck), |t| Val::Time(t, *ck));
+                s.args.push(at);
+                e.push_str(&self.b.placeholder(
+                    s.args.len(),
+                    &s.args[s.args.len() - 1],
+                    Kind::Other,
+                ));
+            }
+            e.push_str(&format!(" ELSE {q} END"));
+            sets.push(e);
+        }
+        if let Some((owner, until, _)) = lease {
+            sets.push(format!(
+                "{} = NULL, {} = NULL",
+                self.q(owner),
+                self.q(until)
+            ));
+        }
+        s.push(&sets.join(", "));
+        s.push(" WHERE ");
+        self.task_is(&mut s);
+        s.push(" AND ");
+        self.key_in(&mut s, &refs);
+        Some(s.done())
     }
 
     async fn pending(&self) -> Result<u64> {
@@ -1667,6 +1735,7 @@ mod tests {
             elapsed: Duration::ZERO,
             url: None,
             next_check_at: None,
+            host_limit: None,
         };
         let saved = store
             .save(page.iter().map(verdict).collect())
