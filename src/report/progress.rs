@@ -699,7 +699,7 @@ mod tests {
         let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
         assert_eq!(
             text,
-            " INFO progress done=50 total=100 ok=20 still_failed=0 not_found=20 errors=10 dead=0 \
+            " INFO progress done=50 total=100 ok=20 still_failed=0 not_found=20 errors=10 dead=0 deferred=0 \
              requests_per_s=2.0 eta=25s\n"
         );
     }
