@@ -5,8 +5,9 @@
 //!
 //! - **Adaptive limit** (AIMD, as Vector's adaptive request concurrency): it starts at the
 //!   host's bound (`--per-host`, else `--concurrency`). A 429, a 503, a timeout, or a clear
-//!   rise in latency cuts it by 10 % (at least by one, never below 1), at most once per
-//!   round trip, so one burst of refusals is one cut. An answer that came while the host had
+//!   rise in latency cuts it by 10 % (at least by one, never below 1), but only for a
+//!   request sent after the last cut: one burst of refusals is one cut, and the limit
+//!   comes down about once per round trip. An answer that came while the host had
 //!   as many requests in flight as its limit, with the limit's worth of such answers since
 //!   the last change, raises it by one, never above the bound: the limit grows only when it
 //!   was actually what held the requests back.
@@ -349,7 +350,7 @@ impl HostPermit {
                         c.consecutive = 0;
                     }
                     if policy.adaptive {
-                        wake_all |= adapt(&mut c, policy.max, overload, failure, rtt);
+                        wake_all |= adapt(&mut c, policy.max, overload, failure, self.started, rtt);
                     }
                 }
             }
@@ -394,7 +395,14 @@ fn record(c: &mut Ctl, signal: Signal, retry: bool, rtt: Duration) {
 }
 
 /// The AIMD step after one attempt; whether the limit grew (waiters may go on).
-fn adapt(c: &mut Ctl, max: usize, overload: bool, failure: bool, rtt: Duration) -> bool {
+fn adapt(
+    c: &mut Ctl,
+    max: usize,
+    overload: bool,
+    failure: bool,
+    started: Instant,
+    rtt: Duration,
+) -> bool {
     let x = rtt.as_secs_f64();
     let ewma = c.rtt.map_or(x, |e| 0.8 * e + 0.2 * x);
     c.rtt = Some(ewma);
@@ -407,8 +415,9 @@ fn adapt(c: &mut Ctl, max: usize, overload: bool, failure: bool, rtt: Duration) 
     // noise on a fast host is no signal).
     let slower = !overload && !failure && ewma > (3.0 * base).max(base + 0.05);
     if overload || slower {
-        let window = Duration::from_secs_f64(ewma.clamp(0.05, 5.0));
-        if c.last_cut.is_none_or(|t| t.elapsed() >= window) {
+        // Only a request sent under the current limit speaks about it: the answers to
+        // those sent before the last cut were already answered by that cut.
+        if c.last_cut.is_none_or(|t| started > t) {
             let cut = ((c.limit as f64) * 0.9).floor() as usize;
             c.limit = cut.min(c.limit.saturating_sub(1)).max(1);
             c.lowest = c.lowest.min(c.limit);

@@ -14,6 +14,7 @@ mod import;
 mod items;
 mod json_store;
 mod judging;
+mod kindness;
 mod limits;
 mod mysql;
 mod outcomes;

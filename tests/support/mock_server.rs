@@ -259,6 +259,10 @@ pub struct MockConfig {
     /// `{"error":"unauthorized"}` (the request is still counted). The name is matched
     /// case-insensitively, the value exactly.
     pub require_header: Option<(String, String)>,
+    /// If set, an id request that arrives while more than this many requests are in flight
+    /// is answered 429 (no `Retry-After`) after the usual latency: a host that pushes back
+    /// when it is overloaded.
+    pub overload_above: Option<u64>,
 }
 
 impl Default for MockConfig {
@@ -267,6 +271,7 @@ impl Default for MockConfig {
             latency: Duration::ZERO,
             default: Behavior::Ok,
             require_header: None,
+            overload_above: None,
         }
     }
 }
@@ -873,6 +878,10 @@ async fn handle(
         .path_and_query()
         .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
     let _in_flight = shared.arrive(raw);
+    let overloaded = shared
+        .config
+        .overload_above
+        .is_some_and(|k| shared.in_flight.load(Ordering::Relaxed) > k);
 
     let id = match route(&parts.uri) {
         Route::Id(id) => id,
@@ -899,6 +908,10 @@ async fn handle(
     let (ordinal, behavior) = shared.count_id(&id, pack_headers(&parts.headers));
     if !shared.config.latency.is_zero() {
         tokio::time::sleep(shared.config.latency).await;
+    }
+    if overloaded {
+        lock(&shared.answered).push((id, 429, Instant::now()));
+        return json(StatusCode::TOO_MANY_REQUESTS, r#"{"error":"overloaded"}"#);
     }
     if authorized && behavior == Behavior::Reset {
         // Nothing of this answer reaches the wire: its first write fails and the connection
