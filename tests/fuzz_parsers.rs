@@ -936,6 +936,7 @@ fn verdict(item: &Item, step: &Step) -> Option<Verdict> {
         // Some verdicts carry a schedule.
         next_check_at: (step.millis % 2 == 1)
             .then(|| SystemTime::UNIX_EPOCH + Duration::from_millis(step.millis + 60_000)),
+        host_limit: None,
     })
 }
 

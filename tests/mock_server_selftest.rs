@@ -388,7 +388,7 @@ async fn keep_alive_client_and_latency() {
         latency: Duration::from_millis(20),
         default: Behavior::StillFailed,
         require_header: None,
-        ,
+        overload_above: None,
     })
     .await;
     let client = reqwest::Client::new();
