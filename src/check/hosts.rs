@@ -27,13 +27,16 @@ use std::time::{Duration, SystemTime};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 /// The first cool-down of an open circuit.
 pub const COOL_DOWN: Duration = Duration::from_secs(5);
 /// The longest cool-down: it doubles with every failed probe up to this.
 pub const MAX_COOL_DOWN: Duration = Duration::from_secs(300);
+/// Round trips kept for the latency signal.
+const RECENT: usize = 32;
+
 /// Hosts with statistics of their own; the rest are counted together (a store whose items
 /// each name another host must not grow the table without bound).
 pub const MAX_HOSTS: usize = 1000;
@@ -90,14 +93,19 @@ enum State {
 struct Ctl {
     limit: usize,
     lowest: usize,
-    in_flight: usize,
+    /// Slots held back to keep requests under `limit`, and how many more are still to be
+    /// held back as requests end (the limit came down while they were in flight).
+    reserve: Vec<OwnedSemaphorePermit>,
+    debt: usize,
     /// The limit held a request back (or was just reached) since it last changed.
     reached: bool,
     /// Healthy answers since then.
     at_limit_ok: usize,
     last_cut: Option<Instant>,
-    /// Round-trip time: moving average and a slowly forgetting minimum, in seconds.
-    rtt: Option<f64>,
+    /// The last round trips (seconds), and a slowly forgetting minimum of them: a clear
+    /// rise is the median of the recent ones far above the minimum, so a few slow items
+    /// (a big transcode) do not count, a slower host does.
+    recent: std::collections::VecDeque<f64>,
     rtt_base: Option<f64>,
     consecutive: u32,
     state: State,
@@ -136,7 +144,10 @@ impl Stats {
 pub struct Host {
     name: String,
     policy: HostPolicy,
+    /// `max` slots; the adaptive limit keeps `max - limit` of them in [`Ctl::reserve`].
+    slots: Arc<Semaphore>,
     ctl: Mutex<Ctl>,
+    /// The circuit changed (closed, or a probe's turn).
     changed: Notify,
 }
 
@@ -144,6 +155,7 @@ pub struct Host {
 pub struct HostPermit {
     host: Arc<Host>,
     probe: bool,
+    slot: Option<OwnedSemaphorePermit>,
     /// The host's limit when the request started (for `--report`).
     pub limit: usize,
     started: Instant,
@@ -156,14 +168,16 @@ impl Host {
         Host {
             name,
             policy: HostPolicy { max, ..policy },
+            slots: Arc::new(Semaphore::new(max)),
             ctl: Mutex::new(Ctl {
                 limit: max,
                 lowest: max,
-                in_flight: 0,
+                reserve: Vec::new(),
+                debt: 0,
                 reached: false,
                 at_limit_ok: 0,
                 last_cut: None,
-                rtt: None,
+                recent: std::collections::VecDeque::with_capacity(RECENT),
                 rtt_base: None,
                 consecutive: 0,
                 state: State::Closed,
@@ -181,34 +195,29 @@ impl Host {
         self.ctl.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits for a slot of this host under its limit and circuit.
+    /// Waits for a slot of this host under its limit and circuit. Slots are handed out in
+    /// the order they were asked for (a fair semaphore), so items go in claim order.
     pub async fn acquire(self: &Arc<Self>) -> Result<HostPermit, Deferred> {
+        enum Next {
+            Go { probe: bool },
+            WaitUntil(Instant),
+            Wait,
+        }
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             // Registered before the state is looked at: a change in between still wakes us.
             notified.as_mut().enable();
-            let wait_until = {
+            let next = {
                 let mut c = self.ctl();
                 let now = Instant::now();
                 match c.state {
-                    State::Closed if c.in_flight < c.limit => {
-                        c.in_flight += 1;
-                        if c.in_flight >= c.limit {
-                            c.reached = true;
-                        }
-                        return Ok(self.permit(&c, false));
-                    }
-                    State::Closed => {
-                        c.reached = true;
-                        None
-                    }
-                    State::Probing => None,
+                    State::Closed => Next::Go { probe: false },
+                    State::Probing => Next::Wait,
                     State::Open { until, .. } if now >= until => {
                         c.state = State::Probing;
-                        c.in_flight += 1;
                         tracing::info!(host = %self.name, "circuit half-open: one probe request");
-                        return Ok(self.permit(&c, true));
+                        Next::Go { probe: true }
                     }
                     State::Open {
                         until,
@@ -226,28 +235,49 @@ impl Host {
                             ),
                         });
                     }
-                    State::Open { until, .. } => Some(until),
+                    State::Open { until, .. } => Next::WaitUntil(until),
                 }
             };
-            match wait_until {
-                Some(t) => {
+            match next {
+                Next::Go { probe } => {
+                    // Made first: dropped while it waits for a slot (a stop), a probe
+                    // gives its turn back.
+                    let mut permit = HostPermit {
+                        host: Arc::clone(self),
+                        probe,
+                        slot: None,
+                        limit: 0,
+                        started: Instant::now(),
+                        done: false,
+                    };
+                    let full = self.slots.available_permits() == 0;
+                    let Ok(slot) = Arc::clone(&self.slots).acquire_owned().await else {
+                        continue;
+                    };
+                    let mut c = self.ctl();
+                    if !probe && c.state != State::Closed {
+                        // The circuit opened while this one queued: ask it again.
+                        drop(c);
+                        drop(slot);
+                        permit.done = true;
+                        continue;
+                    }
+                    if full || self.slots.available_permits() == 0 {
+                        c.reached = true;
+                    }
+                    permit.slot = Some(slot);
+                    permit.limit = c.limit;
+                    permit.started = Instant::now();
+                    return Ok(permit);
+                }
+                Next::WaitUntil(t) => {
                     tokio::select! {
                         _ = &mut notified => {}
                         _ = tokio::time::sleep_until(t) => {}
                     }
                 }
-                None => notified.await,
+                Next::Wait => notified.await,
             }
-        }
-    }
-
-    fn permit(self: &Arc<Self>, c: &Ctl, probe: bool) -> HostPermit {
-        HostPermit {
-            host: Arc::clone(self),
-            probe,
-            limit: c.limit,
-            started: Instant::now(),
-            done: false,
         }
     }
 
@@ -309,7 +339,23 @@ impl HostPermit {
         let mut wake_all = false;
         {
             let mut c = host.ctl();
-            c.in_flight = c.in_flight.saturating_sub(1);
+            if let Some(slot) = self.slot.take() {
+                if c.debt > 0 {
+                    // The limit came down while this one was in flight: keep its slot back.
+                    c.debt -= 1;
+                    c.reserve.push(slot);
+                } else {
+                    drop(slot);
+                }
+            }
+            if outcome.is_none() && self.probe && c.state == State::Probing {
+                // A probe that never got its answer (a stop): the next request probes.
+                c.state = State::Open {
+                    until: Instant::now(),
+                    deferring: false,
+                };
+                wake_all = true;
+            }
             if let Some((signal, retry)) = outcome {
                 let rtt = self.started.elapsed();
                 record(&mut c, signal, retry, rtt);
@@ -350,7 +396,9 @@ impl HostPermit {
                         c.consecutive = 0;
                     }
                     if policy.adaptive {
-                        wake_all |= adapt(&mut c, policy.max, overload, failure, self.started, rtt);
+                        let before = c.limit;
+                        adapt(&mut c, policy.max, overload, failure, self.started, rtt);
+                        set_limit(&host.slots, &mut c, before);
                     }
                 }
             }
@@ -358,8 +406,6 @@ impl HostPermit {
         if wake_all {
             host.changed.notify_waiters();
         }
-        // One slot is free: one waiter may take it.
-        host.changed.notify_one();
     }
 }
 
@@ -394,7 +440,25 @@ fn record(c: &mut Ctl, signal: Signal, retry: bool, rtt: Duration) {
     s.latency_ms.saturating_record(ms);
 }
 
-/// The AIMD step after one attempt; whether the limit grew (waiters may go on).
+/// Holds back or gives back slots after the limit went from `before` to `c.limit`.
+fn set_limit(slots: &Arc<Semaphore>, c: &mut Ctl, before: usize) {
+    for _ in c.limit..before {
+        match Arc::clone(slots).try_acquire_owned() {
+            Ok(p) => c.reserve.push(p),
+            // Every slot is in use: the next one to come back is kept.
+            Err(_) => c.debt += 1,
+        }
+    }
+    for _ in before..c.limit {
+        if c.debt > 0 {
+            c.debt -= 1;
+        } else {
+            drop(c.reserve.pop());
+        }
+    }
+}
+
+/// The AIMD step after one attempt; whether the limit grew.
 fn adapt(
     c: &mut Ctl,
     max: usize,
@@ -404,16 +468,22 @@ fn adapt(
     rtt: Duration,
 ) -> bool {
     let x = rtt.as_secs_f64();
-    let ewma = c.rtt.map_or(x, |e| 0.8 * e + 0.2 * x);
-    c.rtt = Some(ewma);
     let base = match c.rtt_base {
         Some(b) if x >= b => b + (x - b) * 0.01,
         _ => x,
     };
     c.rtt_base = Some(base);
-    // A clear rise: three times the usual round trip and 50 ms more (sub-millisecond
-    // noise on a fast host is no signal).
-    let slower = !overload && !failure && ewma > (3.0 * base).max(base + 0.05);
+    if c.recent.len() == RECENT {
+        c.recent.pop_front();
+    }
+    c.recent.push_back(x);
+    // A clear rise: the median of the recent round trips three times the usual one and
+    // 50 ms more (sub-millisecond noise on a fast host is no signal).
+    let slower = !overload && !failure && c.recent.len() >= RECENT / 2 && {
+        let mut v: Vec<f64> = c.recent.iter().copied().collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2] > (3.0 * base).max(base + 0.05)
+    };
     if overload || slower {
         // Only a request sent under the current limit speaks about it: the answers to
         // those sent before the last cut were already answered by that cut.
@@ -422,6 +492,13 @@ fn adapt(
             c.limit = cut.min(c.limit.saturating_sub(1)).max(1);
             c.lowest = c.lowest.min(c.limit);
             c.last_cut = Some(Instant::now());
+            tracing::debug!(
+                limit = c.limit,
+                overload,
+                slower,
+                rtt_ms = (x * 1000.0) as u64,
+                "host limit lowered"
+            );
             c.at_limit_ok = 0;
             c.reached = false;
         }
@@ -685,5 +762,51 @@ mod tests {
                 .await
                 .is_ok()
         );
+    }
+}
+
+#[cfg(test)]
+mod stress {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// 40 of 50 slots held for good, 100 tasks taking turns on the other 10: every task
+    /// keeps getting slots (no wake-up is lost).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn no_wakeup_is_lost_when_most_slots_are_held() {
+        let h = Arc::new(Host::new(
+            "h:80".into(),
+            HostPolicy {
+                max: 50,
+                adaptive: false,
+                circuit: 20,
+            },
+        ));
+        let mut held = Vec::new();
+        for _ in 0..40 {
+            held.push(h.acquire().await.unwrap());
+        }
+        let done = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..100 {
+            let (h, done) = (Arc::clone(&h), Arc::clone(&done));
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..20 {
+                    let p = h.acquire().await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    p.done(Signal::Answer(200), false);
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        let all = async {
+            for t in tasks {
+                t.await.unwrap();
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), all)
+            .await
+            .unwrap_or_else(|_| panic!("stuck after {} of 2000", done.load(Ordering::Relaxed)));
+        drop(held);
     }
 }

@@ -127,7 +127,7 @@ fn mixed_run_writes_all_three_files() {
     );
 }
 
-const KEYS: [&str; 10] = [
+const KEYS: [&str; 11] = [
     "task",
     "item_id",
     "url",
@@ -138,6 +138,7 @@ const KEYS: [&str; 10] = [
     "latency_ms",
     "checked_at",
     "store",
+    "host_limit",
 ];
 
 fn check_report(path: &Path) {
