@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release --example mock_server -- [--addr 127.0.0.1:0] [--latency 20ms]
 //!     [--default ok|fail|404|410|s<code>|<code>x<n>|ra<secs>x<n>|hang|garbage|huge[<bytes>]|slow<ms>]
-//!     [--require-header NAME:VALUE]
+//!     [--require-header NAME:VALUE] [--overload-above N]
 //! ```
 //!
 //! On start it prints exactly one line, `listening on http://ADDR`, to stdout (flushed, so a
@@ -27,7 +27,7 @@ use std::time::Duration;
 use mock_server::{Behavior, MockConfig, MockServer};
 
 const USAGE: &str = "\
-usage: mock_server [--addr ADDR] [--latency DURATION] [--default BEHAVIOUR] [--require-header NAME:VALUE]
+usage: mock_server [--addr ADDR] [--latency DURATION] [--default BEHAVIOUR] [--require-header NAME:VALUE] [--overload-above N]
 
   --addr ADDR                  address to bind (default 127.0.0.1:0)
   --latency DURATION           fixed delay before every item answer, e.g. 20ms, 1s (default 0)
@@ -35,6 +35,7 @@ usage: mock_server [--addr ADDR] [--latency DURATION] [--default BEHAVIOUR] [--r
                                ok, fail, 404, 410, s<code>, <code>x<times>, ra<secs>x<times>,
                                hang, garbage, huge[<bytes>], slow<ms>
   --require-header NAME:VALUE  answer 401 to item requests without this exact header
+  --overload-above N           answer 429 to item requests that arrive while more than N are in flight
 ";
 
 struct Args {
@@ -90,6 +91,13 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|e| format!("invalid --addr {v:?}: {e}"))?;
             }
             "--latency" => args.config.latency = parse_duration(&value()?)?,
+            "--overload-above" => {
+                let v = value()?;
+                args.config.overload_above = Some(
+                    v.parse()
+                        .map_err(|_| format!("invalid --overload-above {v:?} (a count)"))?,
+                );
+            }
             "--default" => args.config.default = value()?.parse::<Behavior>()?,
             "--require-header" => {
                 let v = value()?;

@@ -20,6 +20,7 @@
 //! recheck_task_not_due{task="42"} 9                      # of them skipped: not due yet
 //! recheck_task_next_due_timestamp_seconds{task="42"} 1.7e9 # earliest next_check_at
 //! recheck_last_run_unchecked{task="42"} 0                # claimed, left unchecked by a stop
+//! recheck_last_run_deferred{task="42"} 0                 # not checked: the host's circuit was open
 //! recheck_check_duration_seconds_bucket{task="42",le="0.005"} 0
 //! ...
 //! recheck_check_duration_seconds_bucket{task="42",le="+Inf"} 11
@@ -149,7 +150,7 @@ pub fn render(task: &str, s: &Summary, latency: &Latency, now: SystemTime) -> St
     let at = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
-    let single: [(&str, &str, String); 10] = [
+    let single: [(&str, &str, String); 11] = [
         (
             "recheck_last_run_requests",
             "HTTP attempts made by the last run of the task.",
@@ -194,6 +195,11 @@ pub fn render(task: &str, s: &Summary, latency: &Latency, now: SystemTime) -> St
             "recheck_last_run_unwritten",
             "Answers of the last run not written because the store failed.",
             s.unwritten.to_string(),
+        ),
+        (
+            "recheck_last_run_deferred",
+            "Items the last run deferred because their host's circuit was open (exit 5).",
+            s.deferred.to_string(),
         ),
         (
             "recheck_last_run_unchecked",
