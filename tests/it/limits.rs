@@ -19,6 +19,9 @@ fn under_ulimit(sb: &Sandbox, limits: &str, args: &[&str]) -> std::process::Outp
             sh.env_remove(k);
         }
     }
+    for k in support::PROXY_VARS {
+        sh.env_remove(k);
+    }
     sh.output().unwrap()
 }
 
