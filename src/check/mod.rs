@@ -2,6 +2,7 @@
 //! server (timeouts, retries, body cap), `judge` decides, `gate` says when a request may start, `pool` runs many at once.
 //! Nothing here touches a store.
 
+pub mod client;
 pub mod fetch;
 pub mod gate;
 pub mod jq;

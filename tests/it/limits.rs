@@ -92,3 +92,70 @@ fn raises_the_soft_limit_when_the_hard_limit_allows() {
         server.high_water()
     );
 }
+
+#[test]
+fn idle_connections_to_several_hosts_stay_within_the_open_files_limit() {
+    // Three hosts (three ports: reqwest pools per scheme, host and port), their items one
+    // host after the other, 60 in flight: each host in turn gets 60 connections, which
+    // then sit idle while the next host gets its own. Bounded per host only, the idle ones
+    // add up to 180 sockets under a limit of 124, and the run failed with "Too many open
+    // files". Under `ulimit -n` the hard limit is 124 too, so nothing can be raised.
+    let servers: Vec<_> = (0..3)
+        .map(|_| {
+            support::server(MockConfig {
+                latency: Duration::from_millis(50),
+                ..MockConfig::default()
+            })
+        })
+        .collect();
+    let sb = Sandbox::new();
+    let db = sb.path("s.db");
+    let mut ids = Vec::new();
+    for host in ["a", "b", "c"] {
+        for i in 0..120 {
+            ids.push(format!("ok-{host}{i:03}"));
+        }
+    }
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    support::sqlite_store(&db, "t", &refs);
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        for (host, server) in ["a", "b", "c"].iter().zip(&servers) {
+            conn.execute(
+                "UPDATE items SET url = ?1 || '/items/' || item_id WHERE item_id LIKE ?2",
+                [server.url(), format!("ok-{host}%")],
+            )
+            .unwrap();
+        }
+    }
+    let out = under_ulimit(
+        &sb,
+        "ulimit -n 124",
+        &[
+            "run",
+            "--task",
+            "t",
+            "--store",
+            "s.db",
+            "--concurrency",
+            "60",
+            "--retries",
+            "0",
+            "--format",
+            "json",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("Too many open files"), "{err}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("Too many open files"),
+        "{out:?}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(support::summary(&out)["ok"], 360);
+    for s in &servers {
+        assert_eq!(s.total_requests(), 120);
+        // The test is only a test if each host had many connections at once.
+        assert!(s.high_water() >= 30, "high water {}", s.high_water());
+    }
+}

@@ -1,0 +1,482 @@
+//! Stage "check", set-up part: the HTTP clients every check sends through. TLS trust
+//! (`--cacert`, `--insecure`), the client certificate (`--cert`/`--key`), HTTP/2 (`--http2`,
+//! ALPN), the proxy in use, and the idle-connection bound that keeps the open-files budget.
+//! Reads the certificate files once at start; knows nothing of stores or items.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use reqwest::Client;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use url::Url;
+
+use crate::limits::FdBudget;
+
+/// Everything about how requests go out, as validated from the flags (no file read yet).
+#[derive(Debug, Clone, Default)]
+pub struct HttpConfig {
+    /// Time limit for opening a connection.
+    pub connect_timeout: Duration,
+    /// `--cacert`: extra trusted roots (PEM, one or more certificates).
+    pub cacert: Option<PathBuf>,
+    /// `--cert` and `--key`: the client certificate (chain) and its private key, both PEM.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// `--insecure`: accept any server certificate.
+    pub insecure: bool,
+    /// `--http2`: HTTP/2 with prior knowledge on `http://` URLs.
+    pub http2_prior_knowledge: bool,
+}
+
+/// The files behind the TLS flags, read and checked once.
+#[derive(Clone)]
+struct Tls {
+    roots: Vec<reqwest::Certificate>,
+    identity: Option<reqwest::Identity>,
+}
+
+/// The HTTP clients of a run: one per origin (scheme, host, port), at most
+/// [`FdBudget::pooled_hosts`] of them at once.
+///
+/// Why one per origin: reqwest bounds idle connections per host only, so with one client
+/// the sockets of a run are `--concurrency` busy ones plus `hosts × idle-per-host` idle
+/// ones, and the number of hosts is not known up front (item URLs come from the store).
+/// Each client here keeps at most [`FdBudget::idle_per_host`] idle connections to its one
+/// origin, and when a new origin needs a client while [`FdBudget::pooled_hosts`] are held,
+/// the least recently used one is dropped, closing its idle connections (requests still in
+/// flight on it finish first: they hold the client). So idle connections never exceed
+/// `pooled_hosts × idle_per_host`, the reserve the start-up check set aside, whatever the
+/// number of hosts. A run against one host (the usual case) keeps one client and full
+/// connection reuse; a run over more hosts than the budget allows pays new connections when
+/// it moves between them instead of failing with "Too many open files".
+pub struct Clients {
+    cfg: HttpConfig,
+    tls: Tls,
+    budget: FdBudget,
+    pool: Mutex<Lru>,
+}
+
+/// Clients by origin, with a use counter for least-recently-used eviction.
+#[derive(Default)]
+struct Lru {
+    tick: u64,
+    by_origin: HashMap<String, Origin>,
+}
+
+/// One origin's client.
+struct Origin {
+    client: Client,
+    used: u64,
+    first: Arc<FirstContact>,
+}
+
+/// The first request to an `https://` origin goes alone.
+///
+/// Why: whether a TLS server speaks HTTP/2 is only known once ALPN has run, so the
+/// connection pool cannot know that one connection will do; 100 checks starting at once
+/// would open 100 connections (and TLS handshakes), of which HTTP/2 then keeps one. Letting
+/// the first request finish before the others start (at most `max_wait`, so one hanging
+/// answer delays the start by that much, not the run) leaves one HTTP/2 connection in the
+/// pool for all of them, or, for an HTTP/1.1 server, costs one round trip at start.
+/// Plain `http://` needs none of it: HTTP/1.1 opens connections as needed, and h2c with
+/// prior knowledge is already one connection per origin in the pool.
+pub struct FirstContact {
+    done: AtomicBool,
+    turn: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Held by the first request to an origin until its answer (or failure) is in.
+pub struct FirstTurn<'a> {
+    contact: &'a FirstContact,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for FirstTurn<'_> {
+    fn drop(&mut self) {
+        self.contact.done.store(true, Ordering::Release);
+    }
+}
+
+impl FirstContact {
+    fn new(done: bool) -> FirstContact {
+        FirstContact {
+            done: AtomicBool::new(done),
+            turn: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    /// Waits (at most `max_wait`) until the origin's first request is answered. `Some` when
+    /// this request is that first one: the others wait while it is held.
+    pub async fn wait(&self, max_wait: Duration) -> Option<FirstTurn<'_>> {
+        if self.done.load(Ordering::Acquire) {
+            return None;
+        }
+        let turn = tokio::time::timeout(max_wait, Arc::clone(&self.turn).lock_owned())
+            .await
+            .ok()?;
+        if self.done.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(FirstTurn {
+            contact: self,
+            _turn: turn,
+        })
+    }
+}
+
+impl Clients {
+    /// Reads and checks the TLS files and builds the first client, so a bad file or flag
+    /// fails the run before anything is written (exit 2), naming the flag and the file.
+    pub fn new(cfg: HttpConfig, budget: FdBudget) -> Result<Clients> {
+        let tls = Tls::load(&cfg)?;
+        if cfg.insecure {
+            tracing::warn!(
+                "--insecure: server certificates are not checked; anyone on the path can \
+                 answer for the API"
+            );
+        }
+        log_proxies(&|k| std::env::var(k).ok());
+        let clients = Clients {
+            cfg,
+            tls,
+            budget,
+            pool: Mutex::new(Lru::default()),
+        };
+        // Surfaces a builder error now rather than on the first item.
+        clients.build(false)?;
+        if clients.cfg.http2_prior_knowledge {
+            clients.build(true)?;
+        }
+        Ok(clients)
+    }
+
+    /// The client for `url`'s origin, and its first-contact gate.
+    pub fn for_url(&self, url: &Url) -> (Client, Arc<FirstContact>) {
+        let origin = url.origin().ascii_serialization();
+        let mut lru = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        lru.tick += 1;
+        let tick = lru.tick;
+        if let Some(o) = lru.by_origin.get_mut(&origin) {
+            o.used = tick;
+            return (o.client.clone(), Arc::clone(&o.first));
+        }
+        if lru.by_origin.len() >= self.budget.pooled_hosts.max(1)
+            && let Some(oldest) = lru
+                .by_origin
+                .iter()
+                .min_by_key(|(_, o)| o.used)
+                .map(|(o, _)| o.clone())
+        {
+            lru.by_origin.remove(&oldest);
+            tracing::trace!(origin = %oldest, "dropped the client of the least recently used host");
+        }
+        // The same settings built fine in `new`: a failure now is not expected, but it must
+        // not take a check down either. A client without the files' settings would be
+        // wrong, so the item is sent through a client that refuses everything instead.
+        let client = self
+            .build(self.prior_knowledge_for(url))
+            .unwrap_or_else(|e| {
+                tracing::error!("cannot build the HTTP client: {e:#}");
+                refusing_client()
+            });
+        let first = Arc::new(FirstContact::new(url.scheme() != "https"));
+        lru.by_origin.insert(
+            origin,
+            Origin {
+                client: client.clone(),
+                used: tick,
+                first: Arc::clone(&first),
+            },
+        );
+        (client, first)
+    }
+
+    fn build(&self, prior_knowledge: bool) -> Result<Client> {
+        build_client(
+            &self.cfg,
+            &self.tls,
+            self.budget.idle_per_host,
+            prior_knowledge,
+        )
+    }
+}
+
+/// A client whose every request fails (no proxy can be reached), for the unexpected case
+/// where a client cannot be built mid-run.
+fn refusing_client() -> Client {
+    let builder = Client::builder();
+    match reqwest::Proxy::all("http://0.0.0.0:0") {
+        Ok(p) => builder.proxy(p).build().unwrap_or_default(),
+        Err(_) => Client::new(),
+    }
+}
+
+/// One reqwest client with the run's settings.
+fn build_client(
+    cfg: &HttpConfig,
+    tls: &Tls,
+    idle_per_host: usize,
+    prior_knowledge: bool,
+) -> Result<Client> {
+    let mut b = Client::builder()
+        .user_agent(concat!("recheck/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(cfg.connect_timeout)
+        .pool_max_idle_per_host(idle_per_host)
+        .tcp_nodelay(true)
+        // Redirects are followed by `fetch`, which drops secret headers across origins.
+        .redirect(reqwest::redirect::Policy::none());
+    for root in &tls.roots {
+        b = b.add_root_certificate(root.clone());
+    }
+    if let Some(id) = &tls.identity {
+        b = b.identity(id.clone());
+    }
+    if cfg.insecure {
+        b = b.danger_accept_invalid_certs(true);
+    }
+    if prior_knowledge {
+        // reqwest's prior knowledge also limits ALPN to h2 on https://, which would break
+        // servers that only speak HTTP/1.1 over TLS; `--http2` is about http:// only, so
+        // https:// origins get a client without it (ALPN offers h2 and http/1.1).
+        b = b.http2_prior_knowledge();
+    }
+    b.build().context("cannot build the HTTP client")
+}
+
+impl Clients {
+    /// Whether `url` goes through the prior-knowledge settings (`--http2` on `http://`).
+    fn prior_knowledge_for(&self, url: &Url) -> bool {
+        self.cfg.http2_prior_knowledge && url.scheme() == "http"
+    }
+}
+
+impl Tls {
+    fn load(cfg: &HttpConfig) -> Result<Tls> {
+        let roots = match &cfg.cacert {
+            Some(path) => load_roots(path)?,
+            None => Vec::new(),
+        };
+        let identity = match &cfg.client_cert {
+            Some((cert, key)) => Some(load_identity(cert, key)?),
+            None => None,
+        };
+        Ok(Tls { roots, identity })
+    }
+}
+
+fn read(flag: &str, path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("{flag} {}: cannot read", path.display()))
+}
+
+/// Every certificate of a PEM file (a bundle is fine), each one checked to be usable as a
+/// trust anchor.
+fn load_roots(path: &Path) -> Result<Vec<reqwest::Certificate>> {
+    let pem = read("--cacert", path)?;
+    let ders = pem_certs("--cacert", path, &pem)?;
+    let mut store = rustls::RootCertStore::empty();
+    let mut roots = Vec::with_capacity(ders.len());
+    for (i, der) in ders.into_iter().enumerate() {
+        store.add(der.clone()).map_err(|e| {
+            anyhow!(
+                "--cacert {}: certificate #{} cannot be a trusted root: {e}",
+                path.display(),
+                i + 1
+            )
+        })?;
+        roots.push(
+            reqwest::Certificate::from_der(&der)
+                .with_context(|| format!("--cacert {}", path.display()))?,
+        );
+    }
+    Ok(roots)
+}
+
+/// The certificates of a PEM file; none at all, or a file that is not PEM, is an error.
+fn pem_certs(flag: &str, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow!("{flag} {}: not a PEM file: {e}", path.display()))?;
+    if certs.is_empty() {
+        bail!(
+            "{flag} {}: no certificate in it (expected PEM: -----BEGIN CERTIFICATE-----)",
+            path.display()
+        );
+    }
+    Ok(certs)
+}
+
+/// `--cert` and `--key` as reqwest's identity, after checking the key is the certificate's.
+fn load_identity(cert: &Path, key: &Path) -> Result<reqwest::Identity> {
+    let cert_pem = read("--cert", cert)?;
+    let key_pem = read("--key", key)?;
+    let chain = pem_certs("--cert", cert, &cert_pem)?;
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        anyhow!(
+            "--key {}: no private key in it (expected PEM: PKCS#8, RSA or EC): {e}",
+            key.display()
+        )
+    })?;
+    let provider = rustls::crypto::ring::default_provider();
+    rustls::sign::CertifiedKey::from_der(chain, key_der, &provider).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => anyhow!(
+            "--key {} is not the key of the certificate in --cert {}",
+            key.display(),
+            cert.display()
+        ),
+        e => anyhow!("--key {}: unusable key: {e}", key.display()),
+    })?;
+    // reqwest reads the identity from one PEM buffer holding both.
+    let mut both = cert_pem;
+    both.push(b'\n');
+    both.extend_from_slice(&key_pem);
+    reqwest::Identity::from_pem(&both)
+        .with_context(|| format!("--cert {} / --key {}", cert.display(), key.display()))
+}
+
+/// The proxy environment as reqwest reads it (upper case first, then lower case;
+/// `HTTP_PROXY` ignored under CGI), one `(scheme, variable, value)` per proxied scheme.
+pub fn proxy_env(env: &dyn Fn(&str) -> Option<String>) -> Vec<(&'static str, String, String)> {
+    let first = |names: [&'static str; 2]| {
+        names.into_iter().find_map(|n| {
+            env(n)
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| (n.to_string(), v))
+        })
+    };
+    let all = first(["ALL_PROXY", "all_proxy"]);
+    let https = first(["HTTPS_PROXY", "https_proxy"]).or_else(|| all.clone());
+    let cgi = env("REQUEST_METHOD").is_some();
+    let http = if cgi {
+        None
+    } else {
+        first(["HTTP_PROXY", "http_proxy"])
+    }
+    .or(all);
+    let mut out = Vec::new();
+    if let Some((var, value)) = https {
+        out.push(("https", var, value));
+    }
+    if let Some((var, value)) = http {
+        out.push(("http", var, value));
+    }
+    out
+}
+
+/// A proxy URL for logs: any password replaced by `***`.
+pub fn redact_proxy(value: &str) -> String {
+    // reqwest takes `host:port` as `http://host:port`; parse it the same way.
+    let parsed = if value.contains("://") {
+        Url::parse(value)
+    } else {
+        Url::parse(&format!("http://{value}"))
+    };
+    match parsed {
+        Ok(u) => super::fetch::redacted(u),
+        Err(_) => "(not a URL; not shown)".to_string(),
+    }
+}
+
+/// Logs, once at start, which proxy each scheme goes through and what `NO_PROXY` exempts.
+fn log_proxies(env: &dyn Fn(&str) -> Option<String>) {
+    let proxies = proxy_env(env);
+    if proxies.is_empty() {
+        tracing::debug!("no proxy (HTTPS_PROXY, HTTP_PROXY and ALL_PROXY are unset)");
+        return;
+    }
+    let no_proxy = ["NO_PROXY", "no_proxy"]
+        .into_iter()
+        .find_map(|n| env(n).filter(|v| !v.trim().is_empty()));
+    for (scheme, var, value) in proxies {
+        tracing::info!(
+            proxy = %redact_proxy(&value),
+            from = %var,
+            no_proxy = no_proxy.as_deref().unwrap_or(""),
+            "{scheme}:// requests go through a proxy"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn proxy_env_follows_reqwest_precedence() {
+        let e = env(&[
+            ("https_proxy", "http://lower:1"),
+            ("HTTPS_PROXY", "http://upper:1"),
+            ("ALL_PROXY", "http://all:1"),
+        ]);
+        let got = proxy_env(&e);
+        assert_eq!(
+            got,
+            [
+                ("https", "HTTPS_PROXY".into(), "http://upper:1".into()),
+                ("http", "ALL_PROXY".into(), "http://all:1".into())
+            ]
+        );
+        let cgi = env(&[("HTTP_PROXY", "http://p:1"), ("REQUEST_METHOD", "GET")]);
+        assert!(proxy_env(&cgi).is_empty());
+        assert!(proxy_env(&env(&[("HTTP_PROXY", " ")])).is_empty());
+    }
+
+    #[test]
+    fn proxy_passwords_are_redacted() {
+        assert_eq!(
+            redact_proxy("http://u:s3cret@proxy:3128"),
+            "http://u:***@proxy:3128/"
+        );
+        assert_eq!(
+            redact_proxy("u:s3cret@proxy:3128"),
+            "http://u:***@proxy:3128/"
+        );
+        assert!(!redact_proxy("http://[::1:s3cret").contains("s3cret"));
+    }
+
+    #[test]
+    fn bad_tls_files_name_the_flag_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "hello, not a certificate\n").unwrap();
+        let cfg = |cacert: &Path| HttpConfig {
+            cacert: Some(cacert.to_path_buf()),
+            ..HttpConfig::default()
+        };
+        let missing = dir.path().join("missing.pem");
+        for (path, fragment) in [(&missing, "cannot read"), (&junk, "no certificate")] {
+            let err = format!("{:#}", Tls::load(&cfg(path)).err().unwrap());
+            assert!(err.starts_with("--cacert "), "{err}");
+            assert!(err.contains(&*path.to_string_lossy()), "{err}");
+            assert!(err.contains(fragment), "{err}");
+        }
+    }
+
+    #[test]
+    fn prior_knowledge_is_for_http_only() {
+        let c = Clients::new(
+            HttpConfig {
+                http2_prior_knowledge: true,
+                ..HttpConfig::default()
+            },
+            FdBudget {
+                idle_per_host: 1,
+                pooled_hosts: 2,
+            },
+        )
+        .unwrap();
+        assert!(c.prior_knowledge_for(&Url::parse("http://h/").unwrap()));
+        assert!(!c.prior_knowledge_for(&Url::parse("https://h/").unwrap()));
+    }
+}
