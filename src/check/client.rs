@@ -58,6 +58,9 @@ pub struct Clients {
     tls: Tls,
     budget: FdBudget,
     pool: Mutex<Lru>,
+    /// Built at start with the same settings, for the unexpected case where building one
+    /// later fails: (plain, prior knowledge).
+    spare: (Client, Client),
 }
 
 /// Clients by origin, with a use counter for least-recently-used eviction.
@@ -140,18 +143,20 @@ impl Clients {
             );
         }
         log_proxies(&|k| std::env::var(k).ok());
-        let clients = Clients {
+        // Built now, so a builder error stops the run before the first item.
+        let plain = build_client(&cfg, &tls, budget.idle_per_host, false)?;
+        let h2c = if cfg.http2_prior_knowledge {
+            build_client(&cfg, &tls, budget.idle_per_host, true)?
+        } else {
+            plain.clone()
+        };
+        Ok(Clients {
             cfg,
             tls,
             budget,
             pool: Mutex::new(Lru::default()),
-        };
-        // Surfaces a builder error now rather than on the first item.
-        clients.build(false)?;
-        if clients.cfg.http2_prior_knowledge {
-            clients.build(true)?;
-        }
-        Ok(clients)
+            spare: (plain, h2c),
+        })
     }
 
     /// The client for `url`'s origin, and its first-contact gate.
@@ -175,14 +180,17 @@ impl Clients {
             tracing::trace!(origin = %oldest, "dropped the client of the least recently used host");
         }
         // The same settings built fine in `new`: a failure now is not expected, but it must
-        // not take a check down either. A client without the files' settings would be
-        // wrong, so the item is sent through a client that refuses everything instead.
-        let client = self
-            .build(self.prior_knowledge_for(url))
-            .unwrap_or_else(|e| {
-                tracing::error!("cannot build the HTTP client: {e:#}");
-                refusing_client()
-            });
+        // not take a check down either; the spare client has the same settings (only its
+        // pool is shared with the other origins that fell back on it).
+        let prior_knowledge = self.prior_knowledge_for(url);
+        let client = self.build(prior_knowledge).unwrap_or_else(|e| {
+            tracing::warn!("cannot build an HTTP client: {e:#}");
+            if prior_knowledge {
+                self.spare.1.clone()
+            } else {
+                self.spare.0.clone()
+            }
+        });
         let first = Arc::new(FirstContact::new(url.scheme() != "https"));
         lru.by_origin.insert(
             origin,
@@ -202,16 +210,6 @@ impl Clients {
             self.budget.idle_per_host,
             prior_knowledge,
         )
-    }
-}
-
-/// A client whose every request fails (no proxy can be reached), for the unexpected case
-/// where a client cannot be built mid-run.
-fn refusing_client() -> Client {
-    let builder = Client::builder();
-    match reqwest::Proxy::all("http://0.0.0.0:0") {
-        Ok(p) => builder.proxy(p).build().unwrap_or_default(),
-        Err(_) => Client::new(),
     }
 }
 
@@ -461,6 +459,46 @@ mod tests {
             assert!(err.contains(&*path.to_string_lossy()), "{err}");
             assert!(err.contains(fragment), "{err}");
         }
+    }
+
+    #[test]
+    fn at_most_pooled_hosts_clients_are_kept() {
+        let c = Clients::new(
+            HttpConfig::default(),
+            FdBudget {
+                idle_per_host: 4,
+                pooled_hosts: 2,
+            },
+        )
+        .unwrap();
+        let url = |s: &str| Url::parse(s).unwrap();
+        let (_, a1) = c.for_url(&url("https://a.example/1"));
+        let (_, a2) = c.for_url(&url("https://a.example/2"));
+        assert!(Arc::ptr_eq(&a1, &a2), "one origin, one client");
+        // the first https:// request waits its turn; http:// never does
+        assert!(!a1.done.load(Ordering::Acquire));
+        let (_, b) = c.for_url(&url("http://b.example/1"));
+        assert!(b.done.load(Ordering::Acquire));
+        c.for_url(&url("http://c.example:8080/1"));
+        let lru = c.pool.lock().unwrap();
+        assert_eq!(lru.by_origin.len(), 2);
+        // a.example was the least recently used: its client (and idle connections) went
+        assert!(!lru.by_origin.contains_key("https://a.example"));
+        assert!(lru.by_origin.contains_key("http://c.example:8080"));
+    }
+
+    #[tokio::test]
+    async fn the_first_contact_goes_alone_then_everyone() {
+        let f = FirstContact::new(false);
+        let first = f.wait(Duration::from_secs(5)).await;
+        assert!(first.is_some());
+        // while the first is out, others wait (here: up to 50 ms, then go anyway)
+        let started = std::time::Instant::now();
+        assert!(f.wait(Duration::from_millis(50)).await.is_none());
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        drop(first);
+        assert!(f.wait(Duration::from_secs(5)).await.is_none());
+        assert!(f.done.load(Ordering::Acquire));
     }
 
     #[test]
