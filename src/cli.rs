@@ -79,6 +79,12 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Re-check the task's failed items, write the answers back, print a summary.
+    #[command(
+        after_help = "Proxies: HTTPS_PROXY (https:// URLs), HTTP_PROXY (http:// URLs), ALL_PROXY \
+        (both) and NO_PROXY (hosts or networks that go direct), or their lower-case spellings; \
+        none by default. The proxy in use is logged at start (info, shown with -v too), its \
+        password as ***."
+    )]
     Run(Box<RunArgs>),
     /// Count a task's items per status.
     Status(StatusArgs),
@@ -314,8 +320,7 @@ pub struct RunArgs {
     pub insecure: bool,
     /// HTTP/2 with prior knowledge on http:// URLs (h2c). Over https://, HTTP/2 is used
     /// whenever the server offers it (ALPN), with or without this flag [default: off,
-    /// HTTP/1.1 on http://]. Proxies come from HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and
-    /// NO_PROXY (or lower case); the proxy in use is logged at start.
+    /// HTTP/1.1 on http://].
     #[arg(long, env = "RECHECK_HTTP2")]
     pub http2: bool,
 }
@@ -324,9 +329,9 @@ pub struct RunArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 #[value(rename_all = "UPPER")]
 pub enum HttpMethod {
-    /// GET: the answer's body can be judged.
+    /// The answer's body can be judged (the default).
     Get,
-    /// HEAD: the status only.
+    /// The status only; no body is read.
     Head,
 }
 

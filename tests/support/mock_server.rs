@@ -298,6 +298,9 @@ pub struct MockTls {
     /// The server certificate is self-signed (no CA; [`MockServer::ca_pem`] is then that
     /// certificate itself).
     pub self_signed: bool,
+    /// With `self_signed`: the certificate says it is a CA (`CA:TRUE`), as the ones
+    /// `openssl req -x509` makes by default.
+    pub ca_flag: bool,
     /// Demand a client certificate signed by the server's CA (mutual TLS).
     pub require_client_cert: bool,
     /// Offer only `http/1.1` by ALPN (no HTTP/2).
@@ -342,6 +345,9 @@ impl Pki {
         if tls.expired {
             leaf.not_before = rcgen::date_time_ymd(2020, 1, 1);
             leaf.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        if tls.ca_flag {
+            leaf.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         }
         let leaf_key = KeyPair::generate().expect("mock TLS: server key");
         let leaf_cert = if tls.self_signed {
