@@ -43,7 +43,7 @@ impl FdBudget {
 /// Makes sure `concurrency` connections fit under RLIMIT_NOFILE, raising the soft limit when
 /// needed (and, when the hard limit allows, further, for idle connections to a few hosts).
 /// Fails (exit 2) when even the hard limit is too low for the busy sockets. Returns the idle
-/// budget: busy sockets (≤ `concurrency`) + idle ones + [`OTHER_FDS`] stay within the limit.
+/// budget: busy sockets (≤ `concurrency`) + idle ones + 64 others stay within the limit.
 pub fn ensure_open_files(concurrency: usize, per_host: Option<usize>) -> Result<FdBudget> {
     let busy = concurrency as u64;
     let per_host = per_host.map_or(busy, |p| (p as u64).min(busy));

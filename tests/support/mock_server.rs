@@ -452,6 +452,15 @@ impl MockServer {
             .expect("mock server: bind 127.0.0.1:0")
     }
 
+    /// Like [`MockServer::start_tls`] on a chosen address (the standalone binary's `--tls`).
+    pub async fn bind_tls(
+        addr: SocketAddr,
+        config: MockConfig,
+        tls: MockTls,
+    ) -> std::io::Result<MockServer> {
+        MockServer::serve(addr, config, Some(Arc::new(Pki::make(&tls)))).await
+    }
+
     async fn serve(
         addr: SocketAddr,
         config: MockConfig,
