@@ -32,11 +32,15 @@ pub struct HttpConfig {
     pub http2_prior_knowledge: bool,
 }
 
-/// The files behind the TLS flags, read and checked once.
+/// The TLS settings of every client, built once: trust (system roots, Mozilla's, and
+/// `--cacert`), the client certificate, `--insecure`, ALPN.
+///
+/// Why built here and not by reqwest: reqwest would read the system's roots from disk for
+/// every client it builds (about 20 ms), and there is one client per origin, rebuilt when a
+/// run moves between more hosts than the idle budget keeps.
 #[derive(Clone)]
 struct Tls {
-    roots: Vec<reqwest::Certificate>,
-    identity: Option<reqwest::Identity>,
+    config: rustls::ClientConfig,
 }
 
 /// The HTTP clients of a run: one per origin (scheme, host, port), at most
@@ -227,15 +231,7 @@ fn build_client(
         .tcp_nodelay(true)
         // Redirects are followed by `fetch`, which drops secret headers across origins.
         .redirect(reqwest::redirect::Policy::none());
-    for root in &tls.roots {
-        b = b.add_root_certificate(root.clone());
-    }
-    if let Some(id) = &tls.identity {
-        b = b.identity(id.clone());
-    }
-    if cfg.insecure {
-        b = b.danger_accept_invalid_certs(true);
-    }
+    b = b.use_preconfigured_tls(tls.config.clone());
     if prior_knowledge {
         // reqwest's prior knowledge also limits ALPN to h2 on https://, which would break
         // servers that only speak HTTP/1.1 over TLS; `--http2` is about http:// only, so
@@ -254,15 +250,95 @@ impl Clients {
 
 impl Tls {
     fn load(cfg: &HttpConfig) -> Result<Tls> {
-        let roots = match &cfg.cacert {
-            Some(path) => load_roots(path)?,
-            None => Vec::new(),
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .context("TLS: no protocol version")?;
+        let builder = if cfg.insecure {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+        } else {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            // The system's store may hold certificates rustls cannot use (old, odd ones):
+            // those are skipped, as curl and reqwest do.
+            let native = rustls_native_certs::load_native_certs();
+            let (added, skipped) = roots.add_parsable_certificates(native.certs);
+            tracing::debug!(added, skipped, errors = native.errors.len(), "system roots");
+            if let Some(path) = &cfg.cacert {
+                for root in load_roots(path)? {
+                    roots
+                        .add(root)
+                        .with_context(|| format!("--cacert {}", path.display()))?;
+                }
+            }
+            builder.with_root_certificates(roots)
         };
-        let identity = match &cfg.client_cert {
-            Some((cert, key)) => Some(load_identity(cert, key)?),
-            None => None,
+        let mut config = match &cfg.client_cert {
+            Some((cert, key)) => {
+                let (chain, key_der) = load_identity(cert, key)?;
+                builder
+                    .with_client_auth_cert(chain, key_der)
+                    .with_context(|| {
+                        format!("--cert {} / --key {}", cert.display(), key.display())
+                    })?
+            }
+            None => builder.with_no_client_auth(),
         };
-        Ok(Tls { roots, identity })
+        // What reqwest would offer: HTTP/2 when the server has it, else HTTP/1.1.
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Tls { config })
+    }
+}
+
+/// `--insecure`: any server certificate is accepted. The handshake signature is still
+/// checked, so the server must hold the key of the certificate it shows.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -272,12 +348,11 @@ fn read(flag: &str, path: &Path) -> Result<Vec<u8>> {
 
 /// Every certificate of a PEM file (a bundle is fine), each one checked to be usable as a
 /// trust anchor.
-fn load_roots(path: &Path) -> Result<Vec<reqwest::Certificate>> {
+fn load_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let pem = read("--cacert", path)?;
     let ders = pem_certs("--cacert", path, &pem)?;
     let mut store = rustls::RootCertStore::empty();
-    let mut roots = Vec::with_capacity(ders.len());
-    for (i, der) in ders.into_iter().enumerate() {
+    for (i, der) in ders.iter().enumerate() {
         store.add(der.clone()).map_err(|e| {
             anyhow!(
                 "--cacert {}: certificate #{} cannot be a trusted root: {e}",
@@ -285,12 +360,8 @@ fn load_roots(path: &Path) -> Result<Vec<reqwest::Certificate>> {
                 i + 1
             )
         })?;
-        roots.push(
-            reqwest::Certificate::from_der(&der)
-                .with_context(|| format!("--cacert {}", path.display()))?,
-        );
     }
-    Ok(roots)
+    Ok(ders)
 }
 
 /// The certificates of a PEM file; none at all, or a file that is not PEM, is an error.
@@ -307,8 +378,12 @@ fn pem_certs(flag: &str, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'
     Ok(certs)
 }
 
-/// `--cert` and `--key` as reqwest's identity, after checking the key is the certificate's.
-fn load_identity(cert: &Path, key: &Path) -> Result<reqwest::Identity> {
+/// `--cert` and `--key`: the certificate chain and its key, after checking the key is the
+/// certificate's.
+fn load_identity(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
     let cert_pem = read("--cert", cert)?;
     let key_pem = read("--key", key)?;
     let chain = pem_certs("--cert", cert, &cert_pem)?;
@@ -319,20 +394,17 @@ fn load_identity(cert: &Path, key: &Path) -> Result<reqwest::Identity> {
         )
     })?;
     let provider = rustls::crypto::ring::default_provider();
-    rustls::sign::CertifiedKey::from_der(chain, key_der, &provider).map_err(|e| match e {
-        rustls::Error::InconsistentKeys(_) => anyhow!(
-            "--key {} is not the key of the certificate in --cert {}",
-            key.display(),
-            cert.display()
-        ),
-        e => anyhow!("--key {}: unusable key: {e}", key.display()),
-    })?;
-    // reqwest reads the identity from one PEM buffer holding both.
-    let mut both = cert_pem;
-    both.push(b'\n');
-    both.extend_from_slice(&key_pem);
-    reqwest::Identity::from_pem(&both)
-        .with_context(|| format!("--cert {} / --key {}", cert.display(), key.display()))
+    rustls::sign::CertifiedKey::from_der(chain.clone(), key_der.clone_key(), &provider).map_err(
+        |e| match e {
+            rustls::Error::InconsistentKeys(_) => anyhow!(
+                "--key {} is not the key of the certificate in --cert {}",
+                key.display(),
+                cert.display()
+            ),
+            e => anyhow!("--key {}: unusable key: {e}", key.display()),
+        },
+    )?;
+    Ok((chain, key_der))
 }
 
 /// The proxy environment as reqwest reads it (upper case first, then lower case;
