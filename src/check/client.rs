@@ -407,15 +407,16 @@ fn load_identity(
     Ok((chain, key_der))
 }
 
-/// The proxy environment as reqwest reads it (upper case first, then lower case;
-/// `HTTP_PROXY` ignored under CGI), one `(scheme, variable, value)` per proxied scheme.
+/// The proxy environment as reqwest (hyper-util) reads it, one `(scheme, variable, value)`
+/// per proxied scheme: of each pair the upper-case variable wins when it is set at all (set
+/// but empty means no proxy), `ALL_PROXY` stands in for a scheme without its own, and
+/// `HTTP_PROXY` is ignored under CGI (`REQUEST_METHOD` set).
 pub fn proxy_env(env: &dyn Fn(&str) -> Option<String>) -> Vec<(&'static str, String, String)> {
     let first = |names: [&'static str; 2]| {
-        names.into_iter().find_map(|n| {
-            env(n)
-                .filter(|v| !v.trim().is_empty())
-                .map(|v| (n.to_string(), v))
-        })
+        names
+            .into_iter()
+            .find_map(|n| env(n).map(|v| (n.to_string(), v)))
+            .filter(|(_, v)| !v.trim().is_empty())
     };
     let all = first(["ALL_PROXY", "all_proxy"]);
     let https = first(["HTTPS_PROXY", "https_proxy"]).or_else(|| all.clone());
@@ -436,18 +437,21 @@ pub fn proxy_env(env: &dyn Fn(&str) -> Option<String>) -> Vec<(&'static str, Str
     out
 }
 
-/// A proxy URL for logs: any password replaced by `***`.
-pub fn redact_proxy(value: &str) -> String {
+/// A proxy URL for logs, any password replaced by `***`; `None` when reqwest would not
+/// take it (not a URL, a scheme other than http, https or socks, no host).
+pub fn redact_proxy(value: &str) -> Option<String> {
     // reqwest takes `host:port` as `http://host:port`; parse it the same way.
     let parsed = if value.contains("://") {
-        Url::parse(value)
+        Url::parse(value.trim())
     } else {
-        Url::parse(&format!("http://{value}"))
-    };
-    match parsed {
-        Ok(u) => super::fetch::redacted(u),
-        Err(_) => "(not a URL; not shown)".to_string(),
+        Url::parse(&format!("http://{}", value.trim()))
     }
+    .ok()?;
+    let usable = matches!(
+        parsed.scheme(),
+        "http" | "https" | "socks4" | "socks4a" | "socks5" | "socks5h"
+    ) && parsed.host_str().is_some_and(|h| !h.is_empty());
+    usable.then(|| super::fetch::redacted(parsed))
 }
 
 /// Logs, once at start, which proxy each scheme goes through and what `NO_PROXY` exempts.
@@ -457,16 +461,20 @@ fn log_proxies(env: &dyn Fn(&str) -> Option<String>) {
         tracing::debug!("no proxy (HTTPS_PROXY, HTTP_PROXY and ALL_PROXY are unset)");
         return;
     }
-    let no_proxy = ["NO_PROXY", "no_proxy"]
-        .into_iter()
-        .find_map(|n| env(n).filter(|v| !v.trim().is_empty()));
+    let no_proxy = ["NO_PROXY", "no_proxy"].into_iter().find_map(env);
     for (scheme, var, value) in proxies {
-        tracing::info!(
-            proxy = %redact_proxy(&value),
-            from = %var,
-            no_proxy = no_proxy.as_deref().unwrap_or(""),
-            "{scheme}:// requests go through a proxy"
-        );
+        match redact_proxy(&value) {
+            Some(proxy) => tracing::info!(
+                %proxy,
+                from = %var,
+                no_proxy = no_proxy.as_deref().unwrap_or(""),
+                "{scheme}:// requests go through a proxy"
+            ),
+            // reqwest skips it; say so, without the value (it may hold a password).
+            None => {
+                tracing::warn!("{var} is not a proxy URL: ignored, {scheme}:// requests go direct")
+            }
+        }
     }
 }
 
@@ -499,20 +507,23 @@ mod tests {
         );
         let cgi = env(&[("HTTP_PROXY", "http://p:1"), ("REQUEST_METHOD", "GET")]);
         assert!(proxy_env(&cgi).is_empty());
-        assert!(proxy_env(&env(&[("HTTP_PROXY", " ")])).is_empty());
+        // set but empty: no proxy, also when the lower-case one has a value
+        let empty = env(&[("HTTP_PROXY", ""), ("http_proxy", "http://p:1")]);
+        assert!(proxy_env(&empty).is_empty());
     }
 
     #[test]
     fn proxy_passwords_are_redacted() {
         assert_eq!(
-            redact_proxy("http://u:s3cret@proxy:3128"),
-            "http://u:***@proxy:3128/"
+            redact_proxy("http://u:s3cret@proxy:3128").as_deref(),
+            Some("http://u:***@proxy:3128/")
         );
         assert_eq!(
-            redact_proxy("u:s3cret@proxy:3128"),
-            "http://u:***@proxy:3128/"
+            redact_proxy("u:s3cret@proxy:3128").as_deref(),
+            Some("http://u:***@proxy:3128/")
         );
-        assert!(!redact_proxy("http://[::1:s3cret").contains("s3cret"));
+        assert_eq!(redact_proxy("http://[::1:s3cret"), None);
+        assert_eq!(redact_proxy("ftp://proxy:21"), None);
     }
 
     #[test]

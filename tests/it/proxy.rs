@@ -81,3 +81,24 @@ fn without_proxy_variables_nothing_is_proxied_or_logged() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("proxy"), "{err}");
 }
+
+#[test]
+fn an_unusable_proxy_value_is_ignored_with_a_warning_that_hides_it() {
+    let server = support::default_server();
+    let sb = Sandbox::new();
+    store(&sb, 2);
+    let out = sb
+        .run(&server, "t", "s.db")
+        .env("HTTP_PROXY", "ftp://ops:s3cret@proxy.example.invalid:21")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(server.total_requests(), 2);
+    assert_eq!(server.absolute_form_requests(), 0);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("HTTP_PROXY is not a proxy URL: ignored, http:// requests go direct"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret"), "{err}");
+}
