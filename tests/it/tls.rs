@@ -400,3 +400,31 @@ fn run_help_documents_the_request_options_with_their_defaults() {
         assert!(help.contains(needle), "run --help lacks {needle}:\n{help}");
     }
 }
+
+#[test]
+fn tls_options_come_from_the_config_file_and_the_environment_too() {
+    let server = support::tls_server(MockConfig::default(), MockTls::default());
+    // recheck.toml: cacert and method
+    let sb = Sandbox::new();
+    store(&sb, 3);
+    ca_file(&sb, &server);
+    std::fs::write(
+        sb.path("recheck.toml"),
+        "cacert = \"ca.pem\"\nmethod = \"HEAD\"\n",
+    )
+    .unwrap();
+    let out = run_json(&sb, &server, &[]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(support::summary(&out)["ok"], 3);
+    assert_eq!(server.head_requests(), 3);
+    // RECHECK_CACERT
+    let sb = Sandbox::new();
+    store(&sb, 2);
+    ca_file(&sb, &server);
+    let out = sb
+        .run(&server, "t", "s.db")
+        .env("RECHECK_CACERT", "ca.pem")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
