@@ -163,6 +163,13 @@ async fn prefixes_choose_behaviours() {
     assert_eq!(stats["total_requests"], server.total_requests());
     assert_eq!(stats["per_id_max"], 3);
     assert_eq!(stats["requests"]["503x2-9"], 3);
+    assert_eq!(stats["connections"], server.connections());
+    assert!(
+        server.connections() > 1,
+        "the raw client opens one per request"
+    );
+    assert_eq!(stats["tls_handshakes"], 0);
+    assert_eq!(stats["h2_requests"], 0);
 
     server.reset();
     assert_eq!(server.total_requests(), 0);

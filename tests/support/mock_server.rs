@@ -522,7 +522,9 @@ impl MockServer {
         self.pki.as_deref().expect("mock server: not a TLS server")
     }
 
-    /// TCP connections accepted since start (not cleared by [`MockServer::reset`]).
+    /// TCP connections accepted since start, those of control requests included (not
+    /// cleared by [`MockServer::reset`]; also `connections` in `/_stats`, with
+    /// `tls_handshakes` and `h2_requests`).
     pub fn connections(&self) -> u64 {
         self.shared.connections.load(Ordering::Relaxed)
     }
@@ -1077,11 +1079,14 @@ impl Shared {
         }
         // Written by hand to keep the documented key order (serde_json's map sorts keys).
         let mut doc = format!(
-            r#"{{"total_requests":{},"high_water":{},"in_flight":{},"per_id_max":{},"ids":{ids}"#,
+            r#"{{"total_requests":{},"high_water":{},"in_flight":{},"per_id_max":{},"ids":{ids},"connections":{},"tls_handshakes":{},"h2_requests":{}"#,
             self.total.load(Ordering::Relaxed),
             self.high_water.load(Ordering::Relaxed),
             self.in_flight.load(Ordering::Relaxed),
             self.per_id_max.load(Ordering::Relaxed),
+            self.connections.load(Ordering::Relaxed),
+            self.tls_handshakes.load(Ordering::Relaxed),
+            self.h2_requests.load(Ordering::Relaxed),
         );
         if with_ids {
             doc.push_str(r#","requests":"#);
