@@ -273,7 +273,16 @@ impl Tls {
                         .with_context(|| format!("--cacert {}", path.display()))?;
                 }
             }
-            builder.with_root_certificates(roots)
+            let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                Arc::clone(&provider),
+            )
+            .build()
+            .context("TLS: cannot build the certificate verifier")?;
+            // The usual verification, only with a better name for one of its refusals.
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NamingVerifier { webpki, provider }))
         };
         let mut config = match &cfg.client_cert {
             Some((cert, key)) => {
@@ -289,6 +298,121 @@ impl Tls {
         // What reqwest would offer: HTTP/2 when the server has it, else HTTP/1.1.
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Tls { config })
+    }
+}
+
+/// What a refused certificate turned out to be when rustls says only "unknown issuer": its
+/// own issuer. Carried in `CertificateError::Other` for `fetch` to name.
+#[derive(Debug)]
+pub struct SelfSigned;
+
+impl std::fmt::Display for SelfSigned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("self-signed certificate")
+    }
+}
+
+impl std::error::Error for SelfSigned {}
+
+/// rustls's WebPKI verification, telling a self-signed certificate apart from one signed
+/// by an unknown CA (rustls calls both "unknown issuer"), so the message can say which.
+#[derive(Debug)]
+struct NamingVerifier {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl NamingVerifier {
+    /// Whether `cert` verifies with itself as the only trust anchor: it signed itself.
+    /// Only asked on the refusal path, so its cost is one item's.
+    fn is_self_signed(
+        &self,
+        cert: &CertificateDer<'_>,
+        name: &rustls::pki_types::ServerName<'_>,
+        now: rustls::pki_types::UnixTime,
+    ) -> bool {
+        use rustls::CertificateError as C;
+        use rustls::client::danger::ServerCertVerifier as _;
+        let mut own = rustls::RootCertStore::empty();
+        if own.add(cert.clone().into_owned()).is_err() {
+            return false;
+        }
+        let Ok(alone) = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(own),
+            Arc::clone(&self.provider),
+        )
+        .build() else {
+            return false;
+        };
+        match alone.verify_server_cert(cert, &[], name, &[], now) {
+            Ok(_) => true,
+            // Signed by itself, with another problem besides.
+            Err(rustls::Error::InvalidCertificate(
+                C::Expired
+                | C::ExpiredContext { .. }
+                | C::NotValidYet
+                | C::NotValidYetContext { .. }
+                | C::NotValidForName
+                | C::NotValidForNameContext { .. },
+            )) => true,
+            Err(_) => false,
+        }
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for NamingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use rustls::CertificateError as C;
+        match self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Err(rustls::Error::InvalidCertificate(C::UnknownIssuer))
+                if intermediates.is_empty()
+                    && self.is_self_signed(end_entity, server_name, now) =>
+            {
+                Err(rustls::Error::InvalidCertificate(C::Other(
+                    rustls::OtherError(Arc::new(SelfSigned)),
+                )))
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+
+    fn root_hint_subjects(&self) -> Option<&[rustls::DistinguishedName]> {
+        self.webpki.root_hint_subjects()
     }
 }
 

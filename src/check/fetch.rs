@@ -466,8 +466,12 @@ fn tls_message(e: &rustls::Error, url: &Url) -> Option<String> {
     let untrusted = |why: &str| format!("certificate for {host} is not trusted: {why}; {fix}");
     let msg = match e {
         rustls::Error::InvalidCertificate(c) => match c {
-            C::UnknownIssuer => untrusted(
-                "unknown issuer (self-signed, or signed by a CA that is not in the trust store)",
+            C::UnknownIssuer => {
+                untrusted("unknown issuer (signed by a CA that is not in the trust store)")
+            }
+            C::Other(o) if o.0.downcast_ref::<super::client::SelfSigned>().is_some() => format!(
+                "certificate for {host} is not trusted: self-signed; use --cacert FILE with that \
+                 certificate (or --insecure)"
             ),
             C::Expired | C::ExpiredContext { .. } => {
                 format!(
@@ -563,9 +567,9 @@ mod tests {
         let msg = |e: rustls::Error| tls_message(&e, &url).unwrap();
         assert_eq!(
             msg(rustls::Error::InvalidCertificate(C::UnknownIssuer)),
-            "certificate for api.example.com is not trusted: unknown issuer (self-signed, or \
-             signed by a CA that is not in the trust store); use --cacert FILE with the CA \
-             that signed it (or --insecure)"
+            "certificate for api.example.com is not trusted: unknown issuer (signed by a CA \
+             that is not in the trust store); use --cacert FILE with the CA that signed it (or \
+             --insecure)"
         );
         assert!(msg(rustls::Error::InvalidCertificate(C::Expired)).contains("has expired"));
         assert!(
