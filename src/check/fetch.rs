@@ -571,6 +571,14 @@ mod tests {
              that is not in the trust store); use --cacert FILE with the CA that signed it (or \
              --insecure)"
         );
+        let self_signed = C::Other(rustls::OtherError(std::sync::Arc::new(
+            super::super::client::SelfSigned,
+        )));
+        assert_eq!(
+            msg(rustls::Error::InvalidCertificate(self_signed)),
+            "certificate for api.example.com is not trusted: self-signed; use --cacert FILE \
+             with that certificate (or --insecure)"
+        );
         assert!(msg(rustls::Error::InvalidCertificate(C::Expired)).contains("has expired"));
         assert!(
             msg(rustls::Error::InvalidCertificate(C::NotValidForName))
