@@ -571,10 +571,10 @@ pub fn redact_proxy(value: &str) -> Option<String> {
         Url::parse(&format!("http://{}", value.trim()))
     }
     .ok()?;
-    let usable = matches!(
-        parsed.scheme(),
-        "http" | "https" | "socks4" | "socks4a" | "socks5" | "socks5h"
-    ) && parsed.host_str().is_some_and(|h| !h.is_empty());
+    // reqwest also takes socks schemes, but is built without SOCKS here: such a proxy
+    // would fail every request, so it is reported like a value reqwest skips.
+    let usable = matches!(parsed.scheme(), "http" | "https")
+        && parsed.host_str().is_some_and(|h| !h.is_empty());
     usable.then(|| super::fetch::redacted(parsed))
 }
 
@@ -594,7 +594,13 @@ fn log_proxies(env: &dyn Fn(&str) -> Option<String>) {
                 no_proxy = no_proxy.as_deref().unwrap_or(""),
                 "{scheme}:// requests go through a proxy"
             ),
-            // reqwest skips it; say so, without the value (it may hold a password).
+            // Without the value: it may hold a password.
+            None if value.trim_start().to_ascii_lowercase().starts_with("socks") => {
+                tracing::warn!(
+                    "{var} is a SOCKS proxy, which recheck does not support: {scheme}:// \
+                     requests sent to it will fail"
+                )
+            }
             None => {
                 tracing::warn!("{var} is not a proxy URL: ignored, {scheme}:// requests go direct")
             }
@@ -648,6 +654,7 @@ mod tests {
         );
         assert_eq!(redact_proxy("http://[::1:s3cret"), None);
         assert_eq!(redact_proxy("ftp://proxy:21"), None);
+        assert_eq!(redact_proxy("socks5://proxy:1080"), None);
     }
 
     #[test]

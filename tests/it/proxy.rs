@@ -102,3 +102,25 @@ fn an_unusable_proxy_value_is_ignored_with_a_warning_that_hides_it() {
     );
     assert!(!err.contains("s3cret"), "{err}");
 }
+
+#[test]
+fn a_socks_proxy_is_not_supported_and_a_warning_says_so() {
+    let server = support::default_server();
+    let sb = Sandbox::new();
+    store(&sb, 1);
+    let out = sb
+        .run(&server, "t", "s.db")
+        .args(["--retries", "0"])
+        .env("ALL_PROXY", "socks5://ops:s3cret@127.0.0.1:9")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ALL_PROXY is a SOCKS proxy, which recheck does not support"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret"), "{err}");
+    // reqwest still sends the request there (as to an HTTP proxy): it fails
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(server.total_requests(), 0);
+}
