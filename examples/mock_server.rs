@@ -4,10 +4,15 @@
 //! ```text
 //! cargo run --release --example mock_server -- [--addr 127.0.0.1:0] [--latency 20ms]
 //!     [--default ok|fail|404|410|s<code>|<code>x<n>|ra<secs>x<n>|hang|garbage|huge[<bytes>]|slow<ms>]
-//!     [--require-header NAME:VALUE] [--overload-above N]
+//!     [--require-header NAME:VALUE] [--overload-above N] [--tls CA_FILE]
 //! ```
 //!
-//! On start it prints exactly one line, `listening on http://ADDR`, to stdout (flushed, so a
+//! With `--tls CA_FILE` it serves TLS (ALPN `h2` and `http/1.1`) with a certificate for
+//! 127.0.0.1 made at start, and writes the CA to trust (`recheck run --cacert CA_FILE`) to
+//! that file before printing its line. Plain TCP serves HTTP/1.1 and h2c (`--http2`).
+//!
+//! On start it prints exactly one line, `listening on http://ADDR` (`https://` with
+//! `--tls`), to stdout (flushed, so a
 //! parent process can read the port) and then serves until killed (or Ctrl-C). Besides
 //! `GET /items/{id}` and `GET /q?id={id}` it serves `GET /_stats` (`?ids=1` for the per-id
 //! counts) and `POST /_reset`. See `tests/support/mock_server.rs` for the id prefixes.
@@ -24,10 +29,11 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use mock_server::{Behavior, MockConfig, MockServer};
+use mock_server::{Behavior, MockConfig, MockServer, MockTls};
 
 const USAGE: &str = "\
-usage: mock_server [--addr ADDR] [--latency DURATION] [--default BEHAVIOUR] [--require-header NAME:VALUE] [--overload-above N]
+usage: mock_server [--addr ADDR] [--latency DURATION] [--default BEHAVIOUR] [--require-header NAME:VALUE]
+                   [--overload-above N] [--tls CA_FILE]
 
   --addr ADDR                  address to bind (default 127.0.0.1:0)
   --latency DURATION           fixed delay before every item answer, e.g. 20ms, 1s (default 0)
@@ -36,11 +42,14 @@ usage: mock_server [--addr ADDR] [--latency DURATION] [--default BEHAVIOUR] [--r
                                hang, garbage, huge[<bytes>], slow<ms>
   --require-header NAME:VALUE  answer 401 to item requests without this exact header
   --overload-above N           answer 429 to item requests that arrive while more than N are in flight
+  --tls CA_FILE                serve TLS (h2 and http/1.1 by ALPN) with a certificate made at
+                               start; the CA to trust is written to CA_FILE (PEM)
 ";
 
 struct Args {
     addr: SocketAddr,
     config: MockConfig,
+    tls_ca_file: Option<std::path::PathBuf>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -66,6 +75,7 @@ fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         config: MockConfig::default(),
+        tls_ca_file: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -106,6 +116,7 @@ fn parse_args() -> Result<Args, String> {
                     .ok_or_else(|| format!("invalid --require-header {v:?} (NAME:VALUE)"))?;
                 args.config.require_header = Some((name.trim().to_owned(), val.trim().to_owned()));
             }
+            "--tls" => args.tls_ca_file = Some(value()?.into()),
             _ => return Err(format!("unknown argument {arg:?}")),
         }
     }
@@ -121,13 +132,23 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let server = match MockServer::bind(args.addr, args.config).await {
+    let bound = match &args.tls_ca_file {
+        None => MockServer::bind(args.addr, args.config).await,
+        Some(_) => MockServer::bind_tls(args.addr, args.config, MockTls::default()).await,
+    };
+    let server = match bound {
         Ok(s) => s,
         Err(e) => {
             eprintln!("mock_server: cannot bind {}: {e}", args.addr);
             return ExitCode::FAILURE;
         }
     };
+    if let Some(path) = &args.tls_ca_file
+        && let Err(e) = std::fs::write(path, server.ca_pem())
+    {
+        eprintln!("mock_server: cannot write --tls {}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
     let mut out = std::io::stdout().lock();
     // A parent process reads this one line to learn the port; flush so it is not buffered.
     if writeln!(out, "listening on {}", server.url())

@@ -79,6 +79,12 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Re-check the task's failed items, write the answers back, print a summary.
+    #[command(
+        after_help = "Proxies: HTTPS_PROXY (https:// URLs), HTTP_PROXY (http:// URLs), ALL_PROXY \
+        (both) and NO_PROXY (hosts or networks that go direct), or their lower-case spellings; \
+        none by default. The proxy in use is logged at start (info, shown with -v too), its \
+        password as ***."
+    )]
     Run(Box<RunArgs>),
     /// Count a task's items per status.
     Status(StatusArgs),
@@ -323,6 +329,41 @@ pub struct RunArgs {
     /// When to exit 1: `any` item not OK, or `never`.
     #[arg(long, value_enum, default_value_t = FailOn::Any, env = "RECHECK_FAIL_ON")]
     pub fail_on: FailOn,
+
+    // --- how requests go out: method, TLS, HTTP/2 (issue 11) ---
+    /// HTTP method: GET, or HEAD to check existence only (no body rules with it:
+    /// --expect-json, --expect-jq, --dead-json and --dead-jq need a body).
+    #[arg(long, value_enum, default_value_t = HttpMethod::Get, ignore_case = true, env = "RECHECK_METHOD")]
+    pub method: HttpMethod,
+    /// Extra trusted CA certificates (PEM, one or several), on top of the system's roots
+    /// [default: the system's roots only].
+    #[arg(long, value_name = "FILE", env = "RECHECK_CACERT")]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate for mutual TLS (PEM; a chain is fine); needs --key [default: none].
+    #[arg(long, value_name = "FILE", requires = "key", env = "RECHECK_CERT")]
+    pub cert: Option<PathBuf>,
+    /// Private key of --cert (PEM: PKCS#8, RSA or EC); needs --cert [default: none].
+    #[arg(long, value_name = "FILE", requires = "cert", env = "RECHECK_KEY")]
+    pub key: Option<PathBuf>,
+    /// Accept any server certificate (expired, self-signed, another name); a warning says
+    /// so. Certificate errors are otherwise final, never retried [default: off].
+    #[arg(long, env = "RECHECK_INSECURE")]
+    pub insecure: bool,
+    /// HTTP/2 with prior knowledge on http:// URLs (h2c). Over https://, HTTP/2 is used
+    /// whenever the server offers it (ALPN), with or without this flag [default: off,
+    /// HTTP/1.1 on http://].
+    #[arg(long, env = "RECHECK_HTTP2")]
+    pub http2: bool,
+}
+
+/// `--method`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "UPPER")]
+pub enum HttpMethod {
+    /// The answer's body can be judged (the default).
+    Get,
+    /// The status only; no body is read.
+    Head,
 }
 
 /// `--progress`: when to draw a progress bar.
@@ -527,6 +568,26 @@ mod tests {
         );
         assert!(parse_backoff("1s..10ms").is_err());
         assert!(parse_backoff("1s").is_err());
+    }
+
+    #[test]
+    fn request_flags() {
+        let r = run_args(&[]);
+        assert_eq!(r.method, HttpMethod::Get);
+        assert!(r.cacert.is_none() && r.cert.is_none() && r.key.is_none());
+        assert!(!r.insecure && !r.http2);
+        let r = run_args(&["--method", "head", "--http2", "--insecure"]);
+        assert_eq!(r.method, HttpMethod::Head);
+        assert!(r.insecure && r.http2);
+        assert_eq!(run_args(&["--method", "HEAD"]).method, HttpMethod::Head);
+        for one_alone in [["--cert", "c.pem"], ["--key", "k.pem"]] {
+            let mut argv = vec!["recheck", "run", "--task", "t"];
+            argv.extend_from_slice(&one_alone);
+            assert!(Cli::try_parse_from(argv).is_err(), "{one_alone:?}");
+        }
+        assert!(
+            Cli::try_parse_from(["recheck", "run", "--task", "t", "--method", "POST"]).is_err()
+        );
     }
 
     #[test]

@@ -64,22 +64,15 @@ pub fn exit_code(summary: &Summary, fail_on: FailOn) -> u8 {
 /// checks after it, every answer still counted and reported).
 pub async fn run(cfg: RunConfig, stop: CancellationToken) -> Result<Summary> {
     let started = Instant::now();
-    crate::limits::ensure_open_files(cfg.concurrency)?;
+    let fds = crate::limits::ensure_open_files(cfg.concurrency, cfg.per_host)?;
+    // Before the store is opened: a bad --cacert/--cert/--key touches nothing.
+    let clients = crate::check::client::Clients::new(cfg.http.clone(), fds)?;
     // Every output path is checked first, creating nothing; the report is created only
     // once the store was opened and validated, so a refused run touches no output file.
     let outputs = OutputFiles::check(&cfg.outputs, cfg.store.path())?;
     let store = Arc::new(store::open(&cfg.store, cfg.store_opts.clone(), OpenMode::Run).await?);
     let outputs = outputs.open(&cfg.task)?;
     let retry_for = sink::retry_budget(cfg.store_opts.lease);
-    let client = reqwest::Client::builder()
-        .user_agent(concat!("recheck/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(cfg.connect_timeout)
-        .pool_max_idle_per_host(cfg.concurrency)
-        .tcp_nodelay(true)
-        // Redirects are followed by `fetch`, which drops secret headers across origins.
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .context("cannot build the HTTP client")?;
     let gate = Arc::new(Gate::new(
         cfg.concurrency,
         cfg.per_host,
@@ -87,7 +80,7 @@ pub async fn run(cfg: RunConfig, stop: CancellationToken) -> Result<Summary> {
         cfg.adaptive,
         cfg.circuit,
     ));
-    let fetcher = Arc::new(Fetcher::new(client, cfg.fetch.clone(), Arc::clone(&gate)));
+    let fetcher = Arc::new(Fetcher::new(clients, cfg.fetch.clone(), Arc::clone(&gate)));
     tracing::info!(task = %cfg.task, store = %cfg.store, concurrency = cfg.concurrency, dry_run = cfg.dry_run, "checking failed items");
 
     // One token halts the run: a signal (`stop`), the deadline, or a store error.

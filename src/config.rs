@@ -13,6 +13,7 @@ use reqwest::header::{
     AUTHORIZATION, COOKIE, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHORIZATION,
 };
 
+use crate::check::client::HttpConfig;
 use crate::check::fetch::FetchConfig;
 use crate::check::jq::JqRule;
 use crate::check::judge::{ExpectStatus, Expectations, JsonRule};
@@ -236,6 +237,8 @@ pub struct RunConfig {
     pub fail_on: FailOn,
     /// The schedule across runs: backoff and give-up.
     pub schedule: Schedule,
+    /// How requests go out: TLS files, HTTP/2 (the files are read when the run starts).
+    pub http: HttpConfig,
 }
 
 /// Maps the store flags to a spec and the column names, refusing non-identifiers.
@@ -359,6 +362,16 @@ impl RunConfig {
                 humantime::format_duration(a.lease)
             );
         }
+        let method = match a.method {
+            crate::cli::HttpMethod::Get => reqwest::Method::GET,
+            crate::cli::HttpMethod::Head => reqwest::Method::HEAD,
+        };
+        if method == reqwest::Method::HEAD && expect.has_body_rules() {
+            bail!(
+                "--method HEAD gets no body: --expect-json, --expect-jq, --dead-json and \
+                 --dead-jq cannot be used with it"
+            );
+        }
         if a.failed_status == a.ok_status {
             bail!(
                 "--failed-status and --ok-status are both {:?}: OK items would be re-checked forever",
@@ -379,6 +392,9 @@ impl RunConfig {
                 expect,
                 headers,
                 secret_headers,
+                method,
+                // Within one attempt's time, so waiting cannot time an item out by itself.
+                first_contact_wait: a.connect_timeout.min(a.timeout / 2),
             },
             concurrency: a.concurrency as usize,
             per_host: a.per_host.map(|n| n as usize),
@@ -398,6 +414,13 @@ impl RunConfig {
             progress: a.progress,
             fail_on: a.fail_on,
             schedule,
+            http: HttpConfig {
+                connect_timeout: a.connect_timeout,
+                cacert: a.cacert.clone(),
+                client_cert: a.cert.clone().zip(a.key.clone()),
+                insecure: a.insecure,
+                http2_prior_knowledge: a.http2,
+            },
         })
     }
 }
@@ -551,6 +574,11 @@ mod tests {
             (vec!["--expect-json", "status=done"], "--expect-json"),
             (vec!["--expect-status", "abc"], "--expect-status"),
             (vec!["--store", "items.csv"], "--store"),
+            (
+                vec!["--method", "HEAD", "--expect-json", "/a=1"],
+                "--method HEAD",
+            ),
+            (vec!["--method", "HEAD", "--dead-jq", ".x"], "--method HEAD"),
         ] {
             let err = RunConfig::from_args(&run_args(&args))
                 .unwrap_err()

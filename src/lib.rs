@@ -13,7 +13,8 @@
 //! - [`model`]: the shared vocabulary (items, outcomes, verdicts); no I/O.
 //! - [`store`]: the batch-shaped [`store::Store`] trait; the JSON/JSONL file stores, and
 //!   [`store::sql`]: one claim-and-write protocol over SQLite, PostgreSQL and MySQL.
-//! - [`check`]: URL template, fetch (timeouts, retries, body cap), judge, the pool.
+//! - [`check`]: URL template, HTTP clients (TLS, HTTP/2, proxies, idle connections), fetch
+//!   (timeouts, retries, body cap), judge, the pool.
 //! - [`sink`]: the single writer; [`report`]: the summary.
 //! - [`shutdown`]: signals to one cancellation token.
 //!

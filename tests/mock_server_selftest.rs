@@ -9,7 +9,7 @@ mod mock_server;
 
 use std::time::{Duration, Instant};
 
-use mock_server::{Behavior, MockConfig, MockServer};
+use mock_server::{Behavior, MockConfig, MockServer, MockTls};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -163,6 +163,13 @@ async fn prefixes_choose_behaviours() {
     assert_eq!(stats["total_requests"], server.total_requests());
     assert_eq!(stats["per_id_max"], 3);
     assert_eq!(stats["requests"]["503x2-9"], 3);
+    assert_eq!(stats["connections"], server.connections());
+    assert!(
+        server.connections() > 1,
+        "the raw client opens one per request"
+    );
+    assert_eq!(stats["tls_handshakes"], 0);
+    assert_eq!(stats["h2_requests"], 0);
 
     server.reset();
     assert_eq!(server.total_requests(), 0);
@@ -529,4 +536,181 @@ async fn loop_redirects_to_itself_and_hugechunked_has_no_length() {
         .unwrap();
     assert_eq!(body.len(), 100_000);
     serde_json::from_slice::<serde_json::Value>(&body).expect("valid JSON");
+}
+
+// ---------------------------------------------------------------------------------------
+// transports: TLS (ALPN h2 / http/1.1, mutual TLS, broken certificates), h2c, HEAD, proxy form
+
+/// A reqwest client trusting only `server`'s CA (no system roots, no proxy).
+fn tls_client(server: &MockServer) -> reqwest::ClientBuilder {
+    let ca = reqwest::Certificate::from_pem(server.ca_pem().as_bytes()).expect("CA PEM");
+    reqwest::Client::builder()
+        .no_proxy()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+}
+
+async fn tls_server(tls: MockTls) -> MockServer {
+    MockServer::start_tls(MockConfig::default(), tls).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_offers_h2_by_alpn_and_counts_one_connection() {
+    let server = tls_server(MockTls::default()).await;
+    assert!(server.url().starts_with("https://127.0.0.1:"));
+    let client = tls_client(&server).build().unwrap();
+    for i in 0..20 {
+        let r = client
+            .get(format!("{}/items/ok-{i}", server.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        assert!(r.text().await.unwrap().contains("done"));
+    }
+    assert_eq!(server.h2_requests(), 20);
+    assert_eq!(server.connections(), 1);
+    assert_eq!(server.tls_handshakes(), 1);
+    assert_eq!(server.tls_failures(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_http1_only_speaks_http11() {
+    let server = tls_server(MockTls {
+        http1_only: true,
+        ..MockTls::default()
+    })
+    .await;
+    let client = tls_client(&server).build().unwrap();
+    let r = client
+        .get(format!("{}/items/ok-1", server.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    assert_eq!(server.h2_requests(), 0);
+    assert_eq!(server.total_requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_server_speaks_h2c_with_prior_knowledge() {
+    let server = MockServer::start(MockConfig::default()).await;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for i in 0..5 {
+        let r = client
+            .get(format!("{}/items/ok-{i}", server.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(server.h2_requests(), 5);
+    assert_eq!(server.connections(), 1);
+    assert_eq!(server.tls_handshakes(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_demands_the_client_certificate() {
+    let server = tls_server(MockTls {
+        require_client_cert: true,
+        ..MockTls::default()
+    })
+    .await;
+    let url = format!("{}/items/ok-1", server.url());
+    let without = tls_client(&server).build().unwrap().get(&url).send().await;
+    assert!(without.is_err(), "{without:?}");
+    let pem = format!("{}\n{}", server.client_cert_pem(), server.client_key_pem());
+    let id = reqwest::Identity::from_pem(pem.as_bytes()).expect("identity");
+    let with = tls_client(&server).identity(id).build().unwrap();
+    assert_eq!(with.get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(
+        server.total_requests(),
+        1,
+        "only the client with a certificate got in"
+    );
+    assert!(server.tls_handshakes() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_certificates_are_refused_by_a_client_trusting_the_ca() {
+    for (what, tls) in [
+        (
+            "expired",
+            MockTls {
+                expired: true,
+                ..MockTls::default()
+            },
+        ),
+        (
+            "another name",
+            MockTls {
+                names: vec!["api.example.invalid".into()],
+                ..MockTls::default()
+            },
+        ),
+    ] {
+        let server = tls_server(tls).await;
+        let r = tls_client(&server)
+            .build()
+            .unwrap()
+            .get(format!("{}/items/ok-1", server.url()))
+            .send()
+            .await;
+        assert!(r.is_err(), "{what}: {r:?}");
+        assert_eq!(server.total_requests(), 0, "{what}");
+    }
+    // Self-signed: unknown to a client trusting nothing, fine once the certificate itself
+    // is trusted.
+    let server = tls_server(MockTls {
+        self_signed: true,
+        ..MockTls::default()
+    })
+    .await;
+    let url = format!("{}/items/ok-1", server.url());
+    let untrusting = reqwest::Client::builder()
+        .no_proxy()
+        .tls_built_in_root_certs(false)
+        .build()
+        .unwrap();
+    assert!(untrusting.get(&url).send().await.is_err());
+    let trusting = tls_client(&server).build().unwrap();
+    assert_eq!(trusting.get(&url).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn head_is_get_without_a_body() {
+    let server = MockServer::start(MockConfig::default()).await;
+    let mut stream = TcpStream::connect(server.addr()).await.unwrap();
+    let req = format!(
+        "HEAD /items/huge1000-1 HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        server.addr()
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let reply = parse_reply(&raw);
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-length"), Some("1000"));
+    assert!(reply.body.is_empty());
+    assert_eq!(get(&server, "/items/404-1").await.status, 404);
+    assert_eq!(server.head_requests(), 1);
+    assert_eq!(server.requests("huge1000-1"), 1);
+}
+
+#[tokio::test]
+async fn absolute_form_requests_are_served_and_counted() {
+    let server = MockServer::start(MockConfig::default()).await;
+    let r = get(&server, "http://api.example.invalid/items/ok-7").await;
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("ok-7"));
+    assert_eq!(server.absolute_form_requests(), 1);
+    get(&server, "/items/ok-8").await;
+    assert_eq!(server.absolute_form_requests(), 1);
+    assert_eq!(server.total_requests(), 2);
 }

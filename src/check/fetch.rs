@@ -7,10 +7,11 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{HeaderMap, HeaderName, LOCATION, RETRY_AFTER};
-use reqwest::{Client, Response, StatusCode};
+use reqwest::{Method, Response, StatusCode};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use super::client::Clients;
 use super::gate::{Gate, Refused};
 use super::hosts::Signal;
 use super::judge::{self, Expectations, Judgement};
@@ -40,11 +41,16 @@ pub struct FetchConfig {
     pub headers: HeaderMap,
     /// Header names never sent to another origin after a redirect.
     pub secret_headers: Vec<HeaderName>,
+    /// `--method`: GET, or HEAD (existence only: no body is read or judged).
+    pub method: Method,
+    /// Most time a request waits for the first answer of a new `https://` origin
+    /// (see `client::FirstContact`).
+    pub first_contact_wait: Duration,
 }
 
-/// Checks items: the shared HTTP client, the admission gate and the config.
+/// Checks items: the shared HTTP clients, the admission gate and the config.
 pub struct Fetcher {
-    client: Client,
+    clients: Clients,
     cfg: FetchConfig,
     gate: std::sync::Arc<Gate>,
 }
@@ -98,9 +104,9 @@ struct Answer {
 }
 
 impl Fetcher {
-    /// A fetcher sending through `client` whatever `gate` admits.
-    pub fn new(client: Client, cfg: FetchConfig, gate: std::sync::Arc<Gate>) -> Fetcher {
-        Fetcher { client, cfg, gate }
+    /// A fetcher sending through `clients` whatever `gate` admits.
+    pub fn new(clients: Clients, cfg: FetchConfig, gate: std::sync::Arc<Gate>) -> Fetcher {
+        Fetcher { clients, cfg, gate }
     }
 
     /// Checks one item. `None` when the run was cancelled before the item got an outcome:
@@ -262,7 +268,8 @@ impl Fetcher {
     async fn attempt(&self, first: &Url) -> Result<Answer, Failure> {
         let mut url = first.clone();
         for hop in 0..=MAX_REDIRECTS {
-            let mut request = self.client.get(url.clone());
+            let (client, contact) = self.clients.for_url(&url);
+            let mut request = client.request(self.cfg.method.clone(), url.clone());
             if !self.cfg.headers.is_empty() {
                 let mut headers = self.cfg.headers.clone();
                 if hop > 0 && url.origin() != first.origin() {
@@ -273,7 +280,10 @@ impl Fetcher {
                 }
                 request = request.headers(headers);
             }
-            let mut resp = request.send().await.map_err(classify)?;
+            let first_turn = contact.wait(self.cfg.first_contact_wait).await;
+            let sent = request.send().await;
+            drop(first_turn);
+            let mut resp = sent.map_err(|e| classify(e, &url))?;
             let status = resp.status();
             if status.is_redirection()
                 && let Some(next) = redirect_target(&resp, &url)?
@@ -291,7 +301,10 @@ impl Fetcher {
             } else {
                 None
             };
-            let body = if self.cfg.expect.status.contains(code) {
+            let body = if self.cfg.method == Method::HEAD {
+                // No body follows a HEAD answer, whatever its Content-Length says.
+                Vec::new()
+            } else if self.cfg.expect.status.contains(code) {
                 // Read (or count) every byte: the cap applies to answers we judge.
                 read_body(
                     &mut resp,
@@ -448,7 +461,12 @@ pub fn backoff(min: Duration, max: Duration, n: u32) -> Duration {
 /// Turns a client error into a retryable or final failure with a message that holds no URL
 /// (URLs may carry tokens in their query) and none of the HTTP stack's internal layers:
 /// what happened, then the root cause (`cannot connect: Connection refused (os error 111)`).
-fn classify(e: reqwest::Error) -> Failure {
+/// A TLS certificate problem is final: another attempt would meet the same certificate.
+fn classify(e: reqwest::Error, url: &Url) -> Failure {
+    if let Some(why) = find_rustls_error(&e).and_then(|tls| tls_message(&tls, url)) {
+        tracing::debug!(error = %describe(&e.without_url()), "TLS failure");
+        return Failure::Fatal(why, None);
+    }
     let retryable = e.is_timeout() || e.is_connect() || e.is_request() || e.is_body();
     let fatal = e.is_builder() || e.is_redirect() || e.is_decode();
     let what = if e.is_connect() && e.is_timeout() {
@@ -474,6 +492,109 @@ fn classify(e: reqwest::Error) -> Failure {
     } else {
         Failure::Fatal(msg, None)
     }
+}
+
+/// The rustls error somewhere in an error's chain. `std::io::Error` hides the error it
+/// wraps from `source()` (it returns the wrapped error's own source), and hyper passes TLS
+/// failures up as such io errors, so each io link is opened by hand. An alert read after
+/// the handshake (a server refusing the client certificate, under TLS 1.3) comes up as
+/// text only, so that one is recognised by rustls's wording of it.
+fn find_rustls_error(e: &(dyn std::error::Error + 'static)) -> Option<rustls::Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls.clone());
+        }
+        let io_inner = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref());
+        if let Some(alert) = io_inner.and_then(|inner| alert_from_text(&inner.to_string())) {
+            return Some(rustls::Error::AlertReceived(alert));
+        }
+        // io errors nest (hyper-rustls wraps tokio-rustls's), so go into each one.
+        cur = match io_inner {
+            Some(inner) => Some(inner),
+            None => err.source(),
+        };
+    }
+    None
+}
+
+/// The certificate alerts, by the name rustls's "received fatal alert: NAME" uses.
+fn alert_from_text(text: &str) -> Option<rustls::AlertDescription> {
+    use rustls::AlertDescription as A;
+    let name = text.strip_prefix("received fatal alert: ")?.trim();
+    [
+        A::CertificateRequired,
+        A::BadCertificate,
+        A::UnknownCA,
+        A::CertificateUnknown,
+        A::AccessDenied,
+        A::CertificateExpired,
+        A::CertificateRevoked,
+        A::UnsupportedCertificate,
+    ]
+    .into_iter()
+    .find(|a| format!("{a:?}") == name)
+}
+
+/// A message for people about a TLS failure that no retry can fix, or `None` for the
+/// others (they stay connection errors, retried).
+fn tls_message(e: &rustls::Error, url: &Url) -> Option<String> {
+    use rustls::{AlertDescription as Alert, CertificateError as C};
+    let host = url.host_str().unwrap_or("the server");
+    let fix = "use --cacert FILE with the CA that signed it (or --insecure)";
+    let untrusted = |why: &str| format!("certificate for {host} is not trusted: {why}; {fix}");
+    let msg = match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::UnknownIssuer => {
+                untrusted("unknown issuer (signed by a CA that is not in the trust store)")
+            }
+            C::Other(o) if o.0.downcast_ref::<super::client::SelfSigned>().is_some() => format!(
+                "certificate for {host} is not trusted: self-signed; use --cacert FILE with that \
+                 certificate (or --insecure)"
+            ),
+            C::Expired | C::ExpiredContext { .. } => {
+                format!(
+                    "certificate for {host} has expired ({c}); the server must renew it (or --insecure)"
+                )
+            }
+            C::NotValidYet | C::NotValidYetContext { .. } => {
+                format!(
+                    "certificate for {host} is not valid yet ({c}); check the clock (or --insecure)"
+                )
+            }
+            C::NotValidForName | C::NotValidForNameContext { .. } => format!(
+                "certificate is not valid for the name {host} ({c}); use the name the certificate \
+                 was issued for (or --insecure)"
+            ),
+            C::BadSignature => untrusted("bad signature"),
+            C::Revoked => format!("certificate for {host} is revoked"),
+            // webpki's "a CA certificate as the server's own": the usual self-signed
+            // certificate made with `openssl req -x509`, which rustls refuses even when
+            // trusted. Only its Debug text names it without depending on webpki.
+            C::Other(o) if format!("{o:?}").contains("CaUsedAsEndEntity") => untrusted(
+                "self-signed (the server presents a CA certificate as its own, which is \
+                 refused even with --cacert; give the server a leaf certificate, or --insecure)",
+            ),
+            other => untrusted(&other.to_string()),
+        },
+        rustls::Error::AlertReceived(
+            a @ (Alert::CertificateRequired
+            | Alert::BadCertificate
+            | Alert::UnknownCA
+            | Alert::CertificateUnknown
+            | Alert::AccessDenied
+            | Alert::CertificateExpired
+            | Alert::CertificateRevoked
+            | Alert::UnsupportedCertificate),
+        ) => format!(
+            "{host} refused the TLS client certificate ({a:?}); give the one it accepts with \
+             --cert FILE --key FILE"
+        ),
+        _ => return None,
+    };
+    Some(msg)
 }
 
 /// The innermost error of a chain, when there is more than one link.
@@ -518,6 +639,46 @@ mod tests {
         // degenerate bounds
         assert_eq!(backoff(max, max, 5), max);
         assert_eq!(backoff(Duration::ZERO, Duration::ZERO, 5), Duration::ZERO);
+    }
+
+    #[test]
+    fn tls_failures_get_messages_for_people() {
+        use rustls::CertificateError as C;
+        let url = Url::parse("https://api.example.com/items/1").unwrap();
+        let msg = |e: rustls::Error| tls_message(&e, &url).unwrap();
+        assert_eq!(
+            msg(rustls::Error::InvalidCertificate(C::UnknownIssuer)),
+            "certificate for api.example.com is not trusted: unknown issuer (signed by a CA \
+             that is not in the trust store); use --cacert FILE with the CA that signed it (or \
+             --insecure)"
+        );
+        let self_signed = C::Other(rustls::OtherError(std::sync::Arc::new(
+            super::super::client::SelfSigned,
+        )));
+        assert_eq!(
+            msg(rustls::Error::InvalidCertificate(self_signed)),
+            "certificate for api.example.com is not trusted: self-signed; use --cacert FILE \
+             with that certificate (or --insecure)"
+        );
+        assert!(msg(rustls::Error::InvalidCertificate(C::Expired)).contains("has expired"));
+        assert!(
+            msg(rustls::Error::InvalidCertificate(C::NotValidForName))
+                .contains("not valid for the name api.example.com")
+        );
+        // a transient TLS problem is not a certificate error: stays retryable
+        assert!(tls_message(&rustls::Error::DecryptError, &url).is_none());
+        // the alert that only comes up as text
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "received fatal alert: CertificateRequired",
+        );
+        let found = find_rustls_error(&io).unwrap();
+        assert!(msg(found).contains("--cert FILE --key FILE"));
+        let other = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "received fatal alert: DecodeError",
+        );
+        assert!(find_rustls_error(&other).is_none());
     }
 
     #[test]

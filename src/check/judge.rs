@@ -344,7 +344,7 @@ pub struct Expectations {
 
 impl Expectations {
     /// Whether any rule looks at the body.
-    fn has_body_rules(&self) -> bool {
+    pub fn has_body_rules(&self) -> bool {
         !self.json.is_empty()
             || !self.jq.is_empty()
             || !self.dead_json.is_empty()

@@ -146,6 +146,9 @@ fn run_measured(sb: &Sandbox, args: &[String], bound: Duration) -> Measured {
             cmd.env_remove(k);
         }
     }
+    for k in crate::support::PROXY_VARS {
+        cmd.env_remove(k);
+    }
     let started = Instant::now();
     #[allow(clippy::zombie_processes, reason = "reaped by wait4 below")]
     let mut child = cmd.spawn().expect("spawn recheck");

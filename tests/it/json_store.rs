@@ -136,7 +136,11 @@ fn a_locked_file_store_fails_fast_naming_the_holder() {
     )
     .unwrap();
     let server = support::default_server();
-    let mut first = std::process::Command::new(assert_cmd::cargo::cargo_bin("recheck"))
+    let mut first = std::process::Command::new(assert_cmd::cargo::cargo_bin("recheck"));
+    for k in crate::support::PROXY_VARS {
+        first.env_remove(k);
+    }
+    let mut first = first
         .current_dir(sb.dir.path())
         .args([
             "run",

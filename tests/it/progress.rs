@@ -67,6 +67,9 @@ fn run_in_pty(sandbox: &Sandbox, args: &[&str]) -> PtyRun {
             cmd.env_remove(k);
         }
     }
+    for k in crate::support::PROXY_VARS {
+        cmd.env_remove(k);
+    }
     cmd.env_remove("RUST_LOG");
     let started = Instant::now();
     let mut child = cmd.spawn().expect("spawn recheck");

@@ -28,6 +28,19 @@
 //! override set with [`MockServer::set`] wins over the prefix (and is the only way to get
 //! [`Behavior::Redirect`]).
 //!
+//! `HEAD` is answered like `GET` (same status and headers, no body) and counted in
+//! [`MockServer::head_requests`]. A request in absolute form (`GET http://host/items/x`, what
+//! a client sends to an HTTP proxy) is routed by its path like any other and counted in
+//! [`MockServer::absolute_form_requests`], so a test can point `HTTP_PROXY` at the server.
+//!
+//! Transports: plain TCP serves HTTP/1.1 and HTTP/2 with prior knowledge (h2c);
+//! [`MockServer::start_tls`] serves TLS with a certificate made at start by a CA of its own
+//! ([`MockServer::ca_pem`] is what a client passes as `--cacert`), offering `h2` and
+//! `http/1.1` by ALPN, optionally demanding a client certificate from that CA
+//! ([`MockServer::client_cert_pem`], [`MockServer::client_key_pem`]) or presenting a
+//! broken one (expired, another name, self-signed). [`MockServer::connections`],
+//! [`MockServer::tls_handshakes`] and [`MockServer::h2_requests`] show connection reuse.
+//!
 //! Besides the item routes the server answers `GET /_stats` (JSON counters, add `?ids=1` for
 //! the per-id map) and `POST /_reset`; those two are control endpoints and are not counted.
 //! Every other path gets 404 `{"error":"no route"}`.
@@ -62,11 +75,12 @@ use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, Version, header};
 use axum::response::Response;
 use axum::serve::{IncomingStream, Listener};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::rustls;
 
 /// Default size of a `huge` body without an explicit byte count.
 pub const DEFAULT_HUGE_BYTES: u64 = 8 * 1024 * 1024;
@@ -276,12 +290,132 @@ impl Default for MockConfig {
     }
 }
 
+/// TLS settings of [`MockServer::start_tls`]. The default: a certificate for `127.0.0.1`
+/// and `localhost`, valid now, signed by the server's own CA, ALPN `h2` and `http/1.1`, no
+/// client certificate asked for.
+#[derive(Clone, Debug, Default)]
+pub struct MockTls {
+    /// Names (DNS names or IP addresses) the server certificate is for; empty: `127.0.0.1`
+    /// and `localhost`.
+    pub names: Vec<String>,
+    /// The server certificate expired (valid 2020-01-01 to 2021-01-01).
+    pub expired: bool,
+    /// The server certificate is self-signed (no CA; [`MockServer::ca_pem`] is then that
+    /// certificate itself).
+    pub self_signed: bool,
+    /// With `self_signed`: the certificate says it is a CA (`CA:TRUE`), as the ones
+    /// `openssl req -x509` makes by default.
+    pub ca_flag: bool,
+    /// Demand a client certificate signed by the server's CA (mutual TLS).
+    pub require_client_cert: bool,
+    /// Offer only `http/1.1` by ALPN (no HTTP/2).
+    pub http1_only: bool,
+}
+
+/// The certificates of a TLS mock server, made at start.
+struct Pki {
+    /// What a client trusts: the CA certificate (or the self-signed server certificate).
+    trust_pem: String,
+    client_cert_pem: String,
+    client_key_pem: String,
+    config: Arc<rustls::ServerConfig>,
+}
+
+impl Pki {
+    fn make(tls: &MockTls) -> Pki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
+            ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+        };
+        let named = |cn: &str, names: Vec<String>| {
+            let mut p = CertificateParams::new(names).expect("mock TLS: certificate names");
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::CommonName, cn);
+            p.distinguished_name = dn;
+            p
+        };
+        let mut ca_params = named("recheck mock CA", Vec::new());
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_key = KeyPair::generate().expect("mock TLS: CA key");
+        let ca = CertifiedIssuer::self_signed(ca_params, ca_key).expect("mock TLS: CA");
+
+        let names = if tls.names.is_empty() {
+            vec!["127.0.0.1".to_string(), "localhost".to_string()]
+        } else {
+            tls.names.clone()
+        };
+        let mut leaf = named("recheck mock server", names);
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        if tls.expired {
+            leaf.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            leaf.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        if tls.ca_flag {
+            leaf.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        }
+        let leaf_key = KeyPair::generate().expect("mock TLS: server key");
+        let leaf_cert = if tls.self_signed {
+            leaf.self_signed(&leaf_key)
+        } else {
+            leaf.signed_by(&leaf_key, &ca)
+        }
+        .expect("mock TLS: server certificate");
+        let trust_pem = if tls.self_signed {
+            leaf_cert.pem()
+        } else {
+            ca.pem()
+        };
+
+        let mut client = named("recheck test client", Vec::new());
+        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client_key = KeyPair::generate().expect("mock TLS: client key");
+        let client_cert = client
+            .signed_by(&client_key, &ca)
+            .expect("mock TLS: client certificate");
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .expect("mock TLS: protocol versions");
+        let builder = if tls.require_client_cert {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.der().clone()).expect("mock TLS: CA as root");
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .expect("mock TLS: client verifier");
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+        let mut config = builder
+            .with_single_cert(vec![leaf_cert.der().clone()], key)
+            .expect("mock TLS: server certificate and key");
+        config.alpn_protocols = if tls.http1_only {
+            vec![b"http/1.1".to_vec()]
+        } else {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        };
+        Pki {
+            trust_pem,
+            client_cert_pem: client_cert.pem(),
+            client_key_pem: client_key.serialize_pem(),
+            config: Arc::new(config),
+        }
+    }
+}
+
 /// A running mock server. It serves on the tokio runtime it was started on until this
 /// handle is dropped (then it stops accepting and closes idle connections), so keep it alive
 /// for as long as the test needs the server.
 pub struct MockServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    pki: Option<Arc<Pki>>,
     /// Dropping this sender triggers the graceful shutdown of the serve task.
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
@@ -308,10 +442,42 @@ impl MockServer {
 
     /// Like [`MockServer::start`] on a chosen address (the standalone binary's `--addr`).
     pub async fn bind(addr: SocketAddr, config: MockConfig) -> std::io::Result<MockServer> {
+        MockServer::serve(addr, config, None).await
+    }
+
+    /// Like [`MockServer::start`], serving TLS (HTTP/2 or HTTP/1.1 by ALPN) with
+    /// certificates made now; `https://` in [`MockServer::url`] and the templates.
+    ///
+    /// # Panics
+    /// If the loopback port cannot be bound or the certificates cannot be made.
+    pub async fn start_tls(config: MockConfig, tls: MockTls) -> MockServer {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        MockServer::serve(addr, config, Some(Arc::new(Pki::make(&tls))))
+            .await
+            .expect("mock server: bind 127.0.0.1:0")
+    }
+
+    /// Like [`MockServer::start_tls`] on a chosen address (the standalone binary's `--tls`).
+    pub async fn bind_tls(
+        addr: SocketAddr,
+        config: MockConfig,
+        tls: MockTls,
+    ) -> std::io::Result<MockServer> {
+        MockServer::serve(addr, config, Some(Arc::new(Pki::make(&tls)))).await
+    }
+
+    async fn serve(
+        addr: SocketAddr,
+        config: MockConfig,
+        pki: Option<Arc<Pki>>,
+    ) -> std::io::Result<MockServer> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let listener = MockListener(listener);
         let shared = Arc::new(Shared::new(config));
+        let listener = match &pki {
+            None => MockListener::Plain(listener, Arc::clone(&shared)),
+            Some(pki) => MockListener::tls(listener, Arc::clone(&pki.config), Arc::clone(&shared)),
+        };
         let app = Router::new()
             .fallback(handle)
             .with_state(Arc::clone(&shared))
@@ -327,8 +493,72 @@ impl MockServer {
         Ok(MockServer {
             addr,
             shared,
+            pki,
             _shutdown: tx,
         })
+    }
+
+    /// PEM of the certificate a client must trust for a TLS server (`--cacert`): its CA,
+    /// or the server certificate itself when [`MockTls::self_signed`].
+    ///
+    /// # Panics
+    /// If the server does not serve TLS.
+    pub fn ca_pem(&self) -> String {
+        self.pki().trust_pem.clone()
+    }
+
+    /// PEM of a client certificate signed by the server's CA (for `--cert`).
+    ///
+    /// # Panics
+    /// If the server does not serve TLS.
+    pub fn client_cert_pem(&self) -> String {
+        self.pki().client_cert_pem.clone()
+    }
+
+    /// PEM (PKCS#8) of the key of [`MockServer::client_cert_pem`] (for `--key`).
+    ///
+    /// # Panics
+    /// If the server does not serve TLS.
+    pub fn client_key_pem(&self) -> String {
+        self.pki().client_key_pem.clone()
+    }
+
+    fn pki(&self) -> &Pki {
+        self.pki.as_deref().expect("mock server: not a TLS server")
+    }
+
+    /// TCP connections accepted since start, those of control requests included (not
+    /// cleared by [`MockServer::reset`]; also `connections` in `/_stats`, with
+    /// `tls_handshakes` and `h2_requests`).
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// TLS handshakes completed since start (0 for a plain server).
+    pub fn tls_handshakes(&self) -> u64 {
+        self.shared.tls_handshakes.load(Ordering::Relaxed)
+    }
+
+    /// TLS handshakes that failed since start (a client that refused the certificate, or
+    /// brought no client certificate when one is required).
+    pub fn tls_failures(&self) -> u64 {
+        self.shared.tls_failures.load(Ordering::Relaxed)
+    }
+
+    /// Requests that came over HTTP/2 (h2 by ALPN, or h2c), since start or the last reset.
+    pub fn h2_requests(&self) -> u64 {
+        self.shared.h2_requests.load(Ordering::Relaxed)
+    }
+
+    /// `HEAD` requests, since start or the last reset.
+    pub fn head_requests(&self) -> u64 {
+        self.shared.head_requests.load(Ordering::Relaxed)
+    }
+
+    /// HTTP/1 requests in absolute form (`GET http://host/path`, as sent to a proxy), since
+    /// start or the last reset.
+    pub fn absolute_form_requests(&self) -> u64 {
+        self.shared.absolute_form.load(Ordering::Relaxed)
     }
 
     /// The bound address.
@@ -336,19 +566,20 @@ impl MockServer {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` for a TLS server).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.pki.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
-    /// `http://127.0.0.1:PORT/items/{id}`.
+    /// `http://127.0.0.1:PORT/items/{id}` (`https://` for a TLS server).
     pub fn item_url_template(&self) -> String {
-        format!("http://{}/items/{{id}}", self.addr)
+        format!("{}/items/{{id}}", self.url())
     }
 
-    /// `http://127.0.0.1:PORT/q?id={id}` (the id in the query).
+    /// `http://127.0.0.1:PORT/q?id={id}` (the id in the query; `https://` for TLS).
     pub fn query_url_template(&self) -> String {
-        format!("http://{}/q?id={{id}}", self.addr)
+        format!("{}/q?id={{id}}", self.url())
     }
 
     /// Per-id override; wins over the prefix rule. Survives [`MockServer::reset`].
@@ -449,28 +680,132 @@ impl MockServer {
 // connections
 
 /// The server's listener: TCP with `TCP_NODELAY`, each connection wrapped in a [`MockConn`]
-/// so that a handler can reset its own connection ([`Behavior::Reset`]).
-struct MockListener(TcpListener);
+/// so that a handler can reset its own connection ([`Behavior::Reset`]). For TLS, a task of
+/// its own accepts and runs each handshake in a task, so a slow or failing handshake never
+/// holds up the others; finished ones arrive on a channel.
+enum MockListener {
+    Plain(TcpListener, Arc<Shared>),
+    Tls {
+        ready: tokio::sync::mpsc::Receiver<(MockConn, SocketAddr)>,
+        local: SocketAddr,
+    },
+}
+
+/// Most time a TLS handshake may take before the mock server drops the connection.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl MockListener {
+    fn tls(listener: TcpListener, config: Arc<rustls::ServerConfig>, shared: Arc<Shared>) -> Self {
+        let local = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let (tx, ready) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(async move {
+            loop {
+                // The server stopping drops the receiver: stop accepting then.
+                let (tcp, peer) = tokio::select! {
+                    r = listener.accept() => match r {
+                        Ok(x) => x,
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    },
+                    _ = tx.closed() => return,
+                };
+                shared.connections.fetch_add(1, Ordering::Relaxed);
+                let _ = tcp.set_nodelay(true);
+                let (acceptor, tx, shared) = (acceptor.clone(), tx.clone(), Arc::clone(&shared));
+                tokio::spawn(async move {
+                    let accept = acceptor.accept(tcp).into_fallible();
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+                        Ok(Ok(tls)) => {
+                            shared.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+                            let conn = MockConn {
+                                stream: Stream::Tls(Box::new(tls)),
+                                reset: Arc::new(AtomicBool::new(false)),
+                            };
+                            let _ = tx.send((conn, peer)).await;
+                        }
+                        Ok(Err((_, tcp))) => {
+                            shared.tls_failures.fetch_add(1, Ordering::Relaxed);
+                            linger_close(tcp).await;
+                        }
+                        Err(_) => {
+                            shared.tls_failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        MockListener::Tls { ready, local }
+    }
+}
 
 impl Listener for MockListener {
     type Io = MockConn;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (MockConn, SocketAddr) {
-        // axum's impl retries (and backs off on) accept errors.
-        let (tcp, peer) = Listener::accept(&mut self.0).await;
-        // Small responses are written in one go, but without NODELAY Nagle's algorithm can
-        // still delay a response behind the peer's delayed ACK (~40 ms) and wreck latencies.
-        let _ = tcp.set_nodelay(true);
-        let conn = MockConn {
-            tcp,
-            reset: Arc::new(AtomicBool::new(false)),
-        };
-        (conn, peer)
+        match self {
+            MockListener::Plain(listener, shared) => {
+                // axum's impl retries (and backs off on) accept errors.
+                let (tcp, peer) = Listener::accept(listener).await;
+                shared.connections.fetch_add(1, Ordering::Relaxed);
+                // Small responses are written in one go, but without NODELAY Nagle's
+                // algorithm can still delay a response behind the peer's delayed ACK
+                // (~40 ms) and wreck latencies.
+                let _ = tcp.set_nodelay(true);
+                let conn = MockConn {
+                    stream: Stream::Plain(tcp),
+                    reset: Arc::new(AtomicBool::new(false)),
+                };
+                (conn, peer)
+            }
+            MockListener::Tls { ready, .. } => match ready.recv().await {
+                Some(c) => c,
+                // The accepting task only ends once this receiver is gone.
+                None => std::future::pending().await,
+            },
+        }
     }
 
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.0.local_addr()
+        match self {
+            MockListener::Plain(l, _) => l.local_addr(),
+            MockListener::Tls { local, .. } => Ok(*local),
+        }
+    }
+}
+
+/// Closes a connection whose handshake failed the way a real server does: the alert rustls
+/// wrote goes out, then a FIN, and what the client still sends (its request, under TLS 1.3
+/// the client's handshake is over before the server refuses its certificate) is read and
+/// dropped for a moment. Dropping the socket with unread data would send a RST instead, and
+/// the client could lose the alert that says why.
+async fn linger_close(mut tcp: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
+/// The byte stream of a connection: TCP, or TLS over TCP.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(t) => t,
+            Stream::Tls(t) => t.get_ref().0,
+        }
     }
 }
 
@@ -479,7 +814,7 @@ impl Listener for MockListener {
 /// connection and drops it, and the drop closes the socket with `SO_LINGER` 0: the peer
 /// gets a TCP RST instead of an answer.
 struct MockConn {
-    tcp: TcpStream,
+    stream: Stream,
     reset: Arc<AtomicBool>,
 }
 
@@ -496,7 +831,7 @@ fn reset_error() -> std::io::Error {
 impl Drop for MockConn {
     fn drop(&mut self) {
         if self.is_reset() {
-            let _ = self.tcp.set_zero_linger();
+            let _ = self.stream.tcp().set_zero_linger();
         }
     }
 }
@@ -507,7 +842,10 @@ impl AsyncRead for MockConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_read(cx, buf)
+        match &mut self.stream {
+            Stream::Plain(t) => Pin::new(t).poll_read(cx, buf),
+            Stream::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+        }
     }
 }
 
@@ -520,7 +858,10 @@ impl AsyncWrite for MockConn {
         if self.is_reset() {
             return Poll::Ready(Err(reset_error()));
         }
-        Pin::new(&mut self.tcp).poll_write(cx, buf)
+        match &mut self.stream {
+            Stream::Plain(t) => Pin::new(t).poll_write(cx, buf),
+            Stream::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
+        }
     }
 
     fn poll_write_vectored(
@@ -531,18 +872,27 @@ impl AsyncWrite for MockConn {
         if self.is_reset() {
             return Poll::Ready(Err(reset_error()));
         }
-        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+        match &mut self.stream {
+            Stream::Plain(t) => Pin::new(t).poll_write_vectored(cx, bufs),
+            Stream::Tls(t) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
+        match &self.stream {
+            Stream::Plain(t) => t.is_write_vectored(),
+            Stream::Tls(t) => t.is_write_vectored(),
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         if self.is_reset() {
             return Poll::Ready(Err(reset_error()));
         }
-        Pin::new(&mut self.tcp).poll_flush(cx)
+        match &mut self.stream {
+            Stream::Plain(t) => Pin::new(t).poll_flush(cx),
+            Stream::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -550,7 +900,10 @@ impl AsyncWrite for MockConn {
             // No FIN: the drop sends the RST.
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.tcp).poll_shutdown(cx)
+        match &mut self.stream {
+            Stream::Plain(t) => Pin::new(t).poll_shutdown(cx),
+            Stream::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 
@@ -623,6 +976,12 @@ struct Shared {
     per_id_max: AtomicU64,
     raw_paths: Mutex<CappedLog<String>>,
     answered: Mutex<CappedLog<(String, u16, Instant)>>,
+    connections: AtomicU64,
+    tls_handshakes: AtomicU64,
+    tls_failures: AtomicU64,
+    h2_requests: AtomicU64,
+    head_requests: AtomicU64,
+    absolute_form: AtomicU64,
 }
 
 /// Locks, ignoring poisoning (a panicking test thread must not take every later check down).
@@ -641,6 +1000,12 @@ impl Shared {
             per_id_max: AtomicU64::new(0),
             raw_paths: Mutex::new(CappedLog::new(RAW_PATHS_CAP)),
             answered: Mutex::new(CappedLog::new(ANSWERED_CAP)),
+            connections: AtomicU64::new(0),
+            tls_handshakes: AtomicU64::new(0),
+            tls_failures: AtomicU64::new(0),
+            h2_requests: AtomicU64::new(0),
+            head_requests: AtomicU64::new(0),
+            absolute_form: AtomicU64::new(0),
         }
     }
 
@@ -693,6 +1058,9 @@ impl Shared {
                 e.headers = None;
             }
         }
+        for c in [&self.h2_requests, &self.head_requests, &self.absolute_form] {
+            c.store(0, Ordering::Relaxed);
+        }
         let paths = std::mem::replace(&mut *lock(&self.raw_paths), CappedLog::new(RAW_PATHS_CAP));
         let answered = std::mem::replace(&mut *lock(&self.answered), CappedLog::new(ANSWERED_CAP));
         drop((paths, answered));
@@ -716,11 +1084,14 @@ impl Shared {
         }
         // Written by hand to keep the documented key order (serde_json's map sorts keys).
         let mut doc = format!(
-            r#"{{"total_requests":{},"high_water":{},"in_flight":{},"per_id_max":{},"ids":{ids}"#,
+            r#"{{"total_requests":{},"high_water":{},"in_flight":{},"per_id_max":{},"ids":{ids},"connections":{},"tls_handshakes":{},"h2_requests":{}"#,
             self.total.load(Ordering::Relaxed),
             self.high_water.load(Ordering::Relaxed),
             self.in_flight.load(Ordering::Relaxed),
             self.per_id_max.load(Ordering::Relaxed),
+            self.connections.load(Ordering::Relaxed),
+            self.tls_handshakes.load(Ordering::Relaxed),
+            self.h2_requests.load(Ordering::Relaxed),
         );
         if with_ids {
             doc.push_str(r#","requests":"#);
@@ -882,6 +1253,15 @@ async fn handle(
         .config
         .overload_above
         .is_some_and(|k| shared.in_flight.load(Ordering::Relaxed) > k);
+    if parts.version == Version::HTTP_2 {
+        shared.h2_requests.fetch_add(1, Ordering::Relaxed);
+    } else if parts.uri.authority().is_some() {
+        // HTTP/2 always carries the authority; in HTTP/1 only a proxy request does.
+        shared.absolute_form.fetch_add(1, Ordering::Relaxed);
+    }
+    if parts.method == Method::HEAD {
+        shared.head_requests.fetch_add(1, Ordering::Relaxed);
+    }
 
     let id = match route(&parts.uri) {
         Route::Id(id) => id,
@@ -894,7 +1274,8 @@ async fn handle(
         Route::MissingId => return json(StatusCode::BAD_REQUEST, r#"{"error":"missing id"}"#),
         Route::Unrouted => return json(StatusCode::NOT_FOUND, r#"{"error":"no route"}"#),
     };
-    if parts.method != Method::GET {
+    // HEAD is GET without the body, which hyper leaves out by itself.
+    if parts.method != Method::GET && parts.method != Method::HEAD {
         return method_not_allowed();
     }
 
@@ -1082,7 +1463,7 @@ fn method_not_allowed() -> Response {
         r#"{"error":"method not allowed"}"#,
     );
     r.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static("GET"));
+        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
     r
 }
 

@@ -10,7 +10,7 @@ pub mod db;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-pub use mock_server::{Behavior, MockConfig, MockServer};
+pub use mock_server::{Behavior, MockConfig, MockServer, MockTls};
 
 /// One multi-threaded runtime for every mock server of the test binary, so tests can be
 /// plain `#[test]`s that block on the binary while the server keeps serving.
@@ -29,6 +29,25 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 pub fn server(config: MockConfig) -> MockServer {
     runtime().block_on(MockServer::start(config))
 }
+
+/// Starts a TLS mock server (on 127.0.0.1:0) with certificates made now.
+pub fn tls_server(config: MockConfig, tls: MockTls) -> MockServer {
+    runtime().block_on(MockServer::start_tls(config, tls))
+}
+
+/// The proxy variables reqwest reads: cleared for every `recheck` a test starts, so a proxy
+/// set on the machine running the tests cannot send loopback requests elsewhere (tests that
+/// test proxies set them again).
+pub const PROXY_VARS: [&str; 8] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
 
 /// A mock server with default behaviour.
 pub fn default_server() -> MockServer {
@@ -51,8 +70,8 @@ impl Sandbox {
         self.dir.path().join(name)
     }
 
-    /// `recheck` with the sandbox as working directory and no inherited RECHECK_* or
-    /// RUST_LOG variables.
+    /// `recheck` with the sandbox as working directory and no inherited RECHECK_*, RUST_LOG
+    /// or proxy variables.
     pub fn cmd(&self) -> assert_cmd::Command {
         let mut cmd = assert_cmd::Command::cargo_bin("recheck").expect("recheck binary");
         cmd.current_dir(self.dir.path());
@@ -62,6 +81,9 @@ impl Sandbox {
             }
         }
         cmd.env_remove("RUST_LOG");
+        for k in PROXY_VARS {
+            cmd.env_remove(k);
+        }
         cmd.timeout(std::time::Duration::from_secs(120));
         cmd
     }
@@ -172,6 +194,9 @@ impl Sandbox {
             }
         }
         cmd.env_remove("RUST_LOG");
+        for k in PROXY_VARS {
+            cmd.env_remove(k);
+        }
         Running {
             child: cmd.spawn().expect("spawn recheck"),
         }
