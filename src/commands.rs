@@ -115,6 +115,10 @@ pub async fn run(cfg: RunConfig, stop: CancellationToken) -> Result<Summary> {
     let total = sink::retry_transient("counting items", retry_for, || store.pending()).await?;
     let total = cfg.limit.map_or(total, |l| l.min(total));
     let progress = Arc::new(Progress::start(cfg.progress, total));
+    {
+        let gate = Arc::clone(&gate);
+        progress.watch_host_limits(Arc::new(move || gate.limits_below_bound()));
+    }
     let sink_opts = sink::SinkOptions {
         dry_run: cfg.dry_run,
         retry_for,

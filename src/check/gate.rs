@@ -186,6 +186,31 @@ impl Gate {
         }
     }
 
+    /// The hosts whose adaptive limit is below its bound, for the progress line:
+    /// `api:443 9/50, cdn:443 3/50` (the three lowest), or empty.
+    pub fn limits_below_bound(&self) -> String {
+        let Some(hosts) = &self.hosts else {
+            return String::new();
+        };
+        let mut low: Vec<(usize, usize, String)> = hosts
+            .limits()
+            .into_iter()
+            .filter(|(_, limit, max)| limit < max)
+            .map(|(h, l, m)| (l, m, h))
+            .collect();
+        low.sort();
+        let more = low.len().saturating_sub(3);
+        let mut text: Vec<String> = low
+            .iter()
+            .take(3)
+            .map(|(l, m, h)| format!("{h} {l}/{m}"))
+            .collect();
+        if more > 0 {
+            text.push(format!("{more} more"));
+        }
+        text.join(", ")
+    }
+
     /// Every host's line of the summary (empty without per-host limits or circuits).
     pub fn host_summaries(&self) -> Vec<HostSummary> {
         self.hosts.as_ref().map_or_else(Vec::new, Hosts::summaries)
@@ -252,6 +277,25 @@ mod tests {
         gate.pause_host(&url("http://a/"), Duration::from_secs(3));
         gate.admit(&url("http://b/x"), &stop).await.ok().unwrap();
         assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn limits_below_their_bound_are_named() {
+        let gate = Gate::new(10, Some(5), None, true, 0);
+        let stop = CancellationToken::new();
+        assert_eq!(gate.limits_below_bound(), "");
+        let a = gate.admit(&url("http://a/1"), &stop).await.ok().unwrap();
+        assert_eq!(a.host_limit(), Some(5));
+        a.done(Signal::Answer(429), false);
+        gate.admit(&url("http://b/1"), &stop)
+            .await
+            .ok()
+            .unwrap()
+            .done(Signal::Answer(200), false);
+        assert_eq!(gate.limits_below_bound(), "a:80 4/5");
+        let s = gate.host_summaries();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.iter().find(|h| h.host == "a:80").unwrap().lowest_limit, 4);
     }
 
     #[tokio::test]

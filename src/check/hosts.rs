@@ -549,6 +549,14 @@ impl Hosts {
         h
     }
 
+    /// Every host's (name, limit, bound), cheaply (no statistics).
+    pub fn limits(&self) -> Vec<(String, usize, usize)> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.values()
+            .map(|h| (h.name.clone(), h.ctl().limit, h.policy.max))
+            .collect()
+    }
+
     /// Every host that got a request or deferred an item, busiest first.
     pub fn summaries(&self) -> Vec<HostSummary> {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());

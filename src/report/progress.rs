@@ -243,6 +243,17 @@ impl Meter {
     }
 }
 
+/// Says which hosts' adaptive limits are below their bound (`h:443 9/50`), or nothing.
+pub type HostLimits = Arc<dyn Fn() -> String + Send + Sync>;
+
+struct HostLimitsFn(Mutex<Option<HostLimits>>);
+
+impl fmt::Debug for HostLimitsFn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HostLimits")
+    }
+}
+
 /// What the bar and the log line show.
 #[derive(Debug, Clone, PartialEq)]
 struct Status {
@@ -251,6 +262,8 @@ struct Status {
     elapsed: Duration,
     items_per_s: f64,
     requests_per_s: f64,
+    /// Hosts below their limit's bound, or empty.
+    hosts: String,
 }
 
 impl Status {
@@ -275,8 +288,13 @@ impl Status {
         } else {
             String::new()
         };
+        let hosts = if self.hosts.is_empty() {
+            String::new()
+        } else {
+            format!(" | limit {}", self.hosts)
+        };
         format!(
-            "ok {}, still failed {}, not found {}, errors {}, dead {}{deferred} | {:.0} req/s, ETA {}",
+            "ok {}, still failed {}, not found {}, errors {}, dead {}{deferred} | {:.0} req/s, ETA {}{hosts}",
             c.ok,
             c.still_failed,
             c.not_found,
@@ -290,6 +308,9 @@ impl Status {
     /// The periodic log line (no bar).
     fn log(&self) {
         let c = &self.counts;
+        if !self.hosts.is_empty() {
+            tracing::info!(host_limits = %self.hosts, "hosts below their concurrency limit");
+        }
         tracing::info!(
             done = self.done(),
             total = self.total,
@@ -329,6 +350,8 @@ struct Shared {
     total: u64,
     counts: Counts,
     started: Instant,
+    /// Hosts whose adaptive limit is below its bound, as text (`h:443 9/50`).
+    host_limits: HostLimitsFn,
     /// The bar while it is shown; taken (and cleared) by [`Progress::finish`]. Locked by the
     /// ticker ten times a second and by `finish`, never by [`Progress::record`].
     bar: Mutex<Option<Shown>>,
@@ -366,6 +389,7 @@ impl Shown {
             elapsed: Duration::ZERO,
             items_per_s: 0.0,
             requests_per_s: 0.0,
+            hosts: String::new(),
         });
         shown
     }
@@ -387,8 +411,19 @@ impl Shared {
             total,
             counts: Counts::default(),
             started: Instant::now(),
+            host_limits: HostLimitsFn(Mutex::new(None)),
             bar: Mutex::new(None),
         }
+    }
+
+    fn host_limits(&self) -> String {
+        let f = self
+            .host_limits
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        f.map_or_else(String::new, |f| f())
     }
 
     fn show_on_bar(&self, status: &Status) {
@@ -426,6 +461,7 @@ fn tick(
                 elapsed: now.duration_since(shared.started),
                 items_per_s,
                 requests_per_s,
+                hosts: shared.host_limits(),
             };
             show(&shared, &status);
         }
@@ -473,6 +509,16 @@ impl Progress {
             _ => None,
         };
         Progress { shared, ticker }
+    }
+
+    /// Shows, on every tick, the hosts whose adaptive limit is below its bound.
+    pub fn watch_host_limits(&self, f: HostLimits) {
+        *self
+            .shared
+            .host_limits
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(f);
     }
 
     /// Counts one verdict: a few relaxed atomic adds, no lock, no I/O.
@@ -544,7 +590,20 @@ mod tests {
             elapsed: Duration::from_secs(10),
             items_per_s,
             requests_per_s,
+            hosts: String::new(),
         }
+    }
+
+    #[test]
+    fn hosts_below_their_bound_are_on_the_bar() {
+        let mut s = status(100, Snapshot::default(), 1.0, 1.0);
+        assert!(!s.bar_message().contains("limit"));
+        s.hosts = "api:443 9/50".into();
+        assert!(
+            s.bar_message().ends_with(" | limit api:443 9/50"),
+            "{}",
+            s.bar_message()
+        );
     }
 
     #[test]
