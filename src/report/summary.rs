@@ -748,6 +748,68 @@ mod tests {
         );
     }
 
+    /// Two hosts, one whose circuit opened and one whose limit came down: the lines that
+    /// say so and the per-host table.
+    #[test]
+    fn text_snapshot_hosts() {
+        use crate::check::hosts::{AnswerClasses, HostSummary};
+        let mut s = Summary::new("t", "sqlite:recheck.db", false);
+        for _ in 0..3 {
+            s.add(&v(Outcome::Ok, 1, None));
+        }
+        let mut deferred = v(Outcome::Deferred, 0, Some("not checked: circuit open"));
+        for _ in 0..49_980 {
+            deferred.attempts = 0;
+            s.add(&deferred);
+        }
+        s.duration = Duration::from_millis(5_400);
+        s.hosts = vec![
+            HostSummary {
+                host: "api.example.com:443".into(),
+                requests: 21,
+                answers: AnswerClasses {
+                    c5xx: 20,
+                    ..AnswerClasses::default()
+                },
+                errors: 1,
+                retries: 17,
+                latency_p50_ms: 31,
+                latency_p95_ms: 45,
+                limit: 45,
+                lowest_limit: 45,
+                max_limit: 50,
+                circuit: "open",
+                circuit_opened_at: Some("2026-12-01T12:00:03.120Z".into()),
+                circuit_failures: Some(20),
+                deferred: 49_980,
+            },
+            HostSummary {
+                host: "cdn.example.com:443".into(),
+                requests: 3,
+                answers: AnswerClasses {
+                    c2xx: 3,
+                    ..AnswerClasses::default()
+                },
+                errors: 0,
+                retries: 0,
+                latency_p50_ms: 12,
+                latency_p95_ms: 14,
+                limit: 50,
+                lowest_limit: 50,
+                max_limit: 50,
+                circuit: "closed",
+                circuit_opened_at: None,
+                circuit_failures: None,
+                deferred: 0,
+            },
+        ];
+        assert_eq!((s.checked, s.deferred), (3, 49_980));
+        assert!(s.all_ok(), "deferred items are not checked ones");
+        let mut out = Vec::new();
+        s.write(Format::Text, &mut out).unwrap();
+        insta::assert_snapshot!(String::from_utf8(out).unwrap());
+    }
+
     #[test]
     fn json_snapshot() {
         let mut out = Vec::new();
