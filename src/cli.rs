@@ -36,7 +36,9 @@ pub const DEFAULT_MAX_BODY: &str = "1MiB";
 )]
 #[command(
     after_help = "Exit codes: 0 all checked items OK (or nothing to check), 1 some items \
-    not OK, 2 usage/config/store error, 3 --deadline reached, 130 interrupted.\nOptions also come from RECHECK_<OPTION> \
+    not OK, 2 usage/config/store error, 3 --deadline reached, 4 the store failed during the run, \
+    5 the API was unavailable (a host's circuit opened, items deferred), 130 interrupted \
+    (SIGINT/SIGTERM/SIGHUP).\nOptions also come from RECHECK_<OPTION> \
     environment variables and a TOML file (--config, or ./recheck.toml); precedence: flag > env > \
     file > default."
 )]

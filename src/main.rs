@@ -9,6 +9,18 @@ use recheck::config::{self, ArgsError};
 fn main() -> ExitCode {
     let cli = match config::parse_args(std::env::args_os().collect()) {
         Ok(cli) => cli,
+        Err(ArgsError::Clap(e))
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                    | clap::error::ErrorKind::MissingSubcommand
+            ) =>
+        {
+            // Bare `recheck`: the usage with its commands, as an error (exit 2).
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            eprintln!("{}", cmd.render_help());
+            return ExitCode::from(2);
+        }
         Err(ArgsError::Clap(e)) if e.use_stderr() => return fail(&config::one_line(&e)),
         Err(ArgsError::Clap(e)) => {
             let _ = e.print(); // --help, --version
@@ -59,8 +71,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             .await
             .map(|()| 0),
         Command::Man => {
-            let cmd = <Cli as clap::CommandFactory>::command();
-            clap_mangen::Man::new(cmd).render(&mut stdout)?;
+            man_page(&mut stdout)?;
             Ok(0)
         }
         Command::Completions { shell } => {
@@ -69,6 +80,28 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
     }
+}
+
+/// One man page with everything: the top-level options, then a section per command with
+/// its synopsis and every option (no `recheck-run(1)` pages to look for elsewhere).
+fn man_page(out: &mut dyn Write) -> std::io::Result<()> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let top = clap_mangen::Man::new(cmd.clone());
+    top.render_title(out)?;
+    top.render_name_section(out)?;
+    top.render_synopsis_section(out)?;
+    top.render_description_section(out)?;
+    top.render_options_section(out)?;
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let name = format!("recheck {}", sub.get_name());
+        writeln!(out, ".SH \"{}\"", name.to_uppercase())?;
+        let page = clap_mangen::Man::new(sub.clone().bin_name(name));
+        page.render_description_section(out)?;
+        page.render_synopsis_section(out)?;
+        page.render_options_section(out)?;
+    }
+    top.render_extra_section(out)?;
+    top.render_version_section(out)
 }
 
 fn init_logs(cli: &Cli) {

@@ -1,4 +1,5 @@
-//! Stage "shutdown": turns Ctrl-C / SIGINT / SIGTERM into one cancellation signal. The run
+//! Stage "shutdown": turns Ctrl-C / SIGINT / SIGTERM / SIGHUP (a dropped SSH session) into
+//! one cancellation signal. The run
 //! stops taking new items when it fires; a second signal exits at once (the store stays
 //! consistent: SQLite rolls back an unfinished transaction, file stores are replaced by
 //! rename only). Knows nothing of what it stops.
@@ -8,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 /// Exit code of an interrupted run (128 + SIGINT).
 pub const EXIT_INTERRUPTED: u8 = 130;
 
-/// Listens for Ctrl-C, SIGINT and SIGTERM in the background: the first cancels `token`, the
+/// Listens for Ctrl-C, SIGINT, SIGTERM and SIGHUP in the background: the first cancels `token`, the
 /// second ends the process with exit code 130.
 pub fn listen(token: CancellationToken) {
     tokio::spawn(async move {
@@ -28,9 +29,10 @@ pub fn listen(token: CancellationToken) {
 #[cfg(unix)]
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
     ) else {
         // Without handlers the default actions stay in place: still a clean enough stop.
         return std::future::pending().await;
@@ -38,6 +40,9 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = int.recv() => {}
         _ = term.recv() => {}
+        // A terminal that goes away (an SSH session dropped under a run by hand): the
+        // answers received are written, as for SIGTERM.
+        _ = hup.recv() => {}
     }
 }
 

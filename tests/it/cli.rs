@@ -177,3 +177,84 @@ fn completions_and_help() {
         assert!(help.contains(needle), "help lacks {needle}");
     }
 }
+
+/// `recheck man` is one page with every option of every command (no `recheck-run(1)` pages
+/// to look for elsewhere).
+#[test]
+fn man_covers_every_option_of_every_command() {
+    let sb = Sandbox::new();
+    let man = sb.cmd().arg("man").output().unwrap();
+    assert!(man.status.success());
+    let man = String::from_utf8(man.stdout).unwrap();
+    assert!(
+        !man.contains("recheck\\-run(1)"),
+        "points to a page nothing makes"
+    );
+    let cli = <recheck::cli::Cli as clap::CommandFactory>::command();
+    let mut missing = Vec::new();
+    for sub in cli.get_subcommands().filter(|s| s.get_name() != "help") {
+        assert!(
+            man.contains(&format!(
+                ".SH \"RECHECK {}\"",
+                sub.get_name().to_uppercase()
+            )),
+            "no section for {}",
+            sub.get_name()
+        );
+        for arg in sub.get_arguments().filter(|a| !a.is_hide_set()) {
+            if let Some(long) = arg.get_long() {
+                let roff = format!("\\-\\-{}", long.replace('-', "\\-"));
+                if !man.contains(&roff) {
+                    missing.push(format!("{} --{long}", sub.get_name()));
+                }
+            }
+        }
+    }
+    assert!(missing.is_empty(), "not in the man page: {missing:?}");
+}
+
+/// Bare `recheck` is a usage error that lists the commands.
+#[test]
+fn bare_recheck_lists_the_commands() {
+    let sb = Sandbox::new();
+    let out = sb.cmd().output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Usage: recheck"), "{err}");
+    for command in ["run", "status", "import", "init", "completions", "man"] {
+        assert!(
+            err.lines().any(|l| l.trim_start().starts_with(command)),
+            "{command} not listed: {err}"
+        );
+    }
+    assert!(out.stdout.is_empty());
+}
+
+/// `recheck run ... | true`: the summary cannot be printed, the exit code still says what
+/// happened (1: items not OK; 3: the deadline).
+#[test]
+fn a_closed_stdout_keeps_the_exit_code() {
+    let server = crate::support::default_server();
+    let sb = Sandbox::new();
+    crate::support::sqlite_store(&sb.path("s.db"), "t", &["fail-1", "ok-2"]);
+    let closed = |extra: &[&str]| {
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("recheck"))
+            .current_dir(sb.dir.path())
+            .args(["run", "--task", "t", "--store", "s.db", "--url"])
+            .arg(server.item_url_template())
+            .args(["--expect-json", "/status=done", "--progress", "never"])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before recheck writes a byte, as `| true` does.
+        drop(child.stdout.take());
+        child.wait_with_output().unwrap()
+    };
+    let out = closed(&[]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    crate::support::sqlite_store(&sb.path("s.db"), "t", &["hang-3"]);
+    let out = closed(&["--deadline", "1s", "--timeout", "30s"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+}

@@ -196,6 +196,12 @@ fn sigterm_mid_run() {
     stop_with(libc::SIGTERM);
 }
 
+/// A dropped SSH session (SIGHUP) stops the run like SIGTERM: what was answered is written.
+#[test]
+fn sighup_mid_run() {
+    stop_with(libc::SIGHUP);
+}
+
 #[test]
 fn a_second_signal_exits_at_once_and_the_store_survives() {
     let (server, sb, ids) = setup();
