@@ -458,15 +458,24 @@ pub struct InitArgs {
 /// `5s`, `500ms`, `1m`, `1h 30m` (humantime); a bare number is seconds, as in curl.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    if let Ok(secs) = t.parse::<f64>() {
-        if (0.0..1e9).contains(&secs) {
-            return Ok(Duration::from_secs_f64(secs));
+    let d = if let Ok(secs) = t.parse::<f64>() {
+        if !(0.0..1e9).contains(&secs) {
+            return Err(format!("{s:?} is not a duration"));
         }
-        return Err(format!("{s:?} is not a duration"));
+        Duration::from_secs_f64(secs)
+    } else {
+        humantime::parse_duration(t)
+            .map_err(|e| format!("{s:?} is not a duration like 500ms, 5s or 1m ({e})"))?
+    };
+    // Times are stored as RFC 3339 (four-digit years): "now + a duration" must stay one.
+    if d > MAX_DURATION {
+        return Err(format!("{s:?} is longer than 100 years"));
     }
-    humantime::parse_duration(t)
-        .map_err(|e| format!("{s:?} is not a duration like 500ms, 5s or 1m ({e})"))
+    Ok(d)
 }
+
+/// The longest duration any option takes.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// `MIN..MAX`, e.g. `200ms..30s`.
 pub fn parse_backoff(s: &str) -> Result<(Duration, Duration), String> {

@@ -356,6 +356,16 @@ impl RunConfig {
                 }
             }
         }
+        for (flag, d) in [
+            ("--timeout", a.timeout),
+            ("--connect-timeout", a.connect_timeout),
+        ] {
+            if d.is_zero() {
+                bail!(
+                    "{flag} must be more than 0 (an attempt with no time at all always times out)"
+                );
+            }
+        }
         if a.lease < Duration::from_secs(1) {
             bail!(
                 "--lease must be at least 1s (got {})",

@@ -19,6 +19,8 @@ use crate::model::{Item, Outcome, Verdict};
 
 /// Most redirects followed within one attempt (curl's and reqwest's usual bound).
 pub const MAX_REDIRECTS: usize = 10;
+/// The longest `Retry-After` carried into `next_check_at`.
+pub const MAX_CARRIED_WAIT: Duration = Duration::from_secs(7 * 86_400);
 /// Bytes of an unexpected answer's body read to keep the connection reusable.
 const DRAIN_LIMIT: u64 = 64 * 1024;
 
@@ -138,10 +140,13 @@ impl Fetcher {
             elapsed,
             url: url.map(redacted),
             // The server said when to come back, or the host's circuit did: the next run
-            // honours it.
-            next_check_at: found
-                .deferred_until
-                .or_else(|| found.retry_after.map(|d| checked_at + d)),
+            // honours it (a server's word for at most a week: its header must not push an
+            // item out of every run, or past the times a store can hold).
+            next_check_at: found.deferred_until.or_else(|| {
+                found
+                    .retry_after
+                    .map(|d| checked_at + d.min(MAX_CARRIED_WAIT))
+            }),
             host_limit: found.host_limit,
         })
     }

@@ -326,6 +326,24 @@ const CASES: &[Case] = &[
         args: &["--give-up-after", "3", "--dead-status", "failed", URL],
         fragment: "re-checked forever",
     },
+    Case {
+        store: "s.db",
+        setup: default_db,
+        args: &["--lease", "8000y", URL],
+        fragment: "longer than 100 years",
+    },
+    Case {
+        store: "s.db",
+        setup: default_db,
+        args: &["--timeout", "0", URL],
+        fragment: "--timeout must be more than 0",
+    },
+    Case {
+        store: "s.db",
+        setup: default_db,
+        args: &["--connect-timeout", "0s", URL],
+        fragment: "--connect-timeout must be more than 0",
+    },
     // A table without the schedule's columns cannot keep a schedule: refused, not ignored.
     Case {
         store: "s.db",

@@ -455,7 +455,9 @@ fn wait_of(db: &dyn Db, id: &str) -> f64 {
 fn schedule(db: &dyn Db, sb: &Sandbox) {
     let server = support::default_server();
     db.default_schema();
-    let ids: Vec<String> = ["fail-a", "ok-b", "ra3600x99-c"].map(String::from).to_vec();
+    let ids: Vec<String> = ["fail-a", "ok-b", "ra3600x99-c", "ra99999999999x99-d"]
+        .map(String::from)
+        .to_vec();
     db.insert_failed("t", &ids);
     let run = |extra: &[&str]| {
         let out = sb
@@ -486,16 +488,22 @@ fn schedule(db: &dyn Db, sb: &Sandbox) {
     assert!((1.8..=2.2).contains(&w), "first wait: MIN ±10 %, got {w}s");
     let w = wait_of(db, "ra3600x99-c");
     assert!((3599.0..=3601.0).contains(&w), "Retry-After carried: {w}s");
+    // A server's Retry-After is honoured for a week at most.
+    let w = wait_of(db, "ra99999999999x99-d");
+    assert!(
+        (604_799.0..=604_801.0).contains(&w),
+        "Retry-After capped: {w}s"
+    );
 
     // Run 2, at once: nothing is due; nothing is asked.
     let (code, s) = run(&[]);
     assert_eq!(code, Some(0), "nothing to check: {s}");
     assert_eq!(
         (s["checked"].as_u64(), s["not_due"].as_u64()),
-        (Some(0), Some(2)),
+        (Some(0), Some(3)),
         "{s}"
     );
-    assert_eq!(s["backlog"], 2);
+    assert_eq!(s["backlog"], 3);
     assert_eq!(
         s["next_due_at"].as_str(),
         db.schedule("t")["fail-a"].2.as_deref(),
@@ -509,7 +517,7 @@ fn schedule(db: &dyn Db, sb: &Sandbox) {
 
     // Run 3: --ignore-schedule asks anyway, and the schedule goes on (second check: 2·MIN).
     let (_, s) = run(&["--ignore-schedule"]);
-    assert_eq!(s["checked"], 2, "{s}");
+    assert_eq!(s["checked"], 3, "{s}");
     assert_eq!((asked("fail-a"), asked("ra3600x99-c")), (2, 2));
     assert_eq!(db.schedule("t")["fail-a"].0, 2);
     let w = wait_of(db, "fail-a");
@@ -539,7 +547,7 @@ fn schedule(db: &dyn Db, sb: &Sandbox) {
     );
     assert_eq!(
         (s["dead"].as_u64(), s["not_due"].as_u64()),
-        (Some(1), Some(1)),
+        (Some(1), Some(2)),
         "{s}"
     );
     let row = db.item("t", "fail-a");
@@ -560,7 +568,7 @@ fn schedule(db: &dyn Db, sb: &Sandbox) {
     let prom = std::fs::read_to_string(sb.path("m.prom")).unwrap();
     assert!(prom.contains(r#"outcome="dead"} 1"#), "{prom}");
     assert!(
-        prom.contains(r#"recheck_task_not_due{task="t"} 1"#),
+        prom.contains(r#"recheck_task_not_due{task="t"} 2"#),
         "{prom}"
     );
 }
