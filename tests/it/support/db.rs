@@ -18,6 +18,86 @@ use super::{Running, Sandbox};
 
 pub(crate) const PG_ENV: &str = "RECHECK_TEST_POSTGRES_URL";
 pub(crate) const MYSQL_ENV: &str = "RECHECK_TEST_MYSQL_URL";
+/// Used when the variable is not set and a server answers there (`skip` as the variable's
+/// value skips even then).
+const PG_LOCAL: &str = "postgres://postgres@127.0.0.1:5432/test";
+const MYSQL_LOCAL: &str = "mysql://root@127.0.0.1:3306/test";
+
+/// The server URL for `env`: the variable, else `local` when a server answers there, else
+/// `None` after saying so. Said outside the test harness's capture (once per backend), so
+/// `cargo test` shows which database tests did not run and why.
+fn server_url(env: &str, local: &str, test: &str, answers: fn(&str) -> bool) -> Option<String> {
+    static SAID: OnceLock<std::sync::Mutex<Vec<String>>> = OnceLock::new();
+    let say_once = |line: String| {
+        use std::io::Write;
+        let said = SAID.get_or_init(Default::default);
+        let mut said = said.lock().unwrap_or_else(|e| e.into_inner());
+        if !said.contains(&env.to_string()) {
+            said.push(env.to_string());
+            // Not through eprintln!, which the harness captures for passing tests.
+            let _ = writeln!(std::io::stderr(), "{line}");
+        }
+    };
+    match std::env::var(env) {
+        Ok(u) if u.trim() == "skip" => {
+            eprintln!("skipped: {test}: {env}=skip");
+            say_once(format!("note: {env}=skip: its database tests are skipped"));
+            None
+        }
+        Ok(u) if !u.trim().is_empty() => Some(u),
+        _ if answered(env, local, answers) => {
+            say_once(format!(
+                "note: {env} is not set; using the server that answers at {local}"
+            ));
+            Some(local.to_string())
+        }
+        _ => {
+            eprintln!("skipped: {test}: {env} is not set and nothing answers at {local}");
+            say_once(format!(
+                "note: SKIPPED database tests: {env} is not set and no server answers at {local} \
+                 (first: {test})"
+            ));
+            None
+        }
+    }
+}
+
+/// Whether a server answers at `local`, asked once per process.
+fn answered(env: &str, local: &str, answers: fn(&str) -> bool) -> bool {
+    static ASKED: OnceLock<std::sync::Mutex<HashMap<String, bool>>> = OnceLock::new();
+    let asked = ASKED.get_or_init(Default::default);
+    if let Some(a) = asked.lock().unwrap_or_else(|e| e.into_inner()).get(env) {
+        return *a;
+    }
+    let a = answers(local);
+    asked
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(env.to_string(), a);
+    a
+}
+
+fn pg_answers(url: &str) -> bool {
+    block(async {
+        let Ok(opts) = url.parse::<PgConnectOptions>() else {
+            return false;
+        };
+        let connect = PgPoolOptions::new().max_connections(1).connect_with(opts);
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), connect).await,
+            Ok(Ok(_))
+        )
+    })
+}
+
+fn mysql_answers(url: &str) -> bool {
+    block(async {
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), MySqlConnection::connect(url)).await,
+            Ok(Ok(_))
+        )
+    })
+}
 
 /// The runtime the test-side database connections live on.
 fn rt() -> &'static tokio::runtime::Runtime {
@@ -365,13 +445,7 @@ pub(crate) struct Pg {
 impl Pg {
     /// `None` (and a line on stderr) when no server is configured.
     pub(crate) fn new(test: &str) -> Option<Pg> {
-        let base = match std::env::var(PG_ENV) {
-            Ok(u) if !u.trim().is_empty() => u,
-            _ => {
-                eprintln!("skipped: {test}: {PG_ENV} is not set");
-                return None;
-            }
-        };
+        let base = server_url(PG_ENV, PG_LOCAL, test, pg_answers)?;
         let schema = format!("rc_{:016x}", fastrand::u64(..));
         let sep = if base.contains('?') { '&' } else { '?' };
         let url = format!("{base}{sep}options=-csearch_path%3D{schema}");
@@ -556,13 +630,7 @@ pub(crate) struct My {
 impl My {
     /// `None` (and a line on stderr) when the variable is not set.
     pub(crate) fn new(test: &str) -> Option<My> {
-        let admin = match std::env::var(MYSQL_ENV) {
-            Ok(u) if !u.trim().is_empty() => u,
-            _ => {
-                eprintln!("skipped: {test}: {MYSQL_ENV} is not set");
-                return None;
-            }
-        };
+        let admin = server_url(MYSQL_ENV, MYSQL_LOCAL, test, mysql_answers)?;
         let name = format!("rc_{}_{:08x}", std::process::id(), fastrand::u32(..));
         let url = mysql_with_path(&admin, &name);
         mysql_exec_on(&admin, &format!("CREATE DATABASE `{name}`"));
