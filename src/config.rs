@@ -147,8 +147,15 @@ fn file_args(m: &clap::ArgMatches) -> Result<Option<FileArgs>> {
     for (key, value) in &table {
         let long = key.replace('_', "-");
         if run_cmd.get_arguments().all(|a| a.get_long() != Some(&long)) {
+            let longs: Vec<&str> = run_cmd
+                .get_arguments()
+                .filter_map(|a| a.get_long())
+                .collect();
+            let hint = closest(&long, &longs)
+                .map(|l| format!("; did you mean {:?}?", l.replace('-', "_")))
+                .unwrap_or_default();
             bail!(
-                "{}: unknown option {key:?} (keys are the long options of `recheck run`)",
+                "{}: unknown option {key:?} (keys are the long options of `recheck run`){hint}",
                 path.display()
             );
         }
@@ -194,6 +201,48 @@ fn file_args(m: &clap::ArgMatches) -> Result<Option<FileArgs>> {
         }
     }
     Ok(Some((path, out)))
+}
+
+/// The candidate closest to `word`, when it is close enough to be what was meant.
+fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (crate::store::edit_distance(word, c), *c))
+        .min()
+        .filter(|(d, _)| *d <= (word.chars().count() / 3).max(2))
+        .map(|(_, c)| c)
+}
+
+/// `RECHECK_*` variables in the environment that name no option (a typo is otherwise
+/// silently ignored), each with the closest real one when there is one.
+/// `RECHECK_TEST_*` (the test suite's database servers) is not an option and not warned of.
+pub fn unknown_env_vars() -> Vec<String> {
+    let cmd = Cli::command();
+    let mut known: Vec<String> = cmd
+        .get_arguments()
+        .chain(cmd.get_subcommands().flat_map(|s| s.get_arguments()))
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect();
+    known.sort();
+    known.dedup();
+    let names: Vec<&str> = known.iter().map(String::as_str).collect();
+    let mut out = Vec::new();
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if !k.starts_with("RECHECK_")
+            || k.starts_with("RECHECK_TEST_")
+            || names.contains(&k.as_str())
+        {
+            continue;
+        }
+        let hint = closest(&k, &names)
+            .map(|c| format!(" (did you mean {c}?)"))
+            .unwrap_or_default();
+        out.push(format!("{k} names no option and is ignored{hint}"));
+    }
+    out.sort();
+    out
 }
 
 /// Everything `recheck run` needs, validated.

@@ -29,6 +29,9 @@ fn main() -> ExitCode {
         Err(ArgsError::Config(e)) => return fail(&format!("{e:#}")),
     };
     init_logs(&cli);
+    for warning in config::unknown_env_vars() {
+        tracing::warn!("{warning}");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),

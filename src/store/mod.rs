@@ -479,27 +479,30 @@ impl fmt::Display for Transient {
 
 impl std::error::Error for Transient {}
 
+/// Levenshtein distance between two strings, by characters.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                prev
+            } else {
+                1 + prev.min(row[j]).min(row[j + 1])
+            };
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
 /// The task ids of `known` closest to `task` (edit distance, then shared prefix), at most
 /// `n`, for "no such task" messages.
 pub fn closest_tasks(task: &str, known: &[String], n: usize) -> Vec<String> {
-    fn distance(a: &str, b: &str) -> usize {
-        let b: Vec<char> = b.chars().collect();
-        let mut row: Vec<usize> = (0..=b.len()).collect();
-        for (i, ca) in a.chars().enumerate() {
-            let mut prev = row[0];
-            row[0] = i + 1;
-            for (j, cb) in b.iter().enumerate() {
-                let cur = row[j + 1];
-                row[j + 1] = if ca == *cb {
-                    prev
-                } else {
-                    1 + prev.min(row[j]).min(row[j + 1])
-                };
-                prev = cur;
-            }
-        }
-        row[b.len()]
-    }
+    let distance = edit_distance;
     let mut scored: Vec<(usize, &String)> = known.iter().map(|k| (distance(task, k), k)).collect();
     scored.sort();
     scored.dedup_by(|a, b| a.1 == b.1);

@@ -258,3 +258,44 @@ fn a_closed_stdout_keeps_the_exit_code() {
     let out = closed(&["--deadline", "1s", "--timeout", "30s"]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
 }
+
+/// A typo in `recheck.toml` is refused with the option it was meant to be; a `RECHECK_*`
+/// variable that names no option is a warning with the closest one, not silence.
+#[test]
+fn typos_in_config_keys_and_variables_get_suggestions() {
+    let sb = Sandbox::new();
+    crate::support::sqlite_store(&sb.path("s.db"), "t", &["ok-1"]);
+    std::fs::write(sb.path("recheck.toml"), "concurency = 5\n").unwrap();
+    let out = sb
+        .cmd()
+        .args(["run", "--task", "t", "--store", "s.db"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"unknown option "concurency""#)
+            && err.contains(r#"did you mean "concurrency"?"#),
+        "{err}"
+    );
+    std::fs::remove_file(sb.path("recheck.toml")).unwrap();
+    let out = sb
+        .cmd()
+        .env("RECHECK_CONCURENCY", "5")
+        .env("RECHECK_TASK", "t")
+        .args(["status", "--store", "s.db"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "RECHECK_CONCURENCY names no option and is ignored (did you mean RECHECK_CONCURRENCY?)"
+        ),
+        "{err}"
+    );
+    assert!(
+        !err.contains("RECHECK_TASK"),
+        "a real option is not warned of: {err}"
+    );
+}
