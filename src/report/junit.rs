@@ -73,13 +73,33 @@ impl JunitReport {
     }
 }
 
+/// Text XML 1.0 can hold: a character it forbids (controls but tab, newline and carriage
+/// return; U+FFFE, U+FFFF) becomes U+FFFD, which escaping alone cannot fix (an item id with
+/// one made the whole file unparseable).
+fn xml_text(s: &str) -> std::borrow::Cow<'_, str> {
+    let allowed = |c: char| {
+        matches!(c, '\t' | '\n' | '\r')
+            || ('\u{20}'..='\u{D7FF}').contains(&c)
+            || ('\u{E000}'..='\u{FFFD}').contains(&c)
+            || c >= '\u{10000}'
+    };
+    if s.chars().all(allowed) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(
+        s.chars()
+            .map(|c| if allowed(c) { c } else { '\u{FFFD}' })
+            .collect(),
+    )
+}
+
 fn test_case(task: &str, v: &Verdict) -> TestCase {
     let status = match v.outcome {
         Outcome::Ok => TestCaseStatus::success(),
         Outcome::Deferred => {
             let mut s = TestCaseStatus::skipped();
             if let Some(why) = &v.error {
-                s.set_message(why.clone());
+                s.set_message(xml_text(why).into_owned());
             }
             s
         }
@@ -103,14 +123,15 @@ fn test_case(task: &str, v: &Verdict) -> TestCase {
                 rfc3339(v.checked_at)
             ));
             let mut s = TestCaseStatus::non_success(kind);
-            s.set_message(message)
+            s.set_message(xml_text(&message).into_owned())
                 .set_type(other.as_str())
-                .set_description(text);
+                .set_description(xml_text(&text).into_owned());
             s
         }
     };
-    let mut tc = TestCase::new(v.id.as_str(), status);
-    tc.set_classname(task).set_time(v.elapsed);
+    let mut tc = TestCase::new(xml_text(&v.id).as_ref(), status);
+    tc.set_classname(xml_text(task).as_ref())
+        .set_time(v.elapsed);
     tc
 }
 
@@ -172,6 +193,35 @@ mod tests {
             next_check_at: None,
             host_limit: None,
         }
+    }
+
+    /// Characters XML 1.0 forbids (in an item id, an error) are replaced, and the file
+    /// still parses.
+    #[test]
+    fn characters_xml_cannot_hold_are_replaced() {
+        let mut suite = TestSuite::new("recheck task t");
+        let mut v = verdict(
+            "a\u{FFFE}b\u{1}c\u{FFFF}",
+            Outcome::StillFailed,
+            Some("bad \u{0}byte"),
+        );
+        v.url = None;
+        suite.add_test_case(test_case("t\u{FFFF}", &v));
+        let report = build(
+            suite,
+            "t",
+            SystemTime::UNIX_EPOCH,
+            &Summary::new("t", "s", false),
+        );
+        let xml = report.to_string().unwrap();
+        let doc = roxmltree::Document::parse(&xml).expect("well-formed XML");
+        let case = doc
+            .descendants()
+            .find(|n| n.has_tag_name("testcase"))
+            .unwrap();
+        assert_eq!(case.attribute("name"), Some("a\u{FFFD}b\u{FFFD}c\u{FFFD}"));
+        assert!(xml.contains("bad \u{FFFD}byte"), "{xml}");
+        assert_eq!(xml_text("plain é 😀"), "plain é 😀");
     }
 
     #[test]

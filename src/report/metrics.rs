@@ -13,6 +13,7 @@
 //! recheck_last_run_timestamp_seconds{task="42"} 1738317600.123
 //! recheck_run_interrupted{task="42"} 0                   # 1: stopped by a signal
 //! recheck_run_deadline_reached{task="42"} 0              # 1: stopped by --deadline
+//! recheck_run_dry_run{task="42"} 0                       # 1: a --dry-run, nothing written
 //! recheck_run_store_failed{task="42"} 0                  # 1: the store failed (exit 4)
 //! recheck_last_run_conflicts{task="42"} 0                # rows changed meanwhile, not written
 //! recheck_last_run_unwritten{task="42"} 0                # answers the failed store lost
@@ -150,7 +151,7 @@ pub fn render(task: &str, s: &Summary, latency: &Latency, now: SystemTime) -> St
     let at = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
-    let single: [(&str, &str, String); 11] = [
+    let single: [(&str, &str, String); 12] = [
         (
             "recheck_last_run_requests",
             "HTTP attempts made by the last run of the task.",
@@ -180,6 +181,11 @@ pub fn render(task: &str, s: &Summary, latency: &Latency, now: SystemTime) -> St
             "recheck_run_deadline_reached",
             "1 if the last run of the task was stopped by --deadline.",
             u8::from(s.deadline_reached).to_string(),
+        ),
+        (
+            "recheck_run_dry_run",
+            "1 if the last run of the task was a --dry-run (nothing was written to the store).",
+            u8::from(s.dry_run).to_string(),
         ),
         (
             "recheck_run_store_failed",
@@ -305,6 +311,20 @@ mod tests {
         assert_eq!(seconds(Duration::from_secs(60)), "60");
         assert_eq!(seconds(Duration::from_millis(1250)), "1.25");
         assert_eq!(seconds(Duration::from_nanos(1_000_000_001)), "1");
+    }
+
+    #[test]
+    fn a_dry_run_says_so() {
+        let text = |dry| {
+            render(
+                "t",
+                &Summary::new("t", "y", dry),
+                &Latency::default(),
+                SystemTime::UNIX_EPOCH,
+            )
+        };
+        assert!(text(true).contains("\nrecheck_run_dry_run{task=\"t\"} 1\n"));
+        assert!(text(false).contains("\nrecheck_run_dry_run{task=\"t\"} 0\n"));
     }
 
     #[test]
