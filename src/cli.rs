@@ -180,6 +180,16 @@ pub struct RunArgs {
         env = "RECHECK_HEADER"
     )]
     pub headers: Vec<String>,
+    /// A query parameter whose value is secret (repeatable): shown as *** wherever a URL is
+    /// shown. Always secret too: URL passwords, values that came from ${VAR}, and api_key,
+    /// apikey, key, token, access_token, auth, sig, signature, password, secret,
+    /// X-Amz-Signature, X-Amz-Credential, X-Goog-Signature (any case).
+    #[arg(
+        long = "secret-param",
+        value_name = "NAME",
+        env = "RECHECK_SECRET_PARAM"
+    )]
+    pub secret_params: Vec<String>,
     /// A header whose value is secret (repeatable): never logged or reported, and not sent
     /// to another host after a redirect.
     #[arg(

@@ -19,6 +19,7 @@ use crate::check::jq::JqRule;
 use crate::check::judge::{ExpectStatus, Expectations, JsonRule};
 use crate::check::pool::UrlSource;
 use crate::check::schedule::Schedule;
+use crate::check::secrets::Secrets;
 use crate::check::template::UrlTemplate;
 use crate::cli::{Cli, FailOn, RunArgs, StoreArgs};
 use crate::model::StatusValue;
@@ -318,9 +319,10 @@ impl RunConfig {
             bail!("--task is empty");
         }
         let (store, columns) = store_columns(&a.store)?;
+        let mut secrets = Secrets::new(&a.secret_params, Vec::new());
         let (urls, extra_columns) = match &a.url {
             Some(t) => {
-                let t = UrlTemplate::parse(t, &a.task)?;
+                let t = UrlTemplate::parse_env(t, &a.task, &env, &mut secrets)?;
                 let cols = t.columns().to_vec();
                 (UrlSource::Template(t), cols)
             }
@@ -451,6 +453,7 @@ impl RunConfig {
                 expect,
                 headers,
                 secret_headers,
+                secrets,
                 method,
                 // Within one attempt's time, so waiting cannot time an item out by itself.
                 first_contact_wait: a.connect_timeout.min(a.timeout / 2),

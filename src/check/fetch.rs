@@ -43,6 +43,8 @@ pub struct FetchConfig {
     pub headers: HeaderMap,
     /// Header names never sent to another origin after a redirect.
     pub secret_headers: Vec<HeaderName>,
+    /// How URLs and errors are shown (passwords, secret parameters, `${VAR}` values).
+    pub secrets: super::secrets::Secrets,
     /// `--method`: GET, or HEAD (existence only: no body is read or judged).
     pub method: Method,
     /// Most time a request waits for the first answer of a new `https://` origin
@@ -135,10 +137,11 @@ impl Fetcher {
             outcome: found.outcome,
             http_status: found.status,
             attempts: found.attempts,
-            error: found.error,
+            // Error texts may quote the URL (a connection error's does).
+            error: found.error.map(|e| self.cfg.secrets.text(&e)),
             checked_at,
             elapsed,
-            url: url.map(redacted),
+            url: url.as_ref().map(|u| self.cfg.secrets.url(u)),
             // The server said when to come back, or the host's circuit did: the next run
             // honours it (a server's word for at most a week: its header must not push an
             // item out of every run, or past the times a store can hold).
@@ -261,7 +264,7 @@ impl Fetcher {
                 .unwrap_or_else(|| {
                     backoff(self.cfg.backoff_min, self.cfg.backoff_max, attempts - 1)
                 });
-            tracing::debug!(url = %redacted_ref(url), attempt = attempts, error = %why, delay_ms = delay.as_millis() as u64, "retrying");
+            tracing::debug!(url = %self.cfg.secrets.url(url), attempt = attempts, error = %self.cfg.secrets.text(&why), delay_ms = delay.as_millis() as u64, "retrying");
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = cancel.cancelled() => return None,
@@ -342,11 +345,6 @@ pub fn redacted(mut u: Url) -> String {
         let _ = u.set_password(Some("***"));
     }
     u.into()
-}
-
-/// [`redacted`] for a borrowed URL (logs).
-fn redacted_ref(u: &Url) -> String {
-    redacted(u.clone())
 }
 
 /// Where a 3xx answer points, or `None` when it is not a redirect we follow (304, no Location).

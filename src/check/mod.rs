@@ -12,4 +12,5 @@ pub mod jq;
 pub mod judge;
 pub mod pool;
 pub mod schedule;
+pub mod secrets;
 pub mod template;

@@ -13,6 +13,7 @@ use anyhow::{Result, bail};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use url::Url;
 
+use super::secrets::Secrets;
 use crate::model::Item;
 use crate::store::Ident;
 
@@ -65,6 +66,20 @@ impl UrlTemplate {
     /// literal braces. Fails when there is no per-item placeholder or the result would not
     /// be an http(s) URL.
     pub fn parse(template: &str, task: &str) -> Result<UrlTemplate> {
+        Self::parse_env(template, task, &|_| None, &mut Secrets::default())
+    }
+
+    /// [`UrlTemplate::parse`], with `${VAR}` read from `env`: its value is inserted as it
+    /// is and becomes a secret (added to `secrets`). Error messages show the template with
+    /// its `${VAR}`s and without a password.
+    pub fn parse_env(
+        template: &str,
+        task: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        secrets: &mut Secrets,
+    ) -> Result<UrlTemplate> {
+        let shown = super::secrets::template_for_errors(template, secrets);
+        let mut expanded: Vec<String> = Vec::new();
         let mut parts = Vec::new();
         let mut columns: Vec<Ident> = Vec::new();
         let mut lit = String::new();
@@ -72,6 +87,21 @@ impl UrlTemplate {
         let mut chars = template.char_indices().peekable();
         while let Some((i, c)) = chars.next() {
             match c {
+                '$' if chars.peek().map(|&(_, c)| c) == Some('{') => {
+                    let rest = &template[i + 2..];
+                    let Some(end) = rest.find('}') else {
+                        bail!("--url {shown:?}: unclosed '${{' at byte {i}");
+                    };
+                    let var = &rest[..end];
+                    for _ in 0..=end + 1 {
+                        chars.next();
+                    }
+                    let Some(value) = env(var) else {
+                        bail!("--url {shown:?}: environment variable {var} is not set");
+                    };
+                    lit.push_str(&value);
+                    expanded.push(value);
+                }
                 '{' if chars.peek().map(|&(_, c)| c) == Some('{') => {
                     chars.next();
                     lit.push('{');
@@ -83,7 +113,7 @@ impl UrlTemplate {
                 '{' => {
                     let rest = &template[i + 1..];
                     let Some(end) = rest.find('}') else {
-                        bail!("--url {template:?}: unclosed '{{' at byte {i}");
+                        bail!("--url {shown:?}: unclosed '{{' at byte {i}");
                     };
                     let inner = &rest[..end];
                     for _ in 0..=end {
@@ -93,7 +123,7 @@ impl UrlTemplate {
                         None => (inner, false),
                         Some((name, "raw")) => (name, true),
                         Some((_, other)) => bail!(
-                            "--url {template:?}: unknown modifier {other:?} in {{{inner}}} \
+                            "--url {shown:?}: unknown modifier {other:?} in {{{inner}}} \
                              (only \":raw\" exists)"
                         ),
                     };
@@ -101,8 +131,7 @@ impl UrlTemplate {
                         "id" => Slot::Id,
                         "task" => Slot::Task,
                         _ => {
-                            let ident =
-                                Ident::new(&format!("--url {template:?}: placeholder"), name)?;
+                            let ident = Ident::new(&format!("--url {shown:?}: placeholder"), name)?;
                             let idx = match columns.iter().position(|c| *c == ident) {
                                 Some(idx) => idx,
                                 None => {
@@ -118,7 +147,7 @@ impl UrlTemplate {
                     }
                     parts.push(Part::Hole { slot, in_path, raw });
                 }
-                '}' => bail!("--url {template:?}: unmatched '}}' at byte {i} (write '}}}}')"),
+                '}' => bail!("--url {shown:?}: unmatched '}}' at byte {i} (write '}}}}')"),
                 _ => {
                     if c == '?' || c == '#' {
                         in_path = false;
@@ -135,7 +164,7 @@ impl UrlTemplate {
             .any(|p| matches!(p, Part::Hole { slot, .. } if *slot != Slot::Task))
         {
             bail!(
-                "--url {template:?} has no {{id}} (or {{COLUMN}}) placeholder: every item would get the same URL"
+                "--url {shown:?} has no {{id}} (or {{COLUMN}}) placeholder: every item would get the same URL"
             );
         }
         let task_in_path = parts.iter().any(|p| {
@@ -149,7 +178,7 @@ impl UrlTemplate {
             )
         });
         if task_in_path && (task == "." || task == "..") {
-            bail!("--url {template:?}: task {task:?} cannot be sent as a URL path segment");
+            bail!("--url {shown:?}: task {task:?} cannot be sent as a URL path segment");
         }
         let size_hint = template.len() + 32;
         let t = UrlTemplate {
@@ -164,11 +193,12 @@ impl UrlTemplate {
         match Url::parse(&sample) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
             Ok(u) => bail!(
-                "--url {template:?}: scheme {:?} is not http or https",
+                "--url {shown:?}: scheme {:?} is not http or https",
                 u.scheme()
             ),
-            Err(e) => bail!("--url {template:?} is not a valid URL: {e}"),
+            Err(e) => bail!("--url {shown:?} is not a valid URL: {e}"),
         }
+        secrets.add_values(expanded);
         Ok(t)
     }
 

@@ -124,3 +124,118 @@ fn secrets_do_not_follow_a_redirect_to_another_host() {
     assert!(same.iter().any(|(k, _)| k == "authorization"), "{same:?}");
     assert!(same.iter().any(|(k, _)| k == "x-api-key"), "{same:?}");
 }
+
+/// Secrets in the URL — a secret query parameter (`api_key`, and one named by
+/// `--secret-param`), a `${VAR}` in the template, a password in a bad template — appear in
+/// no output: stdout and stderr at `-vv` and at `RUST_LOG=trace`, `--report`, `--junit`,
+/// `--metrics-file`, and the store's `last_error`.
+#[test]
+fn secrets_in_urls_appear_in_no_output() {
+    const KEY: &str = "k3y-in-the-query";
+    const SESSION: &str = "s3ss10n-in-the-query";
+    const FROM_ENV: &str = "t0k3n-from-the-env";
+    let server = support::default_server();
+    let unreachable = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    for (name, base) in [
+        ("mock", server.url()),
+        ("refused", format!("http://127.0.0.1:{unreachable}")),
+    ] {
+        for logs in [&["-vv"][..], &["--log-format", "json"][..]] {
+            let sb = Sandbox::new();
+            let db = sb.path("s.db");
+            support::sqlite_store(&db, "t", &["ok-1", "fail-2", "s500x9-3", "reset-4"]);
+            let url = format!("{base}/items/{{id}}?api_key={KEY}&sess={SESSION}&t=${{API_TOKEN}}");
+            let mut cmd = sb.cmd();
+            cmd.args(["run", "--task", "t", "--store", "s.db", "--url", &url])
+                .args([
+                    "--secret-param",
+                    "sess",
+                    "--retries",
+                    "1",
+                    "--backoff",
+                    "5ms..10ms",
+                ])
+                .args(["--expect-json", "/status=done", "--format", "json"])
+                .args([
+                    "--report",
+                    "r.jsonl",
+                    "--junit",
+                    "j.xml",
+                    "--metrics-file",
+                    "m.prom",
+                ])
+                .args(logs)
+                .env("API_TOKEN", FROM_ENV);
+            if logs == ["--log-format", "json"] {
+                cmd.env("RUST_LOG", "trace");
+            }
+            let out = cmd.output().unwrap();
+            assert!(matches!(out.status.code(), Some(1)), "{name}: {out:?}");
+            let mut seen = vec![
+                ("stdout", String::from_utf8_lossy(&out.stdout).into_owned()),
+                ("stderr", String::from_utf8_lossy(&out.stderr).into_owned()),
+            ];
+            for file in ["r.jsonl", "j.xml", "m.prom"] {
+                seen.push((file, std::fs::read_to_string(sb.path(file)).unwrap()));
+            }
+            let rows = support::sqlite_rows(&db, "t");
+            seen.push((
+                "last_error",
+                rows.values()
+                    .filter_map(|r| r.last_error.clone())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ));
+            for (what, text) in &seen {
+                for secret in [KEY, SESSION, FROM_ENV] {
+                    assert!(
+                        !text.contains(secret),
+                        "{name} {logs:?}: {secret} in {what}: {text}"
+                    );
+                }
+            }
+            let report = &seen[2].1;
+            assert!(report.contains("api_key=***"), "shown redacted: {report}");
+            if name == "mock" {
+                // The secrets were sent: the server saw the request with its values.
+                let paths = server.raw_paths();
+                assert!(
+                    paths
+                        .iter()
+                        .any(|p| p.contains(KEY) && p.contains(FROM_ENV)),
+                    "{paths:?}"
+                );
+            }
+        }
+    }
+    // A template that is refused shows no password, and no `${VAR}` value.
+    let sb = Sandbox::new();
+    support::sqlite_store(&sb.path("s.db"), "t", &["ok-1"]);
+    let out = sb
+        .cmd()
+        .args(["run", "--task", "t", "--store", "s.db", "--url"])
+        .arg("https://bob:hunter2@api.test/items/{nope?t=${API_TOKEN}")
+        .env("API_TOKEN", FROM_ENV)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bob:***@api.test"), "{err}");
+    assert!(!err.contains("hunter2") && !err.contains(FROM_ENV), "{err}");
+    // An unset variable is named, not guessed at.
+    let out = sb
+        .cmd()
+        .args(["run", "--task", "t", "--store", "s.db", "--url"])
+        .arg("http://api.test/items/{id}?t=${NOT_SET_ANYWHERE}")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("environment variable NOT_SET_ANYWHERE is not set"),
+        "{out:?}"
+    );
+}
