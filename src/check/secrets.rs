@@ -61,7 +61,7 @@ impl Secrets {
 
     fn is_secret_param(&self, name: &str) -> bool {
         let name = name.to_ascii_lowercase();
-        self.params.iter().any(|p| *p == name)
+        self.params.contains(&name)
     }
 
     /// The URL as it may be shown: password and secret query values replaced by `***`,

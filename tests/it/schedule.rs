@@ -21,7 +21,7 @@ fn readme_cron_command() -> String {
 fn readme_config(api: &str) -> String {
     let readme = include_str!("../../README.md");
     let start = readme
-        .find("```toml\nstore = \"jobs.db\"")
+        .find("```toml\nstore = \"jobs.db\"\nurl = \"https://api.example.com/v1/jobs/{id}\"")
         .expect("the worked example's recheck.toml");
     let body = &readme[start + "```toml\n".len()..];
     let end = body.find("```").expect("end of the toml block");
