@@ -410,6 +410,10 @@ impl RunConfig {
                 report: a.report.clone(),
                 junit: a.junit.clone(),
                 metrics: a.metrics_file.clone(),
+                step_summary: step_summary_path(
+                    a.step_summary.as_deref(),
+                    std::env::var_os(GITHUB_STEP_SUMMARY).as_deref(),
+                ),
             },
             progress: a.progress,
             fail_on: a.fail_on,
@@ -422,6 +426,21 @@ impl RunConfig {
                 http2_prior_knowledge: a.http2,
             },
         })
+    }
+}
+
+/// The variable GitHub Actions sets to the job page's step summary file.
+pub const GITHUB_STEP_SUMMARY: &str = "GITHUB_STEP_SUMMARY";
+
+/// `--step-summary`: the option when given (flag, `RECHECK_STEP_SUMMARY` or the config
+/// file), where `''` is off; else `$GITHUB_STEP_SUMMARY` when set and not empty.
+fn step_summary_path(
+    option: Option<&std::ffi::OsStr>,
+    github: Option<&std::ffi::OsStr>,
+) -> Option<PathBuf> {
+    match option.or(github) {
+        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+        _ => None,
     }
 }
 

@@ -8,6 +8,7 @@ pub mod junit;
 pub mod metrics;
 pub mod outputs;
 pub mod progress;
+pub mod step_summary;
 pub mod summary;
 
 pub use outputs::{OutputConfig, OutputFiles};
