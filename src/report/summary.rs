@@ -275,7 +275,7 @@ impl Summary {
         if let Some(n) = self.backlog {
             rows.push(("backlog (still failed in the store)", thousands(n)));
         }
-        if let Some(n) = self.not_due {
+        if let Some(n) = self.not_due.filter(|n| *n > 0) {
             rows.push(("not due yet", thousands(n)));
         }
         if let Some(at) = &self.next_due_at {

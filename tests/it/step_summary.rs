@@ -244,3 +244,85 @@ fn status_refuses_markdown() {
         "{stderr}"
     );
 }
+
+/// The `run:` lines of the README's step-summary example, in order.
+fn readme_step_commands() -> Vec<String> {
+    let readme = include_str!("../../README.md");
+    let start = readme
+        .find("- name: re-check the items, with a summary on the job page")
+        .expect("the README's step summary example");
+    let block = &readme[start..start + readme[start..].find("```").expect("end of block")];
+    block
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("run: "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The README's CI lines run as written (`sh -c`, `$TASK` and `$API` set as a workflow
+/// would), with `$GITHUB_STEP_SUMMARY` set as on GitHub Actions.
+#[test]
+fn readme_step_summary_lines_run_as_written() {
+    let server = support::default_server();
+    let sb = Sandbox::new();
+    std::fs::write(
+        sb.path("items.json"),
+        serde_json::json!([
+            {"task_id": "nightly-transcode", "item_id": "ok-1", "status": "failed"},
+            {"task_id": "nightly-transcode", "item_id": "ok-2", "status": "failed"},
+            {"task_id": "nightly-transcode", "item_id": "fail-3", "status": "failed"},
+            {"task_id": "nightly-transcode", "item_id": "404-4", "status": "failed"},
+            {"task_id": "nightly-transcode", "item_id": "s500-5", "status": "failed"},
+            {"task_id": "nightly-transcode", "item_id": "fail-<b>|6", "status": "failed"},
+        ])
+        .to_string(),
+    )
+    .unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("recheck");
+    let path = format!(
+        "{}:{}",
+        bin.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let api = server
+        .item_url_template()
+        .strip_suffix("/items/{id}")
+        .expect("the mock's template ends /items/{id}")
+        .to_string();
+    let commands = readme_step_commands();
+    assert_eq!(commands.len(), 2, "{commands:?}");
+    let mut outputs = Vec::new();
+    for command in &commands {
+        let out = std::process::Command::new("sh")
+            .args(["-c", command])
+            .current_dir(sb.dir.path())
+            .env("PATH", &path)
+            .env("TASK", "nightly-transcode")
+            .env("API", &api)
+            .env("GITHUB_STEP_SUMMARY", sb.path("step-summary.md"))
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{command}: {out:?}");
+        outputs.push(out);
+    }
+    let page = std::fs::read_to_string(sb.path("step-summary.md")).unwrap();
+    // Printed for the README's rendering (`cargo test ... -- --nocapture`).
+    println!("{page}");
+    check_markdown(&page);
+    // The second line turned its step summary off: one summary, the first line's.
+    assert_eq!(
+        page.matches("### recheck: task nightly-transcode").count(),
+        1
+    );
+    assert!(page.contains("#### Not OK (first 4)"), "{page}");
+    assert!(!page.contains("(dry run: nothing written)"), "{page}");
+    let stdout = std::fs::read_to_string(sb.path("recheck-summary.md")).unwrap();
+    assert!(
+        stdout.starts_with(
+            "### recheck: task nightly-transcode on json:items.json (dry run: nothing written)\n"
+        ),
+        "{stdout}"
+    );
+    check_markdown(&stdout);
+}
