@@ -516,6 +516,22 @@ fn expand_env(s: &str, env: &impl Fn(&str) -> Option<String>) -> Result<String, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn step_summary_path_semantics() {
+        use std::ffi::OsStr;
+        let gh = Some(OsStr::new("/gh/summary"));
+        let path = |opt: Option<&str>, gh| step_summary_path(opt.map(OsStr::new), gh);
+        assert_eq!(path(None, None), None, "unset: none");
+        assert_eq!(path(None, gh), Some(PathBuf::from("/gh/summary")));
+        assert_eq!(
+            path(None, Some(OsStr::new(""))),
+            None,
+            "empty variable: none"
+        );
+        assert_eq!(path(Some(""), gh), None, "'' turns it off");
+        assert_eq!(path(Some("mine.md"), gh), Some(PathBuf::from("mine.md")));
+    }
     use crate::cli::Command;
     use clap::Parser;
 
