@@ -326,3 +326,24 @@ fn readme_step_summary_lines_run_as_written() {
     );
     check_markdown(&stdout);
 }
+
+/// A run stopped by `--deadline` still appends its summary, and says it was stopped.
+#[test]
+fn deadline_run_appends_its_step_summary() {
+    let server = support::default_server();
+    let sb = Sandbox::new();
+    support::sqlite_store(
+        &sb.path("s.db"),
+        "t1",
+        &["fail-1", "slow2000-2", "slow2000-3", "slow2000-4"],
+    );
+    let out = markdown_run(&sb, &server)
+        .args(["--concurrency", "1", "--deadline", "500ms"])
+        .env("GITHUB_STEP_SUMMARY", sb.path("summary.md"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let text = std::fs::read_to_string(sb.path("summary.md")).unwrap();
+    assert!(text.contains("(deadline reached)"), "{text}");
+    check_markdown(&text);
+}
