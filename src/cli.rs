@@ -335,6 +335,12 @@ pub struct RunArgs {
     /// Prometheus text format, written atomically (node_exporter textfile collector).
     #[arg(long, value_name = "FILE", env = "RECHECK_METRICS_FILE")]
     pub metrics_file: Option<PathBuf>,
+    /// Appends a Markdown summary (counts, top errors, the first 50 not-OK items; under
+    /// 1 MiB) to FILE for the CI job page; `''` turns it off [default: $GITHUB_STEP_SUMMARY
+    /// when set and not empty].
+    // An OsString, not a PathBuf: clap refuses an empty path, and `''` means off.
+    #[arg(long, value_name = "FILE", value_parser = clap::builder::OsStringValueParser::new(), env = "RECHECK_STEP_SUMMARY")]
+    pub step_summary: Option<std::ffi::OsString>,
     /// Progress bar on stderr: `auto` when stderr is a terminal, else a log line every ~10 s.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto, env = "RECHECK_PROGRESS")]
     pub progress: ProgressMode,
@@ -423,7 +429,7 @@ pub struct StatusArgs {
         env = "RECHECK_DEAD_STATUS"
     )]
     pub dead_status: String,
-    /// Output format.
+    /// Output format: text or json (markdown is refused: it is for `recheck run`).
     #[arg(long, value_enum, default_value_t = Format::Text, env = "RECHECK_FORMAT")]
     pub format: Format,
 }

@@ -319,6 +319,12 @@ fn count_of(c: &store::StatusCounts, status: &str) -> u64 {
 /// `recheck status`: counts of a task's items per status, with its backlog (failed items)
 /// by schedule; without `--task`, one line per task of the store.
 pub async fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<()> {
+    // Refused before the store is opened: a usage error touches nothing (exit 2).
+    if args.format == Format::Markdown {
+        anyhow::bail!(
+            "--format markdown is for `recheck run` (and --step-summary); `recheck status` prints text or json"
+        );
+    }
     let task = args.task.as_deref();
     let (spec, mut opts) = match task {
         Some(t) => plain_opts(t, &args.store, &args.failed_status)?,
@@ -353,6 +359,7 @@ pub async fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<()> {
         }
         (Format::Text, Some(t)) => rows[0].write_text(t, &store_name, out)?,
         (Format::Text, None) => write_tasks_table(&rows, &store_name, out)?,
+        (Format::Markdown, _) => {} // refused above
     }
     Ok(())
 }

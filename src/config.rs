@@ -472,6 +472,10 @@ impl RunConfig {
                 report: a.report.clone(),
                 junit: a.junit.clone(),
                 metrics: a.metrics_file.clone(),
+                step_summary: step_summary_path(
+                    a.step_summary.as_deref(),
+                    std::env::var_os(GITHUB_STEP_SUMMARY).as_deref(),
+                ),
             },
             progress: a.progress,
             fail_on: a.fail_on,
@@ -484,6 +488,21 @@ impl RunConfig {
                 http2_prior_knowledge: a.http2,
             },
         })
+    }
+}
+
+/// The variable GitHub Actions sets to the job page's step summary file.
+pub const GITHUB_STEP_SUMMARY: &str = "GITHUB_STEP_SUMMARY";
+
+/// `--step-summary`: the option when given (flag, `RECHECK_STEP_SUMMARY` or the config
+/// file), where `''` is off; else `$GITHUB_STEP_SUMMARY` when set and not empty.
+fn step_summary_path(
+    option: Option<&std::ffi::OsStr>,
+    github: Option<&std::ffi::OsStr>,
+) -> Option<PathBuf> {
+    match option.or(github) {
+        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+        _ => None,
     }
 }
 
@@ -559,6 +578,22 @@ fn expand_env(s: &str, env: &impl Fn(&str) -> Option<String>) -> Result<String, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn step_summary_path_semantics() {
+        use std::ffi::OsStr;
+        let gh = Some(OsStr::new("/gh/summary"));
+        let path = |opt: Option<&str>, gh| step_summary_path(opt.map(OsStr::new), gh);
+        assert_eq!(path(None, None), None, "unset: none");
+        assert_eq!(path(None, gh), Some(PathBuf::from("/gh/summary")));
+        assert_eq!(
+            path(None, Some(OsStr::new(""))),
+            None,
+            "empty variable: none"
+        );
+        assert_eq!(path(Some(""), gh), None, "'' turns it off");
+        assert_eq!(path(Some("mine.md"), gh), Some(PathBuf::from("mine.md")));
+    }
     use crate::cli::Command;
     use clap::Parser;
 

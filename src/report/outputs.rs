@@ -19,8 +19,9 @@
 //! | `--report` | created (truncated) after the store was opened, one line per answer once its batch was saved, flushed after each batch | O(1) |
 //! | `--junit` | at the end, atomically (temp file in the same directory, fsync, rename) | O(items) |
 //! | `--metrics-file` | at the end, atomically | O(1) |
+//! | `--step-summary` | at the end, appended (CI job pages: other steps write there too) | O(1): the first 50 not-OK items |
 //!
-//! An interrupted or deadline-stopped run still writes all three, with what was checked.
+//! An interrupted or deadline-stopped run still writes them all, with what was checked.
 //!
 //! An output that fails during the run (disk full, I/O error) never costs the store an
 //! answer (SPEC §5): it is disabled with one error line on stderr naming the flag, the file
@@ -38,6 +39,7 @@ use crate::model::Verdict;
 use crate::report::jsonl::JsonlReport;
 use crate::report::junit::JunitReport;
 use crate::report::metrics::MetricsFile;
+use crate::report::step_summary::StepSummary;
 use crate::report::{Stored, Summary};
 
 /// Which files to write.
@@ -49,6 +51,8 @@ pub struct OutputConfig {
     pub junit: Option<PathBuf>,
     /// `--metrics-file FILE`.
     pub metrics: Option<PathBuf>,
+    /// `--step-summary FILE` (or `$GITHUB_STEP_SUMMARY`): appended to at the end.
+    pub step_summary: Option<PathBuf>,
 }
 
 /// The output paths of a run, checked ([`OutputFiles::check`]) but not created yet.
@@ -56,6 +60,7 @@ pub struct OutputPlan {
     report: Option<ReportTarget>,
     junit: Option<AtomicFile>,
     metrics: Option<AtomicFile>,
+    step_summary: Option<PathBuf>,
 }
 
 /// The checked `--report` path.
@@ -76,6 +81,7 @@ pub struct OutputFiles {
     report: Option<JsonlReport>,
     junit: Option<JunitReport>,
     metrics: Option<MetricsFile>,
+    step_summary: Option<StepSummary>,
     /// Outputs disabled by a failure during the run.
     failed: usize,
 }
@@ -104,10 +110,14 @@ impl OutputFiles {
             Some(r) => Some(r.open_existing()?),
             None => None,
         };
+        // The step summary's path is only checked against the store and the other outputs
+        // (above): it usually comes from the CI environment, not the user, so a path that
+        // cannot take it is a failed output at the end (exit ≥ 1), never a refused run.
         Ok(OutputPlan {
             report,
             junit,
             metrics,
+            step_summary: cfg.step_summary.clone(),
         })
     }
 
@@ -125,6 +135,9 @@ impl OutputFiles {
         }
         if let Some(m) = &mut self.metrics {
             m.record(v);
+        }
+        if let Some(st) = &mut self.step_summary {
+            st.record(v);
         }
     }
 
@@ -161,6 +174,7 @@ impl OutputFiles {
             self.report.map(JsonlReport::finish),
             self.junit.map(|j| j.finish(summary)),
             self.metrics.map(|m| m.finish(summary, SystemTime::now())),
+            self.step_summary.map(|st| st.finish(summary)),
         ];
         let mut failed = self.failed;
         for e in results.into_iter().flatten().filter_map(Result::err) {
@@ -183,6 +197,7 @@ impl OutputPlan {
             report,
             junit: self.junit.map(|f| JunitReport::new(f, task, started)),
             metrics: self.metrics.map(|f| MetricsFile::new(f, task)),
+            step_summary: self.step_summary.as_deref().map(StepSummary::new),
             failed: 0,
         })
     }
@@ -348,6 +363,7 @@ fn distinct(cfg: &OutputConfig, store: Option<&Path>) -> Result<()> {
         ("--report", &cfg.report),
         ("--junit", &cfg.junit),
         ("--metrics-file", &cfg.metrics),
+        ("--step-summary", &cfg.step_summary),
     ]
     .into_iter()
     .filter_map(|(flag, p)| {
@@ -529,6 +545,7 @@ mod tests {
             report: Some("out/x".into()),
             junit: None,
             metrics: Some("out/./x".into()),
+            step_summary: None,
         };
         let e = distinct(&cfg, None).unwrap_err().to_string();
         assert!(e.contains("--report and --metrics-file"), "{e}");
@@ -550,6 +567,7 @@ mod tests {
             report: report.map(Path::to_path_buf),
             junit: junit.map(Path::to_path_buf),
             metrics: None,
+            step_summary: None,
         };
         let e = distinct(&cfg(Some(&hard), None), Some(&db)).unwrap_err();
         assert!(e.to_string().contains("--report and --store"), "{e}");

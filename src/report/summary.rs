@@ -26,6 +26,8 @@ pub enum Format {
     Text,
     /// One JSON object with stable keys, for scripts.
     Json,
+    /// GitHub-flavoured Markdown tables, for CI job pages and pull-request comments.
+    Markdown,
 }
 
 /// Everything the summary says about a run.
@@ -220,7 +222,113 @@ impl Summary {
         match format {
             Format::Text => self.write_text(out),
             Format::Json => self.write_json(out),
+            Format::Markdown => out.write_all(self.markdown().as_bytes()),
         }
+    }
+
+    /// The summary as GitHub-flavoured Markdown: a heading, the counts table, the most
+    /// common errors and, with more than one host, the per-host table. Every text from
+    /// outside (task, store, host, error) goes through [`md_cell`], so it cannot break a
+    /// table or inject HTML. Bounded: each text is cut to [`MD_TEXT_MAX`] characters.
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let mut head = format!(
+            "### recheck: task {} on {}",
+            md_cell(&self.task),
+            md_cell(&self.store)
+        );
+        for (on, what) in [
+            (self.dry_run, " (dry run: nothing written)"),
+            (self.interrupted, " (interrupted)"),
+            (self.deadline_reached, " (deadline reached)"),
+            (self.store_error.is_some(), " (store failed)"),
+        ] {
+            if on {
+                head.push_str(what);
+            }
+        }
+        s.push_str(&head);
+        s.push_str("\n\n| count | value |\n| --- | ---: |\n");
+        let mut rows: Vec<(&str, String)> = vec![
+            ("checked", thousands(self.checked)),
+            ("ok", thousands(self.ok)),
+            ("still failed", thousands(self.still_failed)),
+            ("not found", thousands(self.not_found)),
+            ("errors", thousands(self.errors)),
+            ("dead", thousands(self.dead)),
+            ("deferred", thousands(self.deferred)),
+            ("requests", thousands(self.requests)),
+            ("retries", thousands(self.retries)),
+            ("duration", format_duration(self.duration)),
+        ];
+        if !self.latency_ms.is_empty() {
+            rows.push((
+                "latency p50 / p95 / p99",
+                format!(
+                    "{} / {} / {} ms",
+                    self.latency_percentile(0.50),
+                    self.latency_percentile(0.95),
+                    self.latency_percentile(0.99)
+                ),
+            ));
+        }
+        if let Some(n) = self.backlog {
+            rows.push(("backlog (still failed in the store)", thousands(n)));
+        }
+        if let Some(n) = self.not_due.filter(|n| *n > 0) {
+            rows.push(("not due yet", thousands(n)));
+        }
+        if let Some(at) = &self.next_due_at {
+            rows.push(("next due", md_cell(at)));
+        }
+        for (name, n) in [
+            ("unchecked", self.unchecked),
+            ("conflicts", self.conflicts),
+            ("unwritten", self.unwritten),
+            ("abandoned", self.abandoned),
+            ("output errors", self.output_errors),
+        ] {
+            if n > 0 {
+                rows.push((name, thousands(n)));
+            }
+        }
+        for (name, value) in rows {
+            s.push_str(&format!("| {name} | {value} |\n"));
+        }
+        if let Some(e) = &self.store_error {
+            s.push_str(&format!("\n**The store failed:** {}\n", md_cell(e)));
+        }
+        let top = self.top_errors(TOP_ERRORS);
+        if !top.is_empty() {
+            s.push_str("\n#### Most common errors\n\n| items | error |\n| ---: | --- |\n");
+            for (e, n) in top {
+                s.push_str(&format!("| {} | {} |\n", thousands(n), md_cell(&e)));
+            }
+        }
+        if self.hosts.len() > 1 {
+            s.push_str(
+                "\n#### Hosts\n\n| host | requests | 2xx | 3xx | 4xx | 5xx | errors | retries | p50 | p95 | limit | circuit |\n\
+                 | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
+            );
+            for h in &self.hosts {
+                s.push_str(&format!(
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} ms | {} ms | {} | {} |\n",
+                    md_cell(&h.host),
+                    h.requests,
+                    h.answers.c2xx,
+                    h.answers.c3xx,
+                    h.answers.c4xx,
+                    h.answers.c5xx,
+                    h.errors,
+                    h.retries,
+                    h.latency_p50_ms,
+                    h.latency_p95_ms,
+                    h.lowest_limit,
+                    h.circuit
+                ));
+            }
+        }
+        s
     }
 
     fn write_json(&self, out: &mut dyn Write) -> io::Result<()> {
@@ -494,8 +602,36 @@ impl Summary {
     }
 }
 
+/// Longest text (in characters) put in one Markdown cell; longer ones end with `…`.
+pub const MD_TEXT_MAX: usize = 300;
+
+/// One text as the content of a Markdown table cell: cut to [`MD_TEXT_MAX`] characters,
+/// line breaks and other control characters as spaces, `|` escaped, and `\\`, `` ` ``, `<`,
+/// `>`, `&` as HTML character references, so the text can neither end the cell, open a
+/// code span, nor inject HTML. The result is at most 6 bytes per input character.
+pub fn md_cell(text: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == MD_TEXT_MAX {
+            out.push('…');
+            break;
+        }
+        match c {
+            '|' => out.push_str("\\|"),
+            '\\' => out.push_str("&#92;"),
+            '`' => out.push_str("&#96;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// `49,980`: a count as a person reads it.
-fn thousands(n: u64) -> String {
+pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -808,6 +944,75 @@ mod tests {
         let mut out = Vec::new();
         s.write(Format::Text, &mut out).unwrap();
         insta::assert_snapshot!(String::from_utf8(out).unwrap());
+    }
+
+    #[test]
+    fn markdown_snapshot() {
+        let mut out = Vec::new();
+        sample().write(Format::Markdown, &mut out).unwrap();
+        insta::assert_snapshot!(String::from_utf8(out).unwrap());
+    }
+
+    /// Hostile texts stay inside their cell: no unescaped `|`, no HTML, no line break.
+    #[test]
+    fn markdown_cells_are_escaped() {
+        let mut s = Summary::new("t|1\n<script>", "sqlite:`x`.db", false);
+        s.add(&v(
+            Outcome::Error,
+            1,
+            Some("a|b\r\n<img src=x onerror=alert(1)> `code` \\| &amp;"),
+        ));
+        let md = s.markdown();
+        assert!(!md.contains('<') && !md.contains('`'), "{md}");
+        let row = md.lines().find(|l| l.contains("a\\|b")).unwrap();
+        assert_eq!(
+            row,
+            "| 1 | a\\|b  &lt;img src=x onerror=alert(1)&gt; &#96;code&#96; &#92;\\| &amp;amp; |"
+        );
+        assert!(
+            md.starts_with("### recheck: task t\\|1 &lt;script&gt; on sqlite:&#96;x&#96;.db\n")
+        );
+        let long = md_cell(&"é".repeat(MD_TEXT_MAX + 10));
+        assert_eq!(long.chars().count(), MD_TEXT_MAX + 1);
+    }
+
+    /// The per-host table comes with more than one host, with one cell per header.
+    #[test]
+    fn markdown_snapshot_hosts() {
+        use crate::check::hosts::{AnswerClasses, HostSummary};
+        let mut s = Summary::new("t", "sqlite:recheck.db", false);
+        s.add(&v(Outcome::Ok, 1, None));
+        let host = |name: &str| HostSummary {
+            host: name.into(),
+            requests: 3,
+            answers: AnswerClasses {
+                c2xx: 3,
+                ..AnswerClasses::default()
+            },
+            errors: 0,
+            retries: 0,
+            latency_p50_ms: 12,
+            latency_p95_ms: 14,
+            limit: 50,
+            lowest_limit: 50,
+            max_limit: 50,
+            circuit: "closed",
+            circuit_opened_at: None,
+            circuit_failures: None,
+            deferred: 0,
+        };
+        s.hosts = vec![host("a.example.com:443"), host("b|<x>:443")];
+        s.duration = Duration::from_millis(1_000);
+        let md = s.markdown();
+        let table: Vec<&str> = md
+            .lines()
+            .skip_while(|l| !l.starts_with("| host"))
+            .collect();
+        assert_eq!(table.len(), 4, "{md}");
+        for l in &table {
+            assert_eq!(l.replace("\\|", "").matches('|').count(), 13, "{l}");
+        }
+        insta::assert_snapshot!(md);
     }
 
     #[test]

@@ -29,6 +29,7 @@ mod scenarios;
 mod schedule;
 mod secrets;
 mod seed_shape;
+mod step_summary;
 mod stop;
 mod tls;
 mod workers;

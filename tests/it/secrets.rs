@@ -128,7 +128,7 @@ fn secrets_do_not_follow_a_redirect_to_another_host() {
 /// Secrets in the URL — a secret query parameter (`api_key`, and one named by
 /// `--secret-param`), a `${VAR}` in the template, a password in a bad template — appear in
 /// no output: stdout and stderr at `-vv` and at `RUST_LOG=trace`, `--report`, `--junit`,
-/// `--metrics-file`, and the store's `last_error`.
+/// `--metrics-file`, `--step-summary`, and the store's `last_error`.
 #[test]
 fn secrets_in_urls_appear_in_no_output() {
     const KEY: &str = "k3y-in-the-query";
@@ -166,6 +166,8 @@ fn secrets_in_urls_appear_in_no_output() {
                     "j.xml",
                     "--metrics-file",
                     "m.prom",
+                    "--step-summary",
+                    "ss.md",
                 ])
                 .args(logs)
                 .env("API_TOKEN", FROM_ENV);
@@ -178,7 +180,7 @@ fn secrets_in_urls_appear_in_no_output() {
                 ("stdout", String::from_utf8_lossy(&out.stdout).into_owned()),
                 ("stderr", String::from_utf8_lossy(&out.stderr).into_owned()),
             ];
-            for file in ["r.jsonl", "j.xml", "m.prom"] {
+            for file in ["r.jsonl", "j.xml", "m.prom", "ss.md"] {
                 seen.push((file, std::fs::read_to_string(sb.path(file)).unwrap()));
             }
             let rows = support::sqlite_rows(&db, "t");

@@ -70,8 +70,8 @@ impl Sandbox {
         self.dir.path().join(name)
     }
 
-    /// `recheck` with the sandbox as working directory and no inherited RECHECK_*, RUST_LOG
-    /// or proxy variables.
+    /// `recheck` with the sandbox as working directory and no inherited RECHECK_*, RUST_LOG,
+    /// GITHUB_STEP_SUMMARY or proxy variables.
     pub fn cmd(&self) -> assert_cmd::Command {
         let mut cmd = assert_cmd::Command::cargo_bin("recheck").expect("recheck binary");
         cmd.current_dir(self.dir.path());
@@ -81,6 +81,8 @@ impl Sandbox {
             }
         }
         cmd.env_remove("RUST_LOG");
+        // Tests run in CI must not append to the job page's summary.
+        cmd.env_remove("GITHUB_STEP_SUMMARY");
         for k in PROXY_VARS {
             cmd.env_remove(k);
         }
