@@ -22,6 +22,7 @@ pub fn listen(token: CancellationToken) {
         // Registering a handler removed the default "die at once" behaviour; restore it.
         // Through the log writer, so a progress bar on screen is cleared first.
         tracing::error!("second signal: exiting now");
+        crate::report::progress::clear_terminal();
         std::process::exit(i32::from(EXIT_INTERRUPTED));
     });
 }

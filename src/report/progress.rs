@@ -556,6 +556,13 @@ impl Progress {
     }
 }
 
+/// Clears whatever bar is on the terminal, at once (a second Ctrl-C exits without the
+/// run's own cleanup).
+pub fn clear_terminal() {
+    let _ = STDERR_BARS.clear();
+    STDERR_BARS.set_draw_target(ProgressDrawTarget::hidden());
+}
+
 impl Drop for Progress {
     fn drop(&mut self) {
         self.finish();

@@ -19,6 +19,11 @@ struct PtyRun {
 
 /// `recheck ARGS` in `sandbox` with stdout and stderr on a 120×40 pseudo-terminal.
 fn run_in_pty(sandbox: &Sandbox, args: &[&str]) -> PtyRun {
+    run_in_pty_with(sandbox, args, &[])
+}
+
+/// [`run_in_pty`], sending each signal once its delay after the start has passed.
+fn run_in_pty_with(sandbox: &Sandbox, args: &[&str], signals: &[(Duration, i32)]) -> PtyRun {
     let (mut master, mut slave) = (0, 0);
     let size = libc::winsize {
         ws_row: 40,
@@ -91,9 +96,17 @@ fn run_in_pty(sandbox: &Sandbox, args: &[&str]) -> PtyRun {
         }
         out
     });
+    let mut pending: Vec<(Duration, i32)> = signals.to_vec();
     let status = loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
             break status;
+        }
+        if let Some(&(at, sig)) = pending.first()
+            && started.elapsed() >= at
+        {
+            // SAFETY: kill(2) on our own child's pid; no memory is touched.
+            unsafe { libc::kill(child.id() as i32, sig) };
+            pending.remove(0);
         }
         if started.elapsed() > Duration::from_secs(60) {
             let _ = child.kill();
@@ -333,4 +346,57 @@ fn always_draws_on_a_pipe_too() {
     assert!(stderr.contains("\x1b[2K"), "{stderr:?}");
     // The summary on stdout is untouched by the bar.
     assert_eq!(support::summary(&out)["checked"], 20);
+}
+
+/// Ctrl-C mid-run, once (the run writes what was answered, then prints its summary) and
+/// twice (it exits at once): either way the bar is cleared after its last frame, and
+/// nothing of it is left below.
+#[test]
+fn the_bar_is_cleared_after_one_and_two_ctrl_c() {
+    let server = support::default_server();
+    for signals in [
+        &[(Duration::from_millis(1200), libc::SIGINT)][..],
+        &[
+            (Duration::from_millis(1200), libc::SIGINT),
+            (Duration::from_millis(1300), libc::SIGINT),
+        ][..],
+    ] {
+        let sb = Sandbox::new();
+        let store = slow_items(&sb, "items.db", 200, 300);
+        let template = server.item_url_template();
+        let run = run_in_pty_with(
+            &sb,
+            &run_args(&template, &store, &["--concurrency", "10"]),
+            signals,
+        );
+        assert_eq!(run.code, Some(130), "{}", run.out);
+        let out = &run.out;
+        let last_frame = out
+            .rfind("/200 checked")
+            .unwrap_or_else(|| panic!("no bar drawn: {out:?}"));
+        // Erasing the two-line bar moves the cursor up over its first line: without an
+        // erasure, its last frame is the last thing on the screen.
+        let after = &out[last_frame..];
+        let erased = after.match_indices("\x1b[").any(|(at, _)| {
+            ends_with_cursor_up(
+                &after[..at
+                    + 2
+                    + after[at + 2..]
+                        .find(|c: char| !c.is_ascii_digit())
+                        .unwrap_or(0)
+                    + 1],
+            )
+        });
+        assert!(
+            erased,
+            "{} signal(s): the bar's last frame is not cleared: {after:?}",
+            signals.len()
+        );
+        if signals.len() == 1 {
+            let summary = summary_row(out, 200)
+                .map(|_| ())
+                .or_else(|| out.contains("(interrupted)").then_some(()));
+            assert!(summary.is_some(), "no summary after one Ctrl-C: {out:?}");
+        }
+    }
 }
