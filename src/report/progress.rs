@@ -293,14 +293,19 @@ impl Status {
         } else {
             format!(" | limit {}", self.hosts)
         };
+        // One decimal below 10/s: a slow API's 0.4 req/s is not "0 req/s".
+        let rate = if self.requests_per_s < 10.0 {
+            format!("{:.1}", self.requests_per_s)
+        } else {
+            format!("{:.0}", self.requests_per_s)
+        };
         format!(
-            "ok {}, still failed {}, not found {}, errors {}, dead {}{deferred} | {:.0} req/s, ETA {}{hosts}",
+            "ok {}, still failed {}, not found {}, errors {}, dead {}{deferred} | {rate} req/s, ETA {}{hosts}",
             c.ok,
             c.still_failed,
             c.not_found,
             c.errors,
             c.dead,
-            self.requests_per_s,
             Eta(self.eta()),
         )
     }
@@ -450,11 +455,23 @@ fn tick(
     let mut meter = Meter::new(window, start, shared.counts.snapshot());
     let mut clock = tokio::time::interval_at(start + every, every);
     clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The ETA's rate, smoothed over a few windows: on a slow API the window holds a handful
+    // of items and its rate (so the ETA) would jump with each one.
+    let mut smoothed: Option<f64> = None;
+    let alpha = (every.as_secs_f64() / (2.0 * window.as_secs_f64())).clamp(0.01, 1.0);
     async move {
         loop {
             let now = clock.tick().await;
             let counts = shared.counts.snapshot();
-            let (items_per_s, requests_per_s) = meter.push(now, counts);
+            let (window_rate, requests_per_s) = meter.push(now, counts);
+            let items_per_s = match smoothed {
+                Some(s) if window_rate > 0.0 => s + alpha * (window_rate - s),
+                Some(s) => s,
+                None => window_rate,
+            };
+            if items_per_s > 0.0 {
+                smoothed = Some(items_per_s);
+            }
             let status = Status {
                 total: shared.total,
                 counts,
@@ -602,6 +619,20 @@ mod tests {
     }
 
     #[test]
+    fn slow_rates_keep_a_decimal() {
+        assert!(
+            status(100, Snapshot::default(), 1.0, 0.4)
+                .bar_message()
+                .contains("| 0.4 req/s")
+        );
+        assert!(
+            status(100, Snapshot::default(), 1.0, 123.4)
+                .bar_message()
+                .contains("| 123 req/s")
+        );
+    }
+
+    #[test]
     fn hosts_below_their_bound_are_on_the_bar() {
         let mut s = status(100, Snapshot::default(), 1.0, 1.0);
         assert!(!s.bar_message().contains("limit"));
@@ -744,9 +775,10 @@ mod tests {
         }
         let (at, second) = rx.recv().await.unwrap();
         assert_eq!(at - t0, Duration::from_secs(20));
-        // Only the last ten seconds count: 20 items, 20 requests.
-        assert_eq!((second.items_per_s, second.requests_per_s), (2.0, 2.0));
-        assert_eq!(Eta(second.eta()).to_string(), "25s");
+        // Only the last ten seconds count: 20 items, 20 requests; the ETA's item rate is
+        // smoothed half-way from the first window's 3/s toward them.
+        assert_eq!((second.items_per_s, second.requests_per_s), (2.5, 2.0));
+        assert_eq!(Eta(second.eta()).to_string(), "20s");
         ticker.abort();
 
         // The line itself, as the text log format prints it.
@@ -766,7 +798,7 @@ mod tests {
         assert_eq!(
             text,
             " INFO progress done=50 total=100 ok=20 still_failed=0 not_found=20 errors=10 dead=0 deferred=0 \
-             requests_per_s=2.0 eta=25s\n"
+             requests_per_s=2.0 eta=20s\n"
         );
     }
 
