@@ -304,22 +304,12 @@ fn typos_in_config_keys_and_variables_get_suggestions() {
 /// here): the one log file it appends to stays JSON Lines, the deadline's warning included.
 #[test]
 fn readme_cron_line_keeps_its_log_json_lines() {
-    let readme = include_str!("../../README.md");
-    let line = readme
-        .lines()
-        .find(|l| l.starts_with("*/10 ") && l.contains("--log-format json"))
-        .expect("the README's cron line");
-    let (_, command) = line
-        .split_once("cd /srv/recheck && ")
-        .expect("the cron line changes to /srv/recheck");
-    let command = command
+    let command = crate::support::readme_cron_command("--log-format json")
         .replace("--deadline 9m", "--deadline 1s")
         .replace("/var/log/recheck.jsonl", "recheck.jsonl");
-    let start = readme
-        .find("```toml\nstore = \"jobs.db\"\nurl = \"https://api.example.com/v1/items/{id}\"")
-        .expect("the cron section's recheck.toml");
-    let body = &readme[start + "```toml\n".len()..];
-    let toml = &body[..body.find("```").unwrap()];
+    let toml = crate::support::readme_toml(
+        "store = \"jobs.db\"\nurl = \"https://api.example.com/v1/items/{id}\"",
+    );
     let server = crate::support::default_server();
     let sb = Sandbox::new();
     std::fs::write(
@@ -335,19 +325,7 @@ fn readme_cron_line_keeps_its_log_json_lines() {
         "nightly-transcode",
         &["ok-1", "fail-2", "hang-3"],
     );
-    let bin = assert_cmd::cargo::cargo_bin("recheck");
-    let path = format!(
-        "{}:{}",
-        bin.parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let out = std::process::Command::new("sh")
-        .args(["-c", &command])
-        .current_dir(sb.dir.path())
-        .env("PATH", &path)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
+    let out = crate::support::shell(&sb, &command).output().unwrap();
     assert_eq!(out.status.code(), Some(3), "the deadline fired: {out:?}");
     let log = std::fs::read_to_string(sb.path("recheck.jsonl")).unwrap();
     let lines: Vec<serde_json::Value> = log

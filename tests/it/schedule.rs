@@ -4,28 +4,10 @@
 
 use crate::support::{self, Sandbox};
 
-/// The README's cron line with a schedule, from `cd` on: the command a shell runs.
-fn readme_cron_command() -> String {
-    let readme = include_str!("../../README.md");
-    let line = readme
-        .lines()
-        .find(|l| l.starts_with("*/10 ") && l.contains("--recheck-backoff 10m..6h"))
-        .expect("the README's cron line with a schedule");
-    let (_, command) = line
-        .split_once("cd /srv/recheck && ")
-        .expect("the cron line changes to /srv/recheck");
-    command.to_string()
-}
-
 /// The README's `recheck.toml` of the worked example, with the mock server as the API.
 fn readme_config(api: &str) -> String {
-    let readme = include_str!("../../README.md");
-    let start = readme
-        .find("```toml\nstore = \"jobs.db\"\nurl = \"https://api.example.com/v1/jobs/{id}\"")
-        .expect("the worked example's recheck.toml");
-    let body = &readme[start + "```toml\n".len()..];
-    let end = body.find("```").expect("end of the toml block");
-    body[..end].replace("https://api.example.com/v1/jobs/{id}", api)
+    support::readme_toml("store = \"jobs.db\"\nurl = \"https://api.example.com/v1/jobs/{id}\"")
+        .replace("https://api.example.com/v1/jobs/{id}", api)
 }
 
 #[test]
@@ -48,21 +30,9 @@ fn readme_cron_line_with_a_schedule() {
         readme_config(&server.item_url_template()),
     )
     .unwrap();
-    let bin = assert_cmd::cargo::cargo_bin("recheck");
-    let path = format!(
-        "{}:{}",
-        bin.parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let command = readme_cron_command();
+    let command = support::readme_cron_command("--recheck-backoff 10m..6h");
     for _ in 0..2 {
-        let out = std::process::Command::new("sh")
-            .args(["-c", &command])
-            .current_dir(sb.dir.path())
-            .env("PATH", &path)
-            .env_remove("RUST_LOG")
-            .output()
-            .unwrap();
+        let out = support::shell(&sb, &command).output().unwrap();
         // Not OK items left: exit 1 on the first run; nothing due on the second: exit 0.
         assert!(matches!(out.status.code(), Some(0 | 1)), "{out:?}");
     }

@@ -247,7 +247,7 @@ fn status_refuses_markdown() {
 
 /// The `run:` lines of the README's step-summary example, in order.
 fn readme_step_commands() -> Vec<String> {
-    let readme = include_str!("../../README.md");
+    let readme = support::README;
     let start = readme
         .find("- name: re-check the items, with a summary on the job page")
         .expect("the README's step summary example");
@@ -278,12 +278,6 @@ fn readme_step_summary_lines_run_as_written() {
         .to_string(),
     )
     .unwrap();
-    let bin = assert_cmd::cargo::cargo_bin("recheck");
-    let path = format!(
-        "{}:{}",
-        bin.parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
     let api = server
         .item_url_template()
         .strip_suffix("/items/{id}")
@@ -293,14 +287,10 @@ fn readme_step_summary_lines_run_as_written() {
     assert_eq!(commands.len(), 2, "{commands:?}");
     let mut outputs = Vec::new();
     for command in &commands {
-        let out = std::process::Command::new("sh")
-            .args(["-c", command])
-            .current_dir(sb.dir.path())
-            .env("PATH", &path)
+        let out = support::shell(&sb, command)
             .env("TASK", "nightly-transcode")
             .env("API", &api)
             .env("GITHUB_STEP_SUMMARY", sb.path("step-summary.md"))
-            .env_remove("RUST_LOG")
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(1), "{command}: {out:?}");

@@ -373,3 +373,46 @@ pub fn check_outcome_summary(out: &std::process::Output) {
     assert_eq!(s["interrupted"], false);
     assert_eq!(s["dry_run"], false);
 }
+
+/// The README, for tests that run what it shows as written.
+pub const README: &str = include_str!("../../../README.md");
+
+/// The README cron line (`*/10 ...`) that contains `marker`, from `cd /srv/recheck && ` on:
+/// the command its shell runs.
+pub fn readme_cron_command(marker: &str) -> String {
+    let line = README
+        .lines()
+        .find(|l| l.starts_with("*/10 ") && l.contains(marker))
+        .unwrap_or_else(|| panic!("no README cron line with {marker:?}"));
+    let (_, command) = line
+        .split_once("cd /srv/recheck && ")
+        .expect("the cron line changes to /srv/recheck");
+    command.to_string()
+}
+
+/// The body of the README's ```toml block that starts with `first_lines`.
+pub fn readme_toml(first_lines: &str) -> String {
+    let fence = format!("```toml\n{first_lines}");
+    let start = README
+        .find(&fence)
+        .unwrap_or_else(|| panic!("no README toml block starting {first_lines:?}"));
+    let body = &README[start + "```toml\n".len()..];
+    body[..body.find("```").expect("end of the toml block")].to_string()
+}
+
+/// `sh -c command` in the sandbox, as a user's shell runs a README line: the built
+/// `recheck` first on PATH, no `RUST_LOG`.
+pub fn shell(sb: &Sandbox, command: &str) -> std::process::Command {
+    let bin = assert_cmd::cargo::cargo_bin("recheck");
+    let path = format!(
+        "{}:{}",
+        bin.parent().expect("the binary's directory").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", command])
+        .current_dir(sb.dir.path())
+        .env("PATH", path)
+        .env_remove("RUST_LOG");
+    cmd
+}
