@@ -3,7 +3,6 @@
 //! one down host does not hold back another, and the adaptive per-host limit backs off a
 //! host that answers 429 when overloaded.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::support::{self, Behavior, MockConfig, MockServer, Sandbox};
@@ -29,36 +28,26 @@ fn item_url(server: &MockServer, id: &str) -> String {
 /// The run, as a child process that must end within `bound` (else it is killed and the test
 /// fails): the circuit's point is that a down API ends the run in seconds.
 fn run_bounded(sb: &Sandbox, args: &[&str], bound: Duration) -> std::process::Output {
-    let bin = assert_cmd::cargo::cargo_bin("recheck");
-    let mut child = Command::new(bin)
-        .current_dir(sb.dir.path())
-        .args([
-            "run",
-            "--task",
-            "t",
-            "--store",
-            "s.db",
-            "--backoff",
-            "5ms..20ms",
-        ])
-        .args(["--progress", "never", "--format", "json"])
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if started.elapsed() > bound {
-            let _ = child.kill();
-            panic!("the run did not end within {bound:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    spawn_run(sb, args).wait(bound)
+}
+
+/// `recheck run` on task `t` of `s.db`, its answers as JSON, started in the background.
+fn spawn_run(sb: &Sandbox, args: &[&str]) -> support::Running {
+    let mut all = vec![
+        "run",
+        "--task",
+        "t",
+        "--store",
+        "s.db",
+        "--backoff",
+        "5ms..20ms",
+        "--progress",
+        "never",
+        "--format",
+        "json",
+    ];
+    all.extend_from_slice(args);
+    sb.spawn(&all)
 }
 
 fn next_check_at(sb: &Sandbox, id: &str) -> Option<String> {
@@ -224,24 +213,10 @@ fn a_recovering_host_closes_its_circuit_through_a_probe() {
         .map(|id| (id.clone(), item_url(&server, id)))
         .collect();
     store_with_urls(&sb, &rows);
-    let bin = assert_cmd::cargo::cargo_bin("recheck");
-    let child = Command::new(bin)
-        .current_dir(sb.dir.path())
-        .args([
-            "run",
-            "--task",
-            "t",
-            "--store",
-            "s.db",
-            "--backoff",
-            "5ms..20ms",
-        ])
-        .args(["--circuit", "10", "--concurrency", "2", "--retries", "100"])
-        .args(["--format", "json", "--progress", "never"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_run(
+        &sb,
+        &["--circuit", "10", "--concurrency", "2", "--retries", "100"],
+    );
     // The circuit is open once 10 requests failed; the API comes back during the cool-down.
     let started = Instant::now();
     while server.total_requests() < 10 {
@@ -252,7 +227,7 @@ fn a_recovering_host_closes_its_circuit_through_a_probe() {
     for id in &ids {
         server.set(id, Behavior::Ok);
     }
-    let out = child.wait_with_output().unwrap();
+    let out = child.wait(Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let s = support::summary(&out);
     assert_eq!(
