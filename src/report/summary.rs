@@ -884,6 +884,30 @@ mod tests {
         );
     }
 
+    /// A host that answered three requests, all 2xx, at its full limit of 50.
+    fn healthy_host(name: &str) -> crate::check::hosts::HostSummary {
+        use crate::check::hosts::{AnswerClasses, HostSummary};
+        HostSummary {
+            host: name.into(),
+            requests: 3,
+            answers: AnswerClasses {
+                c2xx: 3,
+                ..AnswerClasses::default()
+            },
+            errors: 0,
+            retries: 0,
+            latency_p50_ms: 12,
+            latency_p95_ms: 14,
+            limit: 50,
+            lowest_limit: 50,
+            max_limit: 50,
+            circuit: "closed",
+            circuit_opened_at: None,
+            circuit_failures: None,
+            deferred: 0,
+        }
+    }
+
     /// Two hosts, one whose circuit opened and one whose limit came down: the lines that
     /// say so and the per-host table.
     #[test]
@@ -919,25 +943,7 @@ mod tests {
                 circuit_failures: Some(20),
                 deferred: 49_980,
             },
-            HostSummary {
-                host: "cdn.example.com:443".into(),
-                requests: 3,
-                answers: AnswerClasses {
-                    c2xx: 3,
-                    ..AnswerClasses::default()
-                },
-                errors: 0,
-                retries: 0,
-                latency_p50_ms: 12,
-                latency_p95_ms: 14,
-                limit: 50,
-                lowest_limit: 50,
-                max_limit: 50,
-                circuit: "closed",
-                circuit_opened_at: None,
-                circuit_failures: None,
-                deferred: 0,
-            },
+            healthy_host("cdn.example.com:443"),
         ];
         assert_eq!((s.checked, s.deferred), (3, 49_980));
         assert!(s.all_ok(), "deferred items are not checked ones");
@@ -979,29 +985,9 @@ mod tests {
     /// The per-host table comes with more than one host, with one cell per header.
     #[test]
     fn markdown_snapshot_hosts() {
-        use crate::check::hosts::{AnswerClasses, HostSummary};
         let mut s = Summary::new("t", "sqlite:recheck.db", false);
         s.add(&v(Outcome::Ok, 1, None));
-        let host = |name: &str| HostSummary {
-            host: name.into(),
-            requests: 3,
-            answers: AnswerClasses {
-                c2xx: 3,
-                ..AnswerClasses::default()
-            },
-            errors: 0,
-            retries: 0,
-            latency_p50_ms: 12,
-            latency_p95_ms: 14,
-            limit: 50,
-            lowest_limit: 50,
-            max_limit: 50,
-            circuit: "closed",
-            circuit_opened_at: None,
-            circuit_failures: None,
-            deferred: 0,
-        };
-        s.hosts = vec![host("a.example.com:443"), host("b|<x>:443")];
+        s.hosts = vec![healthy_host("a.example.com:443"), healthy_host("b|<x>:443")];
         s.duration = Duration::from_millis(1_000);
         let md = s.markdown();
         let table: Vec<&str> = md
