@@ -171,7 +171,7 @@ impl Fetcher {
             }
             attempts += 1;
             let result = {
-                let admitted = match self.gate.admit(url, cancel).await {
+                let admitted = match self.gate.admit(url, attempts > 1, cancel).await {
                     Ok(a) => a,
                     Err(Refused::Cancelled) => return None,
                     Err(Refused::Deferred(d)) => {
@@ -188,7 +188,10 @@ impl Fetcher {
                 };
                 host_limit = admitted.host_limit();
                 first_sent.get_or_insert_with(Instant::now);
-                let r = match tokio::time::timeout(self.cfg.timeout, self.attempt(url)).await {
+                // Boxed: the attempt's large state lives on the heap only while it runs, so
+                // an item waiting out a backoff is small (many can wait at once).
+                let attempt = Box::pin(self.attempt(url));
+                let r = match tokio::time::timeout(self.cfg.timeout, attempt).await {
                     Ok(r) => r,
                     Err(_) => Err(Failure::Timeout(format!(
                         "timed out after {}",

@@ -6,12 +6,12 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::hosts::{Deferred, HostPermit, HostPolicy, HostSummary, Hosts, Signal};
 use tokio::time::Instant;
@@ -63,6 +63,16 @@ pub struct Gate {
     any_pause: AtomicBool,
     paused: Mutex<HashMap<String, Instant>>,
     rate: Option<DefaultDirectRateLimiter>,
+    /// First attempts waiting for a request slot: while there are any, retries wait. Every
+    /// item's first answer comes early (a hang is found in the first seconds, not at the
+    /// end), and the retry chains overlap with the rest of the run.
+    first_waiting: AtomicUsize,
+    /// Retries waiting for the first attempts to go (so only then is anyone woken).
+    retries_waiting: AtomicUsize,
+    first_gone: Notify,
+    /// One retry at a time queues for a request slot: a first attempt that comes later
+    /// waits behind at most that one.
+    retry_lane: Semaphore,
 }
 
 /// Permission to have one request in flight; dropping it frees the slots. Tell it how the
@@ -128,12 +138,22 @@ impl Gate {
             any_pause: AtomicBool::new(false),
             paused: Mutex::new(HashMap::new()),
             rate,
+            first_waiting: AtomicUsize::new(0),
+            retries_waiting: AtomicUsize::new(0),
+            first_gone: Notify::new(),
+            retry_lane: Semaphore::new(1),
         }
     }
 
     /// Waits until a request to `url` may start: the host's pause, the rate, a slot of the
-    /// host (its limit and circuit), then a global slot.
-    pub async fn admit(&self, url: &Url, cancel: &CancellationToken) -> Result<Admission, Refused> {
+    /// host (its limit and circuit), then a global slot. A `retry` (not the item's first
+    /// attempt) takes a global slot only when no first attempt is waiting for one.
+    pub async fn admit(
+        &self,
+        url: &Url,
+        retry: bool,
+        cancel: &CancellationToken,
+    ) -> Result<Admission, Refused> {
         let wait = async {
             let paused = self.any_pause.load(Ordering::Relaxed);
             let key = (self.hosts.is_some() || paused).then(|| host_key(url));
@@ -160,10 +180,15 @@ impl Gate {
                 }
                 _ => None,
             };
-            let global = Arc::clone(&self.in_flight)
-                .acquire_owned()
-                .await
-                .map_err(|_| Refused::Cancelled)?;
+            let global = if retry {
+                let _lane = self.retry_lane.acquire().await;
+                self.first_attempts_gone().await;
+                Arc::clone(&self.in_flight).acquire_owned().await
+            } else {
+                let _waiting = FirstWaiting::new(self);
+                Arc::clone(&self.in_flight).acquire_owned().await
+            }
+            .map_err(|_| Refused::Cancelled)?;
             Ok(Admission {
                 host,
                 _global: global,
@@ -172,6 +197,25 @@ impl Gate {
         tokio::select! {
             a = wait => a,
             _ = cancel.cancelled() => Err(Refused::Cancelled),
+        }
+    }
+
+    /// Returns when no first attempt waits for a request slot.
+    async fn first_attempts_gone(&self) {
+        // SeqCst on both counters (here and in `FirstWaiting::drop`): either this sees the
+        // last first attempt gone, or that one sees this retry waiting and wakes it.
+        self.retries_waiting.fetch_add(1, Ordering::SeqCst);
+        let _done = scopeguard(|| {
+            self.retries_waiting.fetch_sub(1, Ordering::SeqCst);
+        });
+        loop {
+            let gone = self.first_gone.notified();
+            tokio::pin!(gone);
+            gone.as_mut().enable();
+            if self.first_waiting.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            gone.await;
         }
     }
 
@@ -217,6 +261,41 @@ impl Gate {
     }
 }
 
+/// A first attempt waiting for a request slot (counted while it waits, also when the wait
+/// is dropped by a stop).
+struct FirstWaiting<'a>(&'a Gate);
+
+impl<'a> FirstWaiting<'a> {
+    fn new(gate: &'a Gate) -> FirstWaiting<'a> {
+        gate.first_waiting.fetch_add(1, Ordering::SeqCst);
+        FirstWaiting(gate)
+    }
+}
+
+impl Drop for FirstWaiting<'_> {
+    fn drop(&mut self) {
+        let gate = self.0;
+        if gate.first_waiting.fetch_sub(1, Ordering::SeqCst) == 1
+            && gate.retries_waiting.load(Ordering::SeqCst) > 0
+        {
+            gate.first_gone.notify_waiters();
+        }
+    }
+}
+
+/// Runs `f` when dropped.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
 /// `host:port` of a URL, the unit of per-host limits, pauses and circuits.
 fn host_key(url: &Url) -> String {
     format!(
@@ -250,18 +329,18 @@ mod tests {
     async fn per_host_bound_is_separate_per_host() {
         let gate = Gate::new(10, Some(2), None, false, 0);
         let stop = CancellationToken::new();
-        let a1 = gate.admit(&url("http://a/1"), &stop).await.ok().unwrap();
-        let _a2 = gate.admit(&url("http://a/2"), &stop).await.ok().unwrap();
+        let a1 = gate.admit(&url("http://a/1"), false, &stop).await.ok().unwrap();
+        let _a2 = gate.admit(&url("http://a/2"), false, &stop).await.ok().unwrap();
         // A third to host a waits; host b is free.
         let third = tokio::time::timeout(
             Duration::from_millis(50),
-            gate.admit(&url("http://a/3"), &stop),
+            gate.admit(&url("http://a/3"), false, &stop),
         )
         .await;
         assert!(third.is_err(), "a third request to one host was admitted");
-        assert!(gate.admit(&url("http://b/1"), &stop).await.is_ok());
+        assert!(gate.admit(&url("http://b/1"), false, &stop).await.is_ok());
         drop(a1);
-        assert!(gate.admit(&url("http://a/3"), &stop).await.is_ok());
+        assert!(gate.admit(&url("http://a/3"), false, &stop).await.is_ok());
     }
 
     #[tokio::test(start_paused = true)]
@@ -270,12 +349,12 @@ mod tests {
         let stop = CancellationToken::new();
         gate.pause_host(&url("http://a/"), Duration::from_secs(3));
         let started = Instant::now();
-        gate.admit(&url("http://a/x"), &stop).await.ok().unwrap();
+        gate.admit(&url("http://a/x"), false, &stop).await.ok().unwrap();
         assert!(started.elapsed() >= Duration::from_secs(3));
         // Other hosts are not paused.
         let started = Instant::now();
         gate.pause_host(&url("http://a/"), Duration::from_secs(3));
-        gate.admit(&url("http://b/x"), &stop).await.ok().unwrap();
+        gate.admit(&url("http://b/x"), false, &stop).await.ok().unwrap();
         assert!(started.elapsed() < Duration::from_secs(1));
     }
 
@@ -284,10 +363,10 @@ mod tests {
         let gate = Gate::new(10, Some(5), None, true, 0);
         let stop = CancellationToken::new();
         assert_eq!(gate.limits_below_bound(), "");
-        let a = gate.admit(&url("http://a/1"), &stop).await.ok().unwrap();
+        let a = gate.admit(&url("http://a/1"), false, &stop).await.ok().unwrap();
         assert_eq!(a.host_limit(), Some(5));
         a.done(Signal::Answer(429), false);
-        gate.admit(&url("http://b/1"), &stop)
+        gate.admit(&url("http://b/1"), false, &stop)
             .await
             .ok()
             .unwrap()
@@ -299,13 +378,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn first_attempts_go_before_retries() {
+        let gate = Arc::new(Gate::new(1, None, None, false, 0));
+        let stop = CancellationToken::new();
+        let held = gate.admit(&url("http://a/0"), false, &stop).await.ok().unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut waiting = tokio::task::JoinSet::new();
+        // Queued in this order while the one slot is held.
+        for (name, retry) in [("first-1", false), ("retry", true), ("first-2", false)] {
+            let (gate, stop, order) = (Arc::clone(&gate), stop.clone(), Arc::clone(&order));
+            waiting.spawn(async move {
+                let a = gate.admit(&url("http://a/x"), retry, &stop).await.ok().unwrap();
+                order.lock().unwrap().push(name);
+                tokio::task::yield_now().await;
+                drop(a);
+            });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(held);
+        while waiting.join_next().await.is_some() {}
+        assert_eq!(*order.lock().unwrap(), ["first-1", "first-2", "retry"]);
+    }
+
+    #[tokio::test]
+    async fn a_retry_goes_when_no_first_attempt_waits() {
+        let gate = Gate::new(2, None, None, false, 0);
+        let stop = CancellationToken::new();
+        let _first = gate.admit(&url("http://a/1"), false, &stop).await.ok().unwrap();
+        let retry =
+            tokio::time::timeout(Duration::from_secs(5), gate.admit(&url("http://a/2"), true, &stop))
+                .await;
+        assert!(matches!(retry, Ok(Ok(_))), "a retry waited with a slot free");
+    }
+
+    #[tokio::test]
     async fn cancel_ends_a_wait() {
         let gate = Gate::new(1, None, None, false, 0);
         let stop = CancellationToken::new();
-        let _held = gate.admit(&url("http://a/"), &stop).await.ok().unwrap();
+        let _held = gate.admit(&url("http://a/"), false, &stop).await.ok().unwrap();
         stop.cancel();
         assert!(matches!(
-            gate.admit(&url("http://a/"), &stop).await,
+            gate.admit(&url("http://a/"), false, &stop).await,
             Err(Refused::Cancelled)
         ));
     }
