@@ -60,7 +60,7 @@ DOC = os.path.join(ROOT, "BENCHMARKS.md")
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 TASK = "bench"
 
-# recheck's defaults (SPEC §3), passed explicitly so the references below always match.
+# recheck's defaults (docs/reference.md §3), passed explicitly so the references below always match.
 TIMEOUT_S = 5.0
 RETRIES = 5
 BACKOFF = (0.2, 30.0)

@@ -543,7 +543,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_match_spec() {
+    fn defaults_match_the_reference() {
         let r = run_args(&[]);
         assert_eq!(r.store.store, "recheck.db");
         assert_eq!(r.concurrency, 100);

@@ -31,14 +31,15 @@ pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// store failure can cost at most, and about a third of what an import holds in memory.
 pub const IMPORT_BATCH: usize = 10_000;
 
-/// Exit code of a run whose store failed during the run (SPEC §4).
+/// Exit code of a run whose store failed during the run (docs/reference.md §4.2).
 pub const EXIT_STORE_FAILED: u8 = 4;
 
-/// Exit code of a run that deferred items because their host's circuit opened (SPEC §4).
+/// Exit code of a run that deferred items because their host's circuit opened
+/// (docs/reference.md §4.2).
 pub const EXIT_API_UNAVAILABLE: u8 = 5;
 
-/// The exit code for a finished run (SPEC §4). When several apply: 4 (the store failed),
-/// then 130 (interrupted), then 3 (deadline), then 5 (items deferred: the API was
+/// The exit code for a finished run (docs/reference.md §4.2). When several apply: 4 (the store
+/// failed), then 130 (interrupted), then 3 (deadline), then 5 (items deferred: the API was
 /// unavailable), then 1 (items not OK, or an output file failed: that is never hidden by
 /// `--fail-on never`, since the file the user asked for is missing or incomplete).
 pub fn exit_code(summary: &Summary, fail_on: FailOn) -> u8 {
@@ -822,7 +823,7 @@ mod tests {
             s.deadline_reached = deadline;
             s
         };
-        // 4, then 130, then 3, then 1 (SPEC §4).
+        // 4, then 130, then 3, then 1 (docs/reference.md §4.2).
         assert_eq!(exit_code(&s(true, true, true, true), FailOn::Any), 4);
         assert_eq!(exit_code(&s(true, false, false, false), FailOn::Never), 4);
         assert_eq!(exit_code(&s(false, true, true, true), FailOn::Any), 130);

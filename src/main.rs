@@ -57,8 +57,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             let stop = tokio_util::sync::CancellationToken::new();
             recheck::shutdown::listen(stop.clone());
             let summary = recheck::run(cfg, stop).await?;
-            // SPEC §4: a summary that cannot be printed (stdout closed) does not change the
-            // exit code, which says what happened to the store.
+            // docs/reference.md §4.2: a summary that cannot be printed (stdout closed) does
+            // not change the exit code, which says what happened to the store.
             if let Err(e) = summary
                 .write(format, &mut stdout)
                 .and_then(|()| stdout.flush())

@@ -28,7 +28,7 @@ pub struct Item {
     pub first_checked_at: Option<SystemTime>,
 }
 
-/// What one check concluded about one item (SPEC §3, "Outcome of one item").
+/// What one check concluded about one item (docs/reference.md §3.4, the outcomes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {

@@ -20,7 +20,7 @@
 //! verdict channel is bounded, so the pool's workers wait on it and take no new items
 //! (memory stays bounded by two batches plus the channel). A final error, or a transient
 //! one that outlasts the budget, halts the run at once (no new check is admitted), and
-//! every later answer is recorded as `unwritten`; the run exits 4 (SPEC §4).
+//! every later answer is recorded as `unwritten`; the run exits 4 (docs/reference.md §4.2).
 //!
 //! # Checkpointed stores
 //!

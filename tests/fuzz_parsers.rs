@@ -1022,7 +1022,8 @@ fn round_trip(doc: &GenDoc, plan: &Plan) -> Result<(), TestCaseError> {
     let opts = options(doc.case);
 
     if !doc.items.iter().any(|m| m.of_task) {
-        // A run on a task the store has no item of is refused (SPEC §2), the file untouched.
+        // A run on a task the store has no item of is refused (docs/reference.md §2.5), the
+        // file untouched.
         let refused = open(doc.fmt, &path, opts.clone(), OpenMode::Run);
         prop_assert!(refused.is_err(), "a run on an unknown task was accepted");
         let msg = refused.err().map(|e| e.to_string()).unwrap_or_default();

@@ -59,7 +59,7 @@ impl Default for ExpectStatus {
     }
 }
 
-/// The operator of one `--expect-json` rule (SPEC §3).
+/// The operator of one `--expect-json` rule (docs/reference.md §3.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     /// `=`: equal (numbers by value, `100` = `100.0`).
@@ -368,13 +368,13 @@ pub enum Judgement {
     Dead(String),
     /// 404 or 410.
     NotFound,
-    /// Worth another attempt (408, 429, 5xx of SPEC §3).
+    /// Worth another attempt (408, 429, 5xx of docs/reference.md §3.6).
     Retry(String),
     /// A final failure (another 4xx, an unexpected status, invalid JSON).
     Error(String),
 }
 
-/// Statuses SPEC §3 calls retryable.
+/// Statuses docs/reference.md §3.6 calls retryable.
 pub fn is_retryable_status(status: u16) -> bool {
     matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
 }

@@ -11,7 +11,7 @@ use crate::model::{Outcome, Verdict};
 /// in the same second.
 const JITTER: f64 = 0.10;
 
-/// The schedule of a run (SPEC §3).
+/// The schedule of a run (docs/reference.md §3.4).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Schedule {
     /// `--recheck-backoff MIN..MAX`.

@@ -6,7 +6,7 @@
 
 use url::Url;
 
-/// Query parameters whose values are always secret (case-insensitive; SPEC §3).
+/// Query parameters whose values are always secret (case-insensitive; docs/reference.md §3.2).
 pub const DEFAULT_SECRET_PARAMS: [&str; 13] = [
     "api_key",
     "apikey",

@@ -1,7 +1,7 @@
 //! Stage "check": the `--url` template, parsed once, filled in per item. Every value is
 //! percent-encoded as one path segment or query value, so an id can never add a path
 //! segment, a query or a fragment of its own; `{NAME:raw}` inserts the value as it is
-//! (`/` included), for templates that append a stored path (SPEC §3).
+//! (`/` included), for templates that append a stored path (docs/reference.md §3.1).
 //!
 //! An item whose URL cannot be built never becomes a request: an empty or NULL id, an
 //! empty or NULL `{COLUMN}` value, a value the URL parser would silently rewrite (a dot

@@ -24,7 +24,7 @@ pub enum Stored {
     /// Written to the store.
     Written,
     /// Not written because the row changed (or was replaced) since it was claimed: the
-    /// other process's change is kept (compare-and-set, SPEC §3).
+    /// other process's change is kept (compare-and-set, docs/reference.md §3.7).
     Conflict,
     /// Not written because the store failed during the run (exit 4).
     Unwritten,

@@ -24,9 +24,9 @@
 //! An interrupted or deadline-stopped run still writes them all, with what was checked.
 //!
 //! An output that fails during the run (disk full, I/O error) never costs the store an
-//! answer (SPEC §5): it is disabled with one error line on stderr naming the flag, the file
-//! and the cause, the run and the store writes go on, and the exit code is at least 1
-//! ([`OutputFiles::finish`] counts the failures).
+//! answer (docs/reference.md §5): it is disabled with one error line on stderr naming the
+//! flag, the file and the cause, the run and the store writes go on, and the exit code is at
+//! least 1 ([`OutputFiles::finish`] counts the failures).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};

@@ -1,5 +1,5 @@
-//! The run's counters and their text and JSON forms (SPEC §4). Counts errors by message,
-//! never keeps anything per item, so it is the same size for ten items or ten million.
+//! The run's counters and their text and JSON forms (docs/reference.md §4.1). Counts errors by
+//! message, never keeps anything per item, so it is the same size for ten items or ten million.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -697,7 +697,7 @@ mod tests {
     }
 
     #[test]
-    fn json_has_the_spec_keys() {
+    fn json_has_the_stable_keys() {
         let mut s = Summary::new("t", "x", true);
         s.add(&v(Outcome::StillFailed, 1, Some("nope")));
         let mut out = Vec::new();

@@ -1504,7 +1504,7 @@ impl FileStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => false,
             Err(e) => bail!("{label}: {e}"),
         };
-        // `run` never creates a store (SPEC §2): only `import` and `init` do.
+        // `run` never creates a store (docs/reference.md §2.5): only `import` and `init` do.
         let may_create = mode == OpenMode::Create && writable;
         if !exists && !may_create {
             bail!(

@@ -38,7 +38,7 @@ pub enum StoreSpec {
 }
 
 impl StoreSpec {
-    /// Parses the `--store` spelling of SPEC §2.
+    /// Parses the `--store` spelling of docs/reference.md §2.1.
     pub fn parse(s: &str) -> Result<StoreSpec> {
         let s = s.trim();
         if s.is_empty() {
@@ -181,7 +181,7 @@ impl fmt::Display for Ident {
     }
 }
 
-/// How the store's table (or JSON fields) map to recheck's names (SPEC §2).
+/// How the store's table (or JSON fields) map to recheck's names (docs/reference.md §2.3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Columns {
     /// `--table` (SQL stores only).
@@ -209,7 +209,7 @@ impl Default for Columns {
     }
 }
 
-/// The bookkeeping columns a store fills when it has them (SPEC §3).
+/// The bookkeeping columns a store fills when it has them (docs/reference.md §3.4).
 pub const BOOKKEEPING: [&str; 4] = ["http_status", "attempts", "last_error", "checked_at"];
 
 /// Everything a store needs to know to serve one run (or one `status`/`import`).
@@ -509,7 +509,7 @@ pub fn closest_tasks(task: &str, known: &[String], n: usize) -> Vec<String> {
     scored.into_iter().take(n).map(|(_, k)| k.clone()).collect()
 }
 
-/// The one-line refusal of a run on a task the store has no row of (SPEC §2).
+/// The one-line refusal of a run on a task the store has no row of (docs/reference.md §2.5).
 pub fn unknown_task(store: &str, task: &str, known: &[String]) -> anyhow::Error {
     if known.is_empty() {
         return anyhow::anyhow!("{store}: no task {task:?} (the store has no items)");

@@ -135,7 +135,8 @@ fn init_import_status() {
 
 #[test]
 fn run_does_not_create_a_missing_sqlite_store() {
-    // A mistyped path must not pass as "nothing to check" (SPEC §2: run never creates).
+    // A mistyped path must not pass as "nothing to check" (docs/reference.md §2.5: run
+    // never creates).
     let sb = Sandbox::new();
     let out = sb
         .cmd()

@@ -1,5 +1,5 @@
-//! Items that must never become a request: an empty or NULL id is that item's error (SPEC
-//! §3 `--url`), on every backend, while the other items are checked as usual.
+//! Items that must never become a request: an empty or NULL id is that item's error
+//! (docs/reference.md §3.1), on every backend, while the other items are checked as usual.
 
 use crate::support::{self, Sandbox};
 

@@ -24,6 +24,7 @@ mod politeness;
 mod postgres;
 mod progress;
 mod proxy;
+mod reference;
 mod retries;
 mod scenarios;
 mod schedule;

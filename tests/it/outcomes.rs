@@ -1,5 +1,5 @@
-//! Every outcome row of SPEC §3 lands in the store with the right status and bookkeeping,
-//! on SQLite, JSON and JSONL.
+//! Every outcome row of docs/reference.md §3.4 lands in the store with the right status and
+//! bookkeeping, on SQLite, JSON and JSONL.
 
 use serde_json::Value;
 

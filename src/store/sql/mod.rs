@@ -244,7 +244,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn rowid(&self) -> Option<&'static str> {
         None
     }
-    /// Declarations of the default schema's columns (SPEC §2) and what `init` adds.
+    /// Declarations of the default schema's columns (docs/reference.md §2.2) and what `init` adds.
     fn column_type(&self, column: crate::store::sql::protocol::SchemaType) -> &'static str;
     /// Whether `e` is a deadlock or lock wait after which the transaction may simply run
     /// again.

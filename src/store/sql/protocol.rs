@@ -73,8 +73,8 @@ pub enum SchemaType {
     Owner,
 }
 
-/// The default schema (SPEC §2): name, type, NOT NULL default. The first four are the
-/// mapped core columns.
+/// The default schema (docs/reference.md §2.2): name, type, NOT NULL default. The first
+/// four are the mapped core columns.
 const SCHEMA: [(&str, SchemaType, &str); 13] = [
     ("task_id", SchemaType::Key, "NOT NULL"),
     ("item_id", SchemaType::Key, "NOT NULL"),
@@ -594,7 +594,7 @@ impl<B: Backend> Inner<B> {
         }
     }
 
-    /// A task id with no row at all is a typo, not "nothing to check" (SPEC §2).
+    /// A task id with no row at all is a typo, not "nothing to check" (docs/reference.md §2.5).
     async fn check_task_exists(&self) -> Result<()> {
         let mut s = self.sql();
         s.push("SELECT 1 FROM ").push(&self.t()).push(" WHERE ");
@@ -1519,8 +1519,8 @@ fn status_val(v: &StatusValue, kind: Kind) -> Val {
         .unwrap_or_else(|_| Val::Text(v.as_str().to_string()))
 }
 
-/// Reads the table's columns and checks the ones the run needs (SPEC §2: a missing column
-/// is a one-line error naming it and its flag).
+/// Reads the table's columns and checks the ones the run needs (docs/reference.md §2.3: a
+/// missing column is a one-line error naming it and its flag).
 fn inspect<B: Backend>(
     b: &B,
     name: &str,

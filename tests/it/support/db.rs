@@ -209,7 +209,8 @@ pub(crate) trait Db {
     /// cannot tell (SQLite).
     fn waiting_ports(&self) -> Option<Vec<u16>>;
 
-    /// The default schema (SPEC §2) as table `items`, its time columns of type `time`.
+    /// The default schema (docs/reference.md §2.2) as table `items`, its time columns of
+    /// type `time`.
     fn default_schema_with(&self, time: Ty) {
         let (k, x, t) = (self.ty(Ty::Key), self.ty(Ty::Text), self.ty(time));
         self.exec(&format!(

@@ -289,7 +289,7 @@ pub type Expected = (
     Option<&'static str>,
 );
 
-/// Ids whose mock behaviour covers every outcome row of SPEC §3.
+/// Ids whose mock behaviour covers every outcome row of docs/reference.md §3.4.
 pub const OUTCOME_CASES: &[Expected] = &[
     ("ok-1", "ok", Some(200), 1, None),
     ("503x2-1", "ok", Some(200), 3, None),
