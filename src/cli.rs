@@ -99,7 +99,8 @@ pub enum Command {
     /// the store in batches of 10,000, one transaction each in the SQL stores: if the store
     /// fails midway, the batches before stay imported and the error says up to which line.
     Import(ImportArgs),
-    /// Create the default schema (run and import create it in a new SQLite file anyway).
+    /// Create the default schema, or add the columns an existing table lacks (`run` never
+    /// creates a store; `import` creates a new SQLite file too).
     Init(InitArgs),
     /// Print a shell completion script.
     Completions {
@@ -228,7 +229,8 @@ pub struct RunArgs {
     /// Time limit for opening a connection.
     #[arg(long, value_name = "DUR", default_value = DEFAULT_CONNECT_TIMEOUT, value_parser = parse_duration, env = "RECHECK_CONNECT_TIMEOUT")]
     pub connect_timeout: Duration,
-    /// Further attempts after the first, for timeouts, connection errors, 408, 429 and 5xx.
+    /// Further attempts after the first, for timeouts, connection errors, 408, 429, 500, 502,
+    /// 503 and 504.
     #[arg(long, value_name = "N", default_value = DEFAULT_RETRIES, value_parser = clap::value_parser!(u32).range(0..=100), env = "RECHECK_RETRIES")]
     pub retries: u32,
     /// Exponential backoff with full jitter between these bounds; a Retry-After from 429/503
@@ -324,8 +326,8 @@ pub struct RunArgs {
     /// Summary format on stdout.
     #[arg(long, value_enum, default_value_t = Format::Text, env = "RECHECK_FORMAT")]
     pub format: Format,
-    /// Per-item results as JSON Lines (task, item, url, outcome, http_status, attempts, error,
-    /// latency_ms, checked_at). Not `-`: stdout carries the summary.
+    /// Per-item results as JSON Lines (task, item_id, url, outcome, http_status, attempts,
+    /// error, latency_ms, checked_at, store, host_limit). Not `-`: stdout carries the summary.
     #[arg(long, value_name = "FILE", env = "RECHECK_REPORT")]
     pub report: Option<PathBuf>,
     /// JUnit XML for CI: one testsuite, one testcase per item, failures for items not OK.

@@ -611,8 +611,7 @@ pub enum AnyStore {
 /// Why a store is being opened: decides whether it may be created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpenMode {
-    /// `run`: create a missing SQLite file with the default schema (not on `--dry-run`);
-    /// JSON and JSON Lines stores are never created by a run.
+    /// `run`: the store must exist (a missing file is exit 2; a run never creates one).
     Run,
     /// `status`: read only; a missing store is an error.
     Status,
