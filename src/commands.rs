@@ -163,14 +163,14 @@ pub async fn run(cfg: RunConfig, stop: CancellationToken) -> Result<Summary> {
     let schedule = Arc::new(cfg.schedule.clone());
     let check = {
         let halt = halt.clone();
-        move |item: Item| {
+        move |item: Item, slot: pool::Slot| {
             let (fetcher, urls, halt) = (Arc::clone(&fetcher), Arc::clone(&urls), halt.clone());
             let schedule = Arc::clone(&schedule);
             async move {
                 let url = urls.url_for(&item);
                 // What the store remembers of the item decides its schedule.
                 let (checks, first) = (item.checks, item.first_checked_at);
-                let mut verdict = fetcher.check(item, url, &halt).await?;
+                let mut verdict = fetcher.check(item, url, slot, &halt).await?;
                 schedule.apply(checks, first, &mut verdict);
                 Some(verdict)
             }
@@ -180,7 +180,7 @@ pub async fn run(cfg: RunConfig, stop: CancellationToken) -> Result<Summary> {
         Arc::new(check),
         item_rx,
         verdict_tx,
-        max_in_progress(cfg.concurrency),
+        (max_in_progress(cfg.concurrency), RETRY_ROOM),
         halt.clone(),
         STOP_GRACE,
     )
@@ -241,17 +241,18 @@ pub async fn run(cfg: RunConfig, stop: CancellationToken) -> Result<Summary> {
     Ok(summary)
 }
 
-/// Items in progress at once: every request slot busy, plus as many again about to take a
-/// slot, plus room for items waiting out a backoff. A retry never holds a request slot while
-/// it sleeps, and its attempt's state is on the heap only while it runs, so a waiting item
-/// is small; the room lets the first attempts go on while many items wait to retry (a hang
-/// is found early, not when the last items are taken). Memory stays O(concurrency).
+/// Items in progress at once before their first retry: every request slot busy, plus as
+/// many again waiting for a slot. Items waiting out a backoff move to [`RETRY_ROOM`] (a
+/// retry never holds a request slot while it sleeps). Memory stays O(concurrency).
 pub fn max_in_progress(concurrency: usize) -> usize {
-    concurrency.saturating_mul(2).saturating_add(RETRY_ROOM)
+    concurrency.saturating_mul(2)
 }
 
-/// Items that may wait out a backoff beyond the 2 × concurrency in progress.
-const RETRY_ROOM: usize = 2_048;
+/// Items that may be retrying at once, beyond [`max_in_progress`]: while they wait out
+/// their backoff, new items start, so a hang further on is found early and the retry chains
+/// overlap with the rest of the run. Small each: an attempt's state is on the heap only
+/// while it runs.
+pub const RETRY_ROOM: usize = 2_048;
 
 /// Claims pages of items and hands them to the pool until none are left, `limit` is
 /// reached or the run halts. A transient store failure is retried for `retry_for` (as the

@@ -119,12 +119,15 @@ impl Fetcher {
         &self,
         item: Item,
         url: Result<Url, String>,
+        mut slot: super::pool::Slot,
         cancel: &CancellationToken,
     ) -> Option<Verdict> {
         let (url, found, elapsed) = match url {
             Ok(url) => {
                 let mut first_sent = None;
-                let found = self.retry_loop(&url, cancel, &mut first_sent).await?;
+                let found = self
+                    .retry_loop(&url, &mut slot, cancel, &mut first_sent)
+                    .await?;
                 let elapsed = first_sent.map_or(Duration::ZERO, |t: Instant| t.elapsed());
                 (Some(url), found, elapsed)
             }
@@ -160,6 +163,7 @@ impl Fetcher {
     async fn retry_loop(
         &self,
         url: &Url,
+        slot: &mut super::pool::Slot,
         cancel: &CancellationToken,
         first_sent: &mut Option<Instant>,
     ) -> Option<Found> {
@@ -268,8 +272,13 @@ impl Fetcher {
                     backoff(self.cfg.backoff_min, self.cfg.backoff_max, attempts - 1)
                 });
             tracing::debug!(url = %self.cfg.secrets.url(url), attempt = attempts, error = %self.cfg.secrets.text(&why), delay_ms = delay.as_millis() as u64, "retrying");
+            let wait = async {
+                // The wait leaves the item's place to a new item.
+                slot.to_retry().await;
+                tokio::time::sleep(delay).await;
+            };
             tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
+                _ = wait => {}
                 _ = cancel.cancelled() => return None,
             }
         }

@@ -155,49 +155,60 @@ impl Gate {
         cancel: &CancellationToken,
     ) -> Result<Admission, Refused> {
         let wait = async {
-            let paused = self.any_pause.load(Ordering::Relaxed);
-            let key = (self.hosts.is_some() || paused).then(|| host_key(url));
-            if paused && let Some(key) = &key {
-                loop {
-                    let until = self
-                        .paused
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get(key)
-                        .copied();
-                    match until {
-                        Some(t) if t > Instant::now() => tokio::time::sleep_until(t).await,
-                        _ => break,
+            loop {
+                let paused = self.any_pause.load(Ordering::Relaxed);
+                let key = (self.hosts.is_some() || paused).then(|| host_key(url));
+                if paused && let Some(key) = &key {
+                    while let Some(t) = self.paused_until(key) {
+                        tokio::time::sleep_until(t).await;
                     }
                 }
-            }
-            if let Some(rate) = &self.rate {
-                rate.until_ready().await;
-            }
-            let host = match (&self.hosts, &key) {
-                (Some(hosts), Some(key)) => {
-                    Some(hosts.get(key).acquire().await.map_err(Refused::Deferred)?)
+                if let Some(rate) = &self.rate {
+                    rate.until_ready().await;
                 }
-                _ => None,
-            };
-            let global = if retry {
-                let _lane = self.retry_lane.acquire().await;
-                self.first_attempts_gone().await;
-                Arc::clone(&self.in_flight).acquire_owned().await
-            } else {
-                let _waiting = FirstWaiting::new(self);
-                Arc::clone(&self.in_flight).acquire_owned().await
+                let host = match (&self.hosts, &key) {
+                    (Some(hosts), Some(key)) => {
+                        Some(hosts.get(key).acquire().await.map_err(Refused::Deferred)?)
+                    }
+                    _ => None,
+                };
+                let global = if retry {
+                    let _lane = self.retry_lane.acquire().await;
+                    self.first_attempts_gone().await;
+                    Arc::clone(&self.in_flight).acquire_owned().await
+                } else {
+                    let _waiting = FirstWaiting::new(self);
+                    Arc::clone(&self.in_flight).acquire_owned().await
+                }
+                .map_err(|_| Refused::Cancelled)?;
+                // The host may have asked for a pause while this one waited for its slots:
+                // nothing new starts before the pause is over.
+                if self.any_pause.load(Ordering::Relaxed)
+                    && self.paused_until(&host_key(url)).is_some()
+                {
+                    continue;
+                }
+                return Ok(Admission {
+                    host,
+                    _global: global,
+                });
             }
-            .map_err(|_| Refused::Cancelled)?;
-            Ok(Admission {
-                host,
-                _global: global,
-            })
         };
         tokio::select! {
             a = wait => a,
             _ = cancel.cancelled() => Err(Refused::Cancelled),
         }
+    }
+
+    /// When the pause `key`'s host asked for ends, if it is not over.
+    fn paused_until(&self, key: &str) -> Option<Instant> {
+        let until = self
+            .paused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .copied();
+        until.filter(|&t| t > Instant::now())
     }
 
     /// Returns when no first attempt waits for a request slot.
@@ -329,8 +340,16 @@ mod tests {
     async fn per_host_bound_is_separate_per_host() {
         let gate = Gate::new(10, Some(2), None, false, 0);
         let stop = CancellationToken::new();
-        let a1 = gate.admit(&url("http://a/1"), false, &stop).await.ok().unwrap();
-        let _a2 = gate.admit(&url("http://a/2"), false, &stop).await.ok().unwrap();
+        let a1 = gate
+            .admit(&url("http://a/1"), false, &stop)
+            .await
+            .ok()
+            .unwrap();
+        let _a2 = gate
+            .admit(&url("http://a/2"), false, &stop)
+            .await
+            .ok()
+            .unwrap();
         // A third to host a waits; host b is free.
         let third = tokio::time::timeout(
             Duration::from_millis(50),
@@ -349,12 +368,18 @@ mod tests {
         let stop = CancellationToken::new();
         gate.pause_host(&url("http://a/"), Duration::from_secs(3));
         let started = Instant::now();
-        gate.admit(&url("http://a/x"), false, &stop).await.ok().unwrap();
+        gate.admit(&url("http://a/x"), false, &stop)
+            .await
+            .ok()
+            .unwrap();
         assert!(started.elapsed() >= Duration::from_secs(3));
         // Other hosts are not paused.
         let started = Instant::now();
         gate.pause_host(&url("http://a/"), Duration::from_secs(3));
-        gate.admit(&url("http://b/x"), false, &stop).await.ok().unwrap();
+        gate.admit(&url("http://b/x"), false, &stop)
+            .await
+            .ok()
+            .unwrap();
         assert!(started.elapsed() < Duration::from_secs(1));
     }
 
@@ -363,7 +388,11 @@ mod tests {
         let gate = Gate::new(10, Some(5), None, true, 0);
         let stop = CancellationToken::new();
         assert_eq!(gate.limits_below_bound(), "");
-        let a = gate.admit(&url("http://a/1"), false, &stop).await.ok().unwrap();
+        let a = gate
+            .admit(&url("http://a/1"), false, &stop)
+            .await
+            .ok()
+            .unwrap();
         assert_eq!(a.host_limit(), Some(5));
         a.done(Signal::Answer(429), false);
         gate.admit(&url("http://b/1"), false, &stop)
@@ -381,14 +410,22 @@ mod tests {
     async fn first_attempts_go_before_retries() {
         let gate = Arc::new(Gate::new(1, None, None, false, 0));
         let stop = CancellationToken::new();
-        let held = gate.admit(&url("http://a/0"), false, &stop).await.ok().unwrap();
+        let held = gate
+            .admit(&url("http://a/0"), false, &stop)
+            .await
+            .ok()
+            .unwrap();
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut waiting = tokio::task::JoinSet::new();
         // Queued in this order while the one slot is held.
         for (name, retry) in [("first-1", false), ("retry", true), ("first-2", false)] {
             let (gate, stop, order) = (Arc::clone(&gate), stop.clone(), Arc::clone(&order));
             waiting.spawn(async move {
-                let a = gate.admit(&url("http://a/x"), retry, &stop).await.ok().unwrap();
+                let a = gate
+                    .admit(&url("http://a/x"), retry, &stop)
+                    .await
+                    .ok()
+                    .unwrap();
                 order.lock().unwrap().push(name);
                 tokio::task::yield_now().await;
                 drop(a);
@@ -404,18 +441,31 @@ mod tests {
     async fn a_retry_goes_when_no_first_attempt_waits() {
         let gate = Gate::new(2, None, None, false, 0);
         let stop = CancellationToken::new();
-        let _first = gate.admit(&url("http://a/1"), false, &stop).await.ok().unwrap();
-        let retry =
-            tokio::time::timeout(Duration::from_secs(5), gate.admit(&url("http://a/2"), true, &stop))
-                .await;
-        assert!(matches!(retry, Ok(Ok(_))), "a retry waited with a slot free");
+        let _first = gate
+            .admit(&url("http://a/1"), false, &stop)
+            .await
+            .ok()
+            .unwrap();
+        let retry = tokio::time::timeout(
+            Duration::from_secs(5),
+            gate.admit(&url("http://a/2"), true, &stop),
+        )
+        .await;
+        assert!(
+            matches!(retry, Ok(Ok(_))),
+            "a retry waited with a slot free"
+        );
     }
 
     #[tokio::test]
     async fn cancel_ends_a_wait() {
         let gate = Gate::new(1, None, None, false, 0);
         let stop = CancellationToken::new();
-        let _held = gate.admit(&url("http://a/"), false, &stop).await.ok().unwrap();
+        let _held = gate
+            .admit(&url("http://a/"), false, &stop)
+            .await
+            .ok()
+            .unwrap();
         stop.cancel();
         assert!(matches!(
             gate.admit(&url("http://a/"), false, &stop).await,

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +36,39 @@ impl UrlSource {
     }
 }
 
+/// An item's place in the pool: held from the start of its check to its end. An item about
+/// to wait out a backoff moves to the retry room ([`Slot::to_retry`]), so items waiting to
+/// retry do not keep new items from starting (a hang further on is found early), while the
+/// items waiting for their first request stay few and in claim order.
+pub struct Slot {
+    first: Option<OwnedSemaphorePermit>,
+    room: Arc<Semaphore>,
+    retry: Option<OwnedSemaphorePermit>,
+}
+
+impl Slot {
+    /// A slot that is not bounded by anything (tests, single checks).
+    pub fn unbounded() -> Slot {
+        Slot {
+            first: None,
+            room: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
+            retry: None,
+        }
+    }
+
+    /// Moves to the retry room (waiting while it is full, still holding the first slot),
+    /// then frees the first slot for a new item. Once moved, it stays.
+    pub async fn to_retry(&mut self) {
+        if self.retry.is_some() {
+            return;
+        }
+        if let Ok(p) = Arc::clone(&self.room).acquire_owned().await {
+            self.retry = Some(p);
+            self.first = None;
+        }
+    }
+}
+
 /// What the pool did, for the summary.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolStats {
@@ -46,22 +79,24 @@ pub struct PoolStats {
 /// Runs `check` on every item until `items` is closed, or `stop` fires. `check` returns
 /// `None` when it gave up because of the stop (the item then keeps its status).
 ///
-/// `max_in_progress` bounds the items being checked at once, sleeping retries included;
-/// it is larger than the request bound so retries waiting out a backoff leave the request
-/// slots to other items.
+/// `max_in_progress` bounds the items being checked at once before their first retry; it
+/// is larger than the request bound so every request slot has an item ready. `retry_room`
+/// bounds the items that moved on to retrying ([`Slot::to_retry`]). `check` gets the item's
+/// [`Slot`] and keeps it until it ends: dropping it lets another item start.
 pub async fn run<C, F>(
     check: Arc<C>,
     mut items: mpsc::Receiver<Item>,
     verdicts: mpsc::Sender<Verdict>,
-    max_in_progress: usize,
+    (max_in_progress, retry_room): (usize, usize),
     stop: CancellationToken,
     grace: Duration,
 ) -> PoolStats
 where
-    C: Fn(Item) -> F + Send + Sync + 'static,
+    C: Fn(Item, Slot) -> F + Send + Sync + 'static,
     F: Future<Output = Option<Verdict>> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(max_in_progress.max(1)));
+    let room = Arc::new(Semaphore::new(retry_room.max(1)));
     let mut tasks = JoinSet::new();
     let mut running: HashMap<tokio::task::Id, (ItemKey, String)> = HashMap::new();
     loop {
@@ -83,14 +118,18 @@ where
             },
         };
         let (key, id) = (item.key, item.id.clone());
-        let fut = check(item);
+        let slot = Slot {
+            first: Some(permit),
+            room: Arc::clone(&room),
+            retry: None,
+        };
+        let fut = check(item, slot);
         let tx = verdicts.clone();
         let handle = tasks.spawn(async move {
             if let Some(v) = fut.await {
                 // The sink only goes away when the run is failing anyway.
                 let _ = tx.send(v).await;
             }
-            drop(permit);
         });
         running.insert(handle.id(), (key, id));
         while let Some(done) = tasks.try_join_next_with_id() {
@@ -223,7 +262,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_panic_is_that_items_error_and_the_rest_go_on() {
-        let check = Arc::new(|item: Item| async move {
+        let check = Arc::new(|item: Item, slot: Slot| async move {
+            let _slot = slot;
             if item.key == 3 {
                 panic!("boom on {}", item.id);
             }
@@ -234,7 +274,7 @@ mod tests {
             check,
             feed(10).await,
             vtx,
-            4,
+            (4, 4),
             CancellationToken::new(),
             Duration::from_secs(1),
         )
@@ -262,9 +302,10 @@ mod tests {
         let now = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
         let (n, p) = (Arc::clone(&now), Arc::clone(&peak));
-        let check = Arc::new(move |item: Item| {
+        let check = Arc::new(move |item: Item, slot: Slot| {
             let (n, p) = (Arc::clone(&n), Arc::clone(&p));
             async move {
+                let _slot = slot;
                 let cur = n.fetch_add(1, Ordering::SeqCst) + 1;
                 p.fetch_max(cur, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(2)).await;
@@ -277,7 +318,7 @@ mod tests {
             check,
             feed(200).await,
             vtx,
-            5,
+            (5, 5),
             CancellationToken::new(),
             Duration::from_secs(1),
         )
@@ -291,9 +332,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn retrying_items_leave_their_place_to_new_ones() {
+        // Every item "retries" for 30 ms: with 2 places and a room of 20, up to 20 retry at
+        // once (not 2), and never more.
+        let now = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let (n, p) = (Arc::clone(&now), Arc::clone(&peak));
+        let check = Arc::new(move |item: Item, mut slot: Slot| {
+            let (n, p) = (Arc::clone(&n), Arc::clone(&p));
+            async move {
+                slot.to_retry().await;
+                let cur = n.fetch_add(1, Ordering::SeqCst) + 1;
+                p.fetch_max(cur, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                n.fetch_sub(1, Ordering::SeqCst);
+                Some(ok(&item))
+            }
+        });
+        let (vtx, mut vrx) = mpsc::channel(1000);
+        run(
+            check,
+            feed(100).await,
+            vtx,
+            (2, 20),
+            CancellationToken::new(),
+            Duration::from_secs(1),
+        )
+        .await;
+        let mut count = 0;
+        while vrx.recv().await.is_some() {
+            count += 1;
+        }
+        assert_eq!(count, 100);
+        let peak = peak.load(Ordering::SeqCst);
+        assert!(peak > 2 && peak <= 20, "{peak} retrying at once");
+    }
+
+    #[tokio::test]
     async fn stop_abandons_after_grace() {
         let stop = CancellationToken::new();
-        let check = Arc::new(|item: Item| async move {
+        let check = Arc::new(|item: Item, slot: Slot| async move {
+            let _slot = slot;
             if item.key % 2 == 0 {
                 std::future::pending::<()>().await;
             }
@@ -310,7 +389,7 @@ mod tests {
             check,
             feed(10).await,
             vtx,
-            100,
+            (100, 100),
             stop,
             Duration::from_millis(100),
         )

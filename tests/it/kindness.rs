@@ -105,6 +105,14 @@ fn a_down_host_opens_its_circuit_and_its_items_are_deferred() {
         Duration::from_secs(60),
     );
     assert_eq!(outputs.status.code(), Some(5), "{outputs:?}");
+    // Each item once, though --ignore-schedule lets the second pass over the task see the
+    // deferred ones again.
+    let again = support::summary(&outputs);
+    assert_eq!(
+        again["deferred"].as_u64().unwrap() + again["checked"].as_u64().unwrap(),
+        200,
+        "{again}"
+    );
     let report = std::fs::read_to_string(sb.path("r.jsonl")).unwrap();
     let deferred_lines = report
         .lines()
@@ -239,6 +247,51 @@ fn a_recovering_host_closes_its_circuit_through_a_probe() {
     assert!(failed_before_recovery <= 10 + 1, "{failed_before_recovery}");
     let rows = support::sqlite_rows(&sb.path("s.db"), "t");
     assert!(rows.values().all(|r| r.status == "ok"));
+}
+
+/// A table without `next_check_at` (nothing keeps a deferred item out of a claim): the
+/// second pass over the task, which picks up released claims, does not hand the deferred
+/// items out again; each is deferred and counted once.
+#[test]
+fn without_next_check_at_each_deferred_item_is_counted_once() {
+    let server = support::server(MockConfig {
+        default: Behavior::Status(503),
+        ..MockConfig::default()
+    });
+    let sb = Sandbox::new();
+    let ids: Vec<String> = (0..300).map(|i| format!("x{i}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    support::sqlite_store(&sb.path("s.db"), "t", &refs);
+    let out = run_bounded(
+        &sb,
+        &[
+            "--url",
+            &server.item_url_template(),
+            "--circuit",
+            "5",
+            "--concurrency",
+            "2",
+            "--report",
+            "r.jsonl",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    let s = support::summary(&out);
+    assert_eq!(
+        s["deferred"].as_u64().unwrap() + s["checked"].as_u64().unwrap(),
+        300,
+        "{s}"
+    );
+    assert_eq!(s["unchecked"], 0, "{s}");
+    let report = std::fs::read_to_string(sb.path("r.jsonl")).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for line in report.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let id = v["item_id"].as_str().unwrap().to_string();
+        assert!(seen.insert(id.clone()), "{id} reported twice");
+    }
+    assert_eq!(seen.len(), 300);
 }
 
 /// Two hosts, one down: the other's items are all checked, the down one's deferred (exit

@@ -113,6 +113,9 @@ struct Inner<B: Backend> {
     cursor: tokio::sync::Mutex<Cursor>,
     /// Keys this worker leased and has not saved yet (a few pages at most).
     held: StdMutex<HashSet<String>>,
+    /// Keys this run deferred (an open circuit): not handed out again by the second pass
+    /// over the task, where no `next_check_at` (or `--ignore-schedule`) keeps them out.
+    deferred: StdMutex<HashSet<String>>,
     /// The task's lock, for tables without lease columns.
     lock: tokio::sync::Mutex<Option<B::Lock>>,
 }
@@ -394,6 +397,7 @@ impl<B: Backend> Inner<B> {
             failed,
             cursor: tokio::sync::Mutex::new(Cursor::default()),
             held: StdMutex::new(HashSet::new()),
+            deferred: StdMutex::new(HashSet::new()),
             lock: tokio::sync::Mutex::new(None),
         };
         if mode == OpenMode::Run {
@@ -719,6 +723,20 @@ impl<B: Backend> Inner<B> {
                 .with_context(|| format!("{}: cannot claim items", self.b.name()))?;
             if let Some((last, _)) = items.last() {
                 cursor.last = Some(last.clone());
+                let deferred = held(&self.deferred);
+                if !deferred.is_empty() {
+                    // Claimed again by the second pass: still leased by this worker (it
+                    // stays held, so the release at the end gives it back), never checked.
+                    let fresh: Vec<Item> = items
+                        .into_iter()
+                        .filter(|(k, _)| !deferred.contains(k))
+                        .map(|(_, item)| item)
+                        .collect();
+                    if fresh.is_empty() {
+                        continue;
+                    }
+                    return Ok(fresh);
+                }
             } else if self.leasing && !cursor.swept {
                 // One more pass from the start picks up claims that were released or whose
                 // worker died while this one walked past them.
@@ -896,6 +914,13 @@ impl<B: Backend> Inner<B> {
                     held.remove(&self.key_of(v));
                 }
             }
+        }
+        let mut deferred = batch
+            .iter()
+            .filter(|v| v.outcome == crate::model::Outcome::Deferred)
+            .peekable();
+        if deferred.peek().is_some() {
+            held(&self.deferred).extend(deferred.map(|v| self.key_of(v)));
         }
         Ok(Saved { conflicts })
     }
