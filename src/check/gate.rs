@@ -329,8 +329,16 @@ mod tests {
     async fn per_host_bound_is_separate_per_host() {
         let gate = Gate::new(10, Some(2), None, false, 0);
         let stop = CancellationToken::new();
-        let a1 = gate.admit(&url("http://a/1"), false, &stop).await.ok().unwrap();
-        let _a2 = gate.admit(&url("http://a/2"), false, &stop).await.ok().unwrap();
+        let a1 = gate
+            .admit(&url("http://a/1"), false, &stop)
+            .await
+            .ok()
+            .unwrap();
+        let _a2 = gate
+            .admit(&url("http://a/2"), false, &stop)
+            .await
+            .ok()
+            .unwrap();
         // A third to host a waits; host b is free.
         let third = tokio::time::timeout(
             Duration::from_millis(50),
@@ -349,12 +357,18 @@ mod tests {
         let stop = CancellationToken::new();
         gate.pause_host(&url("http://a/"), Duration::from_secs(3));
         let started = Instant::now();
-        gate.admit(&url("http://a/x"), false, &stop).await.ok().unwrap();
+        gate.admit(&url("http://a/x"), false, &stop)
+            .await
+            .ok()
+            .unwrap();
         assert!(started.elapsed() >= Duration::from_secs(3));
         // Other hosts are not paused.
         let started = Instant::now();
         gate.pause_host(&url("http://a/"), Duration::from_secs(3));
-        gate.admit(&url("http://b/x"), false, &stop).await.ok().unwrap();
+        gate.admit(&url("http://b/x"), false, &stop)
+            .await
+            .ok()
+            .unwrap();
         assert!(started.elapsed() < Duration::from_secs(1));
     }
 
@@ -363,7 +377,11 @@ mod tests {
         let gate = Gate::new(10, Some(5), None, true, 0);
         let stop = CancellationToken::new();
         assert_eq!(gate.limits_below_bound(), "");
-        let a = gate.admit(&url("http://a/1"), false, &stop).await.ok().unwrap();
+        let a = gate
+            .admit(&url("http://a/1"), false, &stop)
+            .await
+            .ok()
+            .unwrap();
         assert_eq!(a.host_limit(), Some(5));
         a.done(Signal::Answer(429), false);
         gate.admit(&url("http://b/1"), false, &stop)
@@ -381,14 +399,22 @@ mod tests {
     async fn first_attempts_go_before_retries() {
         let gate = Arc::new(Gate::new(1, None, None, false, 0));
         let stop = CancellationToken::new();
-        let held = gate.admit(&url("http://a/0"), false, &stop).await.ok().unwrap();
+        let held = gate
+            .admit(&url("http://a/0"), false, &stop)
+            .await
+            .ok()
+            .unwrap();
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut waiting = tokio::task::JoinSet::new();
         // Queued in this order while the one slot is held.
         for (name, retry) in [("first-1", false), ("retry", true), ("first-2", false)] {
             let (gate, stop, order) = (Arc::clone(&gate), stop.clone(), Arc::clone(&order));
             waiting.spawn(async move {
-                let a = gate.admit(&url("http://a/x"), retry, &stop).await.ok().unwrap();
+                let a = gate
+                    .admit(&url("http://a/x"), retry, &stop)
+                    .await
+                    .ok()
+                    .unwrap();
                 order.lock().unwrap().push(name);
                 tokio::task::yield_now().await;
                 drop(a);
@@ -404,18 +430,31 @@ mod tests {
     async fn a_retry_goes_when_no_first_attempt_waits() {
         let gate = Gate::new(2, None, None, false, 0);
         let stop = CancellationToken::new();
-        let _first = gate.admit(&url("http://a/1"), false, &stop).await.ok().unwrap();
-        let retry =
-            tokio::time::timeout(Duration::from_secs(5), gate.admit(&url("http://a/2"), true, &stop))
-                .await;
-        assert!(matches!(retry, Ok(Ok(_))), "a retry waited with a slot free");
+        let _first = gate
+            .admit(&url("http://a/1"), false, &stop)
+            .await
+            .ok()
+            .unwrap();
+        let retry = tokio::time::timeout(
+            Duration::from_secs(5),
+            gate.admit(&url("http://a/2"), true, &stop),
+        )
+        .await;
+        assert!(
+            matches!(retry, Ok(Ok(_))),
+            "a retry waited with a slot free"
+        );
     }
 
     #[tokio::test]
     async fn cancel_ends_a_wait() {
         let gate = Gate::new(1, None, None, false, 0);
         let stop = CancellationToken::new();
-        let _held = gate.admit(&url("http://a/"), false, &stop).await.ok().unwrap();
+        let _held = gate
+            .admit(&url("http://a/"), false, &stop)
+            .await
+            .ok()
+            .unwrap();
         stop.cancel();
         assert!(matches!(
             gate.admit(&url("http://a/"), false, &stop).await,
