@@ -398,7 +398,7 @@ async fn keep_alive_client_and_latency() {
         overload_above: None,
     })
     .await;
-    let client = reqwest::Client::new();
+    let client = reqwest_client().build().unwrap();
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..500 {
@@ -480,7 +480,11 @@ async fn reset_sends_a_rst_and_nothing_else() {
     assert_eq!(get(&server, "/items/ok-1").await.status, 200);
 
     // A client sees a connection error, not an answer.
-    let e = reqwest::get(format!("{}/items/reset-2", server.url()))
+    let e = reqwest_client()
+        .build()
+        .unwrap()
+        .get(format!("{}/items/reset-2", server.url()))
+        .send()
         .await
         .expect_err("no answer");
     assert!(e.is_request() && !e.is_status(), "{e:?}");
@@ -502,7 +506,11 @@ async fn badlen_closes_short_of_its_content_length() {
     assert!(r.body.starts_with(br#"{"pad":"aaa"#));
 
     // A client fails while reading the body.
-    let resp = reqwest::get(format!("{}/items/badlen-2", server.url()))
+    let resp = reqwest_client()
+        .build()
+        .unwrap()
+        .get(format!("{}/items/badlen-2", server.url()))
+        .send()
         .await
         .expect("headers arrive");
     assert_eq!(resp.status(), 200);
@@ -528,7 +536,11 @@ async fn loop_redirects_to_itself_and_hugechunked_has_no_length() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-length"), None);
     assert_eq!(r.header("transfer-encoding"), Some("chunked"));
-    let body = reqwest::get(format!("{}/items/hugechunked100000-2", server.url()))
+    let body = reqwest_client()
+        .build()
+        .unwrap()
+        .get(format!("{}/items/hugechunked100000-2", server.url()))
+        .send()
         .await
         .unwrap()
         .bytes()
@@ -538,16 +550,21 @@ async fn loop_redirects_to_itself_and_hugechunked_has_no_length() {
     serde_json::from_slice::<serde_json::Value>(&body).expect("valid JSON");
 }
 
+/// A reqwest client builder. reqwest is built without a crypto provider of its own
+/// (`rustls-no-provider`, so no aws-lc-rs): a client it configures itself uses the process
+/// default, ring here, as in recheck's own clients.
+fn reqwest_client() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
 // ---------------------------------------------------------------------------------------
 // transports: TLS (ALPN h2 / http/1.1, mutual TLS, broken certificates), h2c, HEAD, proxy form
 
 /// A reqwest client trusting only `server`'s CA (no system roots, no proxy).
 fn tls_client(server: &MockServer) -> reqwest::ClientBuilder {
     let ca = reqwest::Certificate::from_pem(server.ca_pem().as_bytes()).expect("CA PEM");
-    reqwest::Client::builder()
-        .no_proxy()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(ca)
+    reqwest_client().no_proxy().tls_certs_only([ca])
 }
 
 async fn tls_server(tls: MockTls) -> MockServer {
@@ -596,7 +613,7 @@ async fn tls_http1_only_speaks_http11() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_server_speaks_h2c_with_prior_knowledge() {
     let server = MockServer::start(MockConfig::default()).await;
-    let client = reqwest::Client::builder()
+    let client = reqwest_client()
         .no_proxy()
         .http2_prior_knowledge()
         .build()
@@ -673,9 +690,9 @@ async fn broken_certificates_are_refused_by_a_client_trusting_the_ca() {
     })
     .await;
     let url = format!("{}/items/ok-1", server.url());
-    let untrusting = reqwest::Client::builder()
+    let untrusting = reqwest_client()
         .no_proxy()
-        .tls_built_in_root_certs(false)
+        .tls_certs_only([])
         .build()
         .unwrap();
     assert!(untrusting.get(&url).send().await.is_err());

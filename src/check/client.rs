@@ -231,7 +231,7 @@ fn build_client(
         .tcp_nodelay(true)
         // Redirects are followed by `fetch`, which drops secret headers across origins.
         .redirect(reqwest::redirect::Policy::none());
-    b = b.use_preconfigured_tls(tls.config.clone());
+    b = b.tls_backend_preconfigured(tls.config.clone());
     if prior_knowledge {
         // reqwest's prior knowledge also limits ALPN to h2 on https://, which would break
         // servers that only speak HTTP/1.1 over TLS; `--http2` is about http:// only, so
