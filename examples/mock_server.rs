@@ -4,12 +4,14 @@
 //! ```text
 //! cargo run --release --example mock_server -- [--addr 127.0.0.1:0] [--latency 20ms]
 //!     [--default ok|fail|404|410|s<code>|<code>x<n>|ra<secs>x<n>|hang|garbage|huge[<bytes>]|slow<ms>]
-//!     [--require-header NAME:VALUE] [--overload-above N] [--tls CA_FILE]
+//!     [--require-header NAME:VALUE] [--overload-above N] [--tls CA_FILE [--tls-http1-only]]
 //! ```
 //!
 //! With `--tls CA_FILE` it serves TLS (ALPN `h2` and `http/1.1`) with a certificate for
 //! 127.0.0.1 made at start, and writes the CA to trust (`recheck run --cacert CA_FILE`) to
-//! that file before printing its line. Plain TCP serves HTTP/1.1 and h2c (`--http2`).
+//! that file before printing its line; `--tls-http1-only` offers only `http/1.1` by ALPN, for
+//! measuring TLS over HTTP/1.1 with a client (recheck) that takes h2 whenever it is offered.
+//! Plain TCP serves HTTP/1.1 and h2c (`--http2`).
 //!
 //! On start it prints exactly one line, `listening on http://ADDR` (`https://` with
 //! `--tls`), to stdout (flushed, so a
@@ -33,7 +35,7 @@ use mock_server::{Behavior, MockConfig, MockServer, MockTls};
 
 const USAGE: &str = "\
 usage: mock_server [--addr ADDR] [--latency DURATION] [--default BEHAVIOUR] [--require-header NAME:VALUE]
-                   [--overload-above N] [--tls CA_FILE]
+                   [--overload-above N] [--tls CA_FILE [--tls-http1-only]]
 
   --addr ADDR                  address to bind (default 127.0.0.1:0)
   --latency DURATION           fixed delay before every item answer, e.g. 20ms, 1s (default 0)
@@ -44,12 +46,14 @@ usage: mock_server [--addr ADDR] [--latency DURATION] [--default BEHAVIOUR] [--r
   --overload-above N           answer 429 to item requests that arrive while more than N are in flight
   --tls CA_FILE                serve TLS (h2 and http/1.1 by ALPN) with a certificate made at
                                start; the CA to trust is written to CA_FILE (PEM)
+  --tls-http1-only             with --tls: offer only http/1.1 by ALPN (no h2)
 ";
 
 struct Args {
     addr: SocketAddr,
     config: MockConfig,
     tls_ca_file: Option<std::path::PathBuf>,
+    tls_http1_only: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -76,6 +80,7 @@ fn parse_args() -> Result<Args, String> {
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         config: MockConfig::default(),
         tls_ca_file: None,
+        tls_http1_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -117,8 +122,12 @@ fn parse_args() -> Result<Args, String> {
                 args.config.require_header = Some((name.trim().to_owned(), val.trim().to_owned()));
             }
             "--tls" => args.tls_ca_file = Some(value()?.into()),
+            "--tls-http1-only" if inline.is_none() => args.tls_http1_only = true,
             _ => return Err(format!("unknown argument {arg:?}")),
         }
+    }
+    if args.tls_http1_only && args.tls_ca_file.is_none() {
+        return Err("--tls-http1-only needs --tls CA_FILE".to_owned());
     }
     Ok(args)
 }
@@ -134,7 +143,13 @@ async fn main() -> ExitCode {
     };
     let bound = match &args.tls_ca_file {
         None => MockServer::bind(args.addr, args.config).await,
-        Some(_) => MockServer::bind_tls(args.addr, args.config, MockTls::default()).await,
+        Some(_) => {
+            let tls = MockTls {
+                http1_only: args.tls_http1_only,
+                ..MockTls::default()
+            };
+            MockServer::bind_tls(args.addr, args.config, tls).await
+        }
     };
     let server = match bound {
         Ok(s) => s,

@@ -36,7 +36,8 @@
 //! Transports: plain TCP serves HTTP/1.1 and HTTP/2 with prior knowledge (h2c);
 //! [`MockServer::start_tls`] serves TLS with a certificate made at start by a CA of its own
 //! ([`MockServer::ca_pem`] is what a client passes as `--cacert`), offering `h2` and
-//! `http/1.1` by ALPN, optionally demanding a client certificate from that CA
+//! `http/1.1` by ALPN (only `http/1.1` with [`MockTls::http1_only`], the standalone binary's
+//! `--tls-http1-only`), optionally demanding a client certificate from that CA
 //! ([`MockServer::client_cert_pem`], [`MockServer::client_key_pem`]) or presenting a
 //! broken one (expired, another name, self-signed). [`MockServer::connections`],
 //! [`MockServer::tls_handshakes`] and [`MockServer::h2_requests`] show connection reuse.
