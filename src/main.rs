@@ -36,7 +36,14 @@ fn main() -> ExitCode {
     for warning in config::unknown_env_vars() {
         tracing::warn!("{warning}");
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    // One thread for every check, the pool and the writer: no wake-up crosses threads
+    // (SQLite, imports and file writes run on the blocking pool). Measured in
+    // BENCHMARKS.md ("CPU per check"): less CPU per check than the multi-thread runtime, and
+    // the same checks/s, since recheck spends a fraction of a core per thousand checks.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };

@@ -67,6 +67,10 @@ impl Secrets {
     /// The URL as it may be shown: password and secret query values replaced by `***`,
     /// then every `${VAR}` value.
     pub fn url(&self, u: &Url) -> String {
+        if u.password().is_none() && u.query().is_none() && self.values.is_empty() {
+            // Nothing that could be secret (the common case, once per item).
+            return u.as_str().to_string();
+        }
         let mut shown = u.clone();
         if shown.password().is_some() {
             let _ = shown.set_password(Some("***"));
