@@ -134,13 +134,18 @@ def make_cases(quick):
             n=n(20_000), latency_ms=20, c=100, mix="flaky", timeout=timeout,
             # `--circuit 0`: ids 1-10 of every hundred answer 503 twice, 20 failures in a row,
             # which opens recheck's default breaker (--circuit 20) within the first second;
-            # it then defers nearly every item and exits 5. This case measures retries
-            # against a host that is up (the peers have no breaker); `down` measures the
-            # breaker.
-            note=("recheck runs with `--circuit 0`: the 503 items come ten in a row, so its "
-                  "default breaker opens and defers the rest of the run (the `down` case "
-                  "measures the breaker)."),
-            runs=[("recheck", {"circuit": 0}), ("seed", {}), ("shared", {})]),
+            # it then defers nearly every item and exits 5. `--no-adaptive`: with the
+            # adaptive limit the host's slots are where requests wait, and first attempts go
+            # before retries only at the global slots. This case measures how retries are
+            # scheduled against a host that is up (the peers have neither); `down` and
+            # bench/kindness.py measure the rest.
+            note=("recheck runs with `--no-adaptive --circuit 0`: the 503 items come ten in "
+                  "a row, so its default breaker opens and defers the rest of the run (the "
+                  "`down` case measures the breaker); with the adaptive limit on, requests "
+                  "wait for the host's slots, where first attempts do not go before retries "
+                  "(88 s in one run)."),
+            runs=[("recheck", {"circuit": 0, "no_adaptive": True}), ("seed", {}),
+                  ("shared", {})]),
         "storage": dict(
             title=("storage only: 1,000,000 items, no latency, concurrency 256, "
                    "with and without --dry-run"),
@@ -434,6 +439,8 @@ def contestant_argv(kind, opts, case, db, url_base, n, ca=None):
             argv.append("--dry-run")
         if "circuit" in opts:
             argv += ["--circuit", str(opts["circuit"])]
+        if opts.get("no_adaptive"):
+            argv.append("--no-adaptive")
         if ca:
             argv += ["--cacert", ca]
         return argv
@@ -468,6 +475,8 @@ def contestant_name(kind, opts, case_n, n, tls=None):
                 + (" --insecure" if tls else "") + " (HTTP only, no store)")
     if opts.get("dry_run"):
         base += " --dry-run"
+    if opts.get("no_adaptive"):
+        base += " --no-adaptive"
     if "circuit" in opts:
         base += f" --circuit {opts['circuit']}"
     if opts.get("label"):

@@ -5,6 +5,7 @@
 //! been admitted to. Knows nothing of items or stores.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -63,16 +64,10 @@ pub struct Gate {
     any_pause: AtomicBool,
     paused: Mutex<HashMap<String, Instant>>,
     rate: Option<DefaultDirectRateLimiter>,
-    /// First attempts waiting for a request slot: while there are any, retries wait. Every
-    /// item's first answer comes early (a hang is found in the first seconds, not at the
-    /// end), and the retry chains overlap with the rest of the run.
-    first_waiting: AtomicUsize,
-    /// Retries waiting for the first attempts to go (so only then is anyone woken).
-    retries_waiting: AtomicUsize,
-    first_gone: Notify,
-    /// One retry at a time queues for a request slot: a first attempt that comes later
-    /// waits behind at most that one.
-    retry_lane: Semaphore,
+    /// First attempts before retries for the global slots. (Not for a host's slots: a
+    /// retry holding one while it waits for the first attempts to other hosts could hold
+    /// back that host's first attempts.)
+    first: FirstAttempts,
 }
 
 /// Permission to have one request in flight; dropping it frees the slots. Tell it how the
@@ -138,10 +133,7 @@ impl Gate {
             any_pause: AtomicBool::new(false),
             paused: Mutex::new(HashMap::new()),
             rate,
-            first_waiting: AtomicUsize::new(0),
-            retries_waiting: AtomicUsize::new(0),
-            first_gone: Notify::new(),
-            retry_lane: Semaphore::new(1),
+            first: FirstAttempts::default(),
         }
     }
 
@@ -172,15 +164,11 @@ impl Gate {
                     }
                     _ => None,
                 };
-                let global = if retry {
-                    let _lane = self.retry_lane.acquire().await;
-                    self.first_attempts_gone().await;
-                    Arc::clone(&self.in_flight).acquire_owned().await
-                } else {
-                    let _waiting = FirstWaiting::new(self);
-                    Arc::clone(&self.in_flight).acquire_owned().await
-                }
-                .map_err(|_| Refused::Cancelled)?;
+                let global = self
+                    .first
+                    .in_turn(retry, Arc::clone(&self.in_flight).acquire_owned())
+                    .await
+                    .map_err(|_| Refused::Cancelled)?;
                 // The host may have asked for a pause while this one waited for its slots:
                 // nothing new starts before the pause is over.
                 if self.any_pause.load(Ordering::Relaxed)
@@ -209,25 +197,6 @@ impl Gate {
             .get(key)
             .copied();
         until.filter(|&t| t > Instant::now())
-    }
-
-    /// Returns when no first attempt waits for a request slot.
-    async fn first_attempts_gone(&self) {
-        // SeqCst on both counters (here and in `FirstWaiting::drop`): either this sees the
-        // last first attempt gone, or that one sees this retry waiting and wakes it.
-        self.retries_waiting.fetch_add(1, Ordering::SeqCst);
-        let _done = scopeguard(|| {
-            self.retries_waiting.fetch_sub(1, Ordering::SeqCst);
-        });
-        loop {
-            let gone = self.first_gone.notified();
-            tokio::pin!(gone);
-            gone.as_mut().enable();
-            if self.first_waiting.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            gone.await;
-        }
     }
 
     /// The host of `url` asked for a break (`Retry-After`): no new request to it for `d`.
@@ -272,24 +241,79 @@ impl Gate {
     }
 }
 
-/// A first attempt waiting for a request slot (counted while it waits, also when the wait
-/// is dropped by a stop).
-struct FirstWaiting<'a>(&'a Gate);
+/// First attempts before retries, for the global request slots: while a first attempt waits for a slot, retries wait. So every item's first answer comes
+/// early (a hang is found in the first seconds, not at the end), and the retry chains
+/// overlap with the rest of the run. One retry at a time queues for a slot: a first attempt
+/// that comes later waits behind at most that one.
+#[derive(Default)]
+struct FirstAttempts {
+    waiting: AtomicUsize,
+    retries_waiting: AtomicUsize,
+    gone: Notify,
+    lane: Lane,
+}
 
-impl<'a> FirstWaiting<'a> {
-    fn new(gate: &'a Gate) -> FirstWaiting<'a> {
-        gate.first_waiting.fetch_add(1, Ordering::SeqCst);
-        FirstWaiting(gate)
+/// The one place in line for retries.
+struct Lane(Semaphore);
+
+impl Default for Lane {
+    fn default() -> Lane {
+        Lane(Semaphore::new(1))
     }
 }
 
-impl Drop for FirstWaiting<'_> {
+impl FirstAttempts {
+    /// Waits for `slot` in turn: a first attempt at once, a `retry` once no first attempt
+    /// waits.
+    async fn in_turn<T>(&self, retry: bool, slot: impl Future<Output = T>) -> T {
+        if retry {
+            let _lane = self.lane.0.acquire().await;
+            self.gone().await;
+            slot.await
+        } else {
+            let _waiting = Waiting::new(self);
+            slot.await
+        }
+    }
+
+    /// Returns when no first attempt waits.
+    async fn gone(&self) {
+        // SeqCst on both counters (here and in `Waiting::drop`): either this sees the last
+        // first attempt gone, or that one sees this retry waiting and wakes it.
+        self.retries_waiting.fetch_add(1, Ordering::SeqCst);
+        let _done = scopeguard(|| {
+            self.retries_waiting.fetch_sub(1, Ordering::SeqCst);
+        });
+        loop {
+            let gone = self.gone.notified();
+            tokio::pin!(gone);
+            gone.as_mut().enable();
+            if self.waiting.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            gone.await;
+        }
+    }
+}
+
+/// A first attempt waiting (counted while it waits, also when the wait is dropped by a
+/// stop).
+struct Waiting<'a>(&'a FirstAttempts);
+
+impl<'a> Waiting<'a> {
+    fn new(f: &'a FirstAttempts) -> Waiting<'a> {
+        f.waiting.fetch_add(1, Ordering::SeqCst);
+        Waiting(f)
+    }
+}
+
+impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        let gate = self.0;
-        if gate.first_waiting.fetch_sub(1, Ordering::SeqCst) == 1
-            && gate.retries_waiting.load(Ordering::SeqCst) > 0
+        let f = self.0;
+        if f.waiting.fetch_sub(1, Ordering::SeqCst) == 1
+            && f.retries_waiting.load(Ordering::SeqCst) > 0
         {
-            gate.first_gone.notify_waiters();
+            f.gone.notify_waiters();
         }
     }
 }
@@ -394,7 +418,16 @@ mod tests {
             .ok()
             .unwrap();
         assert_eq!(a.host_limit(), Some(5));
+        // Every request refused, one at a time: once a quarter of them (on average) said
+        // so, the next refusal is a cut.
         a.done(Signal::Answer(429), false);
+        while gate.limits_below_bound().is_empty() {
+            gate.admit(&url("http://a/2"), false, &stop)
+                .await
+                .ok()
+                .unwrap()
+                .done(Signal::Answer(429), false);
+        }
         gate.admit(&url("http://b/1"), false, &stop)
             .await
             .ok()

@@ -107,6 +107,9 @@ struct Ctl {
     /// (a big transcode) do not count, a slower host does.
     recent: std::collections::VecDeque<f64>,
     rtt_base: Option<f64>,
+    /// The share of recent first attempts that said "overloaded" (429, 503, a timeout),
+    /// a moving average over about a limit's worth of them (at least [`RECENT`]).
+    overload_share: f64,
     consecutive: u32,
     state: State,
     cool_down: Duration,
@@ -179,6 +182,7 @@ impl Host {
                 last_cut: None,
                 recent: std::collections::VecDeque::with_capacity(RECENT),
                 rtt_base: None,
+                overload_share: 0.0,
                 consecutive: 0,
                 state: State::Closed,
                 cool_down: COOL_DOWN,
@@ -397,7 +401,12 @@ impl HostPermit {
                     }
                     if policy.adaptive {
                         let before = c.limit;
-                        adapt(&mut c, policy.max, overload, failure, self.started, rtt);
+                        let reading = Reading {
+                            overload,
+                            failure,
+                            retry,
+                        };
+                        adapt(&mut c, policy.max, reading, self.started, rtt);
                         set_limit(&host.slots, &mut c, before);
                     }
                 }
@@ -458,15 +467,37 @@ fn set_limit(slots: &Arc<Semaphore>, c: &mut Ctl, before: usize) {
     }
 }
 
-/// The AIMD step after one attempt; whether the limit grew.
-fn adapt(
-    c: &mut Ctl,
-    max: usize,
+/// How one attempt ended, as the adaptive limit reads it.
+#[derive(Debug, Clone, Copy)]
+struct Reading {
+    /// 429, 503 or a timeout.
     overload: bool,
+    /// A connection failure, a timeout or a 5xx.
     failure: bool,
-    started: Instant,
-    rtt: Duration,
-) -> bool {
+    /// Not the item's first attempt.
+    retry: bool,
+}
+
+/// The share of recent first attempts saying "overloaded" from which an overload answer
+/// lowers the limit. Below it, the items that hang or answer 503 are those items' own
+/// trouble, and do not slow the rest (a host that is overloaded says so to most requests).
+const OVERLOAD_SHARE: f64 = 0.25;
+
+/// The AIMD step after one attempt; whether the limit grew.
+fn adapt(c: &mut Ctl, max: usize, o: Reading, started: Instant, rtt: Duration) -> bool {
+    let Reading {
+        overload,
+        failure,
+        retry,
+    } = o;
+    if !retry {
+        // Retries are of items that already failed: they would make any host look
+        // overloaded.
+        let window = c.limit.max(RECENT) as f64;
+        let x = if overload { 1.0 } else { 0.0 };
+        c.overload_share += (x - c.overload_share) / window;
+    }
+    let overload = overload && c.overload_share >= OVERLOAD_SHARE;
     let x = rtt.as_secs_f64();
     let base = match c.rtt_base {
         Some(b) if x >= b => b + (x - b) * 0.01,
@@ -691,11 +722,30 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn repeated_cuts_never_go_below_one() {
         let h = host(3, true, 0);
-        for _ in 0..10 {
+        for _ in 0..30 {
             h.acquire().await.unwrap().done(Signal::Timeout, false);
             tokio::time::advance(Duration::from_secs(6)).await;
         }
         assert_eq!(limit(&h), 1);
+    }
+
+    #[tokio::test]
+    async fn items_failing_on_their_own_do_not_lower_the_limit() {
+        // 10 % of the items answer 503 and 1 % time out, every retry of them too: the host
+        // answers the rest, so the limit stays.
+        let h = host(100, true, 0);
+        for i in 0..2_000 {
+            let first = match i % 100 {
+                0 => Signal::Timeout,
+                1..=10 => Signal::Answer(503),
+                _ => Signal::Answer(200),
+            };
+            h.acquire().await.unwrap().done(first, false);
+            if first != Signal::Answer(200) {
+                h.acquire().await.unwrap().done(first, true);
+            }
+        }
+        assert_eq!(h.summary().lowest_limit, 100);
     }
 
     #[tokio::test]
