@@ -47,15 +47,6 @@ pub struct Slot {
 }
 
 impl Slot {
-    /// A slot that is not bounded by anything (tests, single checks).
-    pub fn unbounded() -> Slot {
-        Slot {
-            first: None,
-            room: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
-            retry: None,
-        }
-    }
-
     /// Moves to the retry room (waiting while it is full, still holding the first slot),
     /// then frees the first slot for a new item. Once moved, it stays.
     pub async fn to_retry(&mut self) {
