@@ -342,9 +342,10 @@ fn one_down_host_does_not_hold_back_another() {
 }
 
 /// A host that answers 429 whenever more than 10 requests are in flight, asked with
-/// `--per-host 50`: with the adaptive limit the host's requests in flight come down near 10
-/// once the limit has adapted (sampled after the first 400 answers) and the 429s stay far
-/// below what a fixed limit of 50 gets.
+/// `--per-host 50`: with the adaptive limit the host's requests in flight come down toward
+/// 10 once the limit has adapted (sampled after the first 400 answers: about 14, where a
+/// quarter of the first attempts are refused, with spikes into the 20s on a loaded machine)
+/// and the 429s stay far below what a fixed limit of 50 gets.
 #[test]
 fn the_adaptive_limit_backs_off_an_overloaded_host() {
     let run = |adaptive: &str| {
@@ -404,7 +405,7 @@ fn the_adaptive_limit_backs_off_an_overloaded_host() {
     assert!(lowest < 50, "the limit never went down: {host}");
     assert_eq!(host["max_limit"], 50);
     assert!(
-        adaptive_most <= 20 && fixed_most > 30,
+        adaptive_most <= 30 && fixed_most > 40,
         "in flight once adapted: adaptive {adaptive_most}, fixed {fixed_most}"
     );
     assert!(
