@@ -288,28 +288,38 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn in_progress_is_bounded() {
+    /// Runs `n` items through the pool with `bounds`, each holding its check for `hold`
+    /// (after moving to the retry room when `retrying`); the verdicts received and the most
+    /// checks that were past that point at once.
+    async fn peak_of(
+        n: i64,
+        bounds: (usize, usize),
+        hold: Duration,
+        retrying: bool,
+    ) -> (usize, usize) {
         let now = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
-        let (n, p) = (Arc::clone(&now), Arc::clone(&peak));
-        let check = Arc::new(move |item: Item, slot: Slot| {
-            let (n, p) = (Arc::clone(&n), Arc::clone(&p));
+        let (n_, p) = (Arc::clone(&now), Arc::clone(&peak));
+        let check = Arc::new(move |item: Item, mut slot: Slot| {
+            let (n, p) = (Arc::clone(&n_), Arc::clone(&p));
             async move {
-                let _slot = slot;
+                if retrying {
+                    slot.to_retry().await;
+                }
                 let cur = n.fetch_add(1, Ordering::SeqCst) + 1;
                 p.fetch_max(cur, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                tokio::time::sleep(hold).await;
                 n.fetch_sub(1, Ordering::SeqCst);
+                drop(slot);
                 Some(ok(&item))
             }
         });
         let (vtx, mut vrx) = mpsc::channel(1000);
         run(
             check,
-            feed(200).await,
+            feed(n).await,
             vtx,
-            (5, 5),
+            bounds,
             CancellationToken::new(),
             Duration::from_secs(1),
         )
@@ -318,44 +328,22 @@ mod tests {
         while vrx.recv().await.is_some() {
             count += 1;
         }
+        (count, peak.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn in_progress_is_bounded() {
+        let (count, peak) = peak_of(200, (5, 5), Duration::from_millis(2), false).await;
         assert_eq!(count, 200);
-        assert_eq!(peak.load(Ordering::SeqCst), 5);
+        assert_eq!(peak, 5);
     }
 
     #[tokio::test]
     async fn retrying_items_leave_their_place_to_new_ones() {
         // Every item "retries" for 30 ms: with 2 places and a room of 20, up to 20 retry at
         // once (not 2), and never more.
-        let now = Arc::new(AtomicUsize::new(0));
-        let peak = Arc::new(AtomicUsize::new(0));
-        let (n, p) = (Arc::clone(&now), Arc::clone(&peak));
-        let check = Arc::new(move |item: Item, mut slot: Slot| {
-            let (n, p) = (Arc::clone(&n), Arc::clone(&p));
-            async move {
-                slot.to_retry().await;
-                let cur = n.fetch_add(1, Ordering::SeqCst) + 1;
-                p.fetch_max(cur, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(30)).await;
-                n.fetch_sub(1, Ordering::SeqCst);
-                Some(ok(&item))
-            }
-        });
-        let (vtx, mut vrx) = mpsc::channel(1000);
-        run(
-            check,
-            feed(100).await,
-            vtx,
-            (2, 20),
-            CancellationToken::new(),
-            Duration::from_secs(1),
-        )
-        .await;
-        let mut count = 0;
-        while vrx.recv().await.is_some() {
-            count += 1;
-        }
+        let (count, peak) = peak_of(100, (2, 20), Duration::from_millis(30), true).await;
         assert_eq!(count, 100);
-        let peak = peak.load(Ordering::SeqCst);
         assert!(peak > 2 && peak <= 20, "{peak} retrying at once");
     }
 
