@@ -171,9 +171,14 @@ impl Gate {
                     .map_err(|_| Refused::Cancelled)?;
                 // The host may have asked for a pause while this one waited for its slots:
                 // nothing new starts before the pause is over.
-                if self.any_pause.load(Ordering::Relaxed)
-                    && self.paused_until(&host_key(url)).is_some()
-                {
+                // (The host's key is looked up once, unless the first pause came meanwhile.)
+                let paused_now = self.any_pause.load(Ordering::Relaxed)
+                    && match &key {
+                        Some(key) => self.paused_until(key),
+                        None => self.paused_until(&host_key(url)),
+                    }
+                    .is_some();
+                if paused_now {
                     continue;
                 }
                 return Ok(Admission {
