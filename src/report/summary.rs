@@ -17,6 +17,25 @@ const MAX_DISTINCT_ERRORS: usize = 1000;
 /// Errors listed in the summary.
 const TOP_ERRORS: usize = 5;
 
+/// The keys of the JSON summary that scripts may rely on (docs/reference.md §4); the others
+/// are additions.
+pub const STABLE_KEYS: [&str; 14] = [
+    "task",
+    "checked",
+    "ok",
+    "still_failed",
+    "not_found",
+    "errors",
+    "dead",
+    "requests",
+    "retries",
+    "duration_ms",
+    "interrupted",
+    "dry_run",
+    "conflicts",
+    "unwritten",
+];
+
 /// `--format`: how the summary is printed on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -703,22 +722,7 @@ mod tests {
         let mut out = Vec::new();
         s.write(Format::Json, &mut out).unwrap();
         let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        for key in [
-            "task",
-            "checked",
-            "ok",
-            "still_failed",
-            "not_found",
-            "errors",
-            "dead",
-            "requests",
-            "retries",
-            "duration_ms",
-            "interrupted",
-            "dry_run",
-            "conflicts",
-            "unwritten",
-        ] {
+        for key in STABLE_KEYS {
             assert!(j.get(key).is_some(), "missing {key}");
         }
         assert_eq!(j["still_failed"], 1);
