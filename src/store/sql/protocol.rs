@@ -989,7 +989,7 @@ impl<B: Backend> Inner<B> {
                 .into_iter()
                 .partition(|v| v.outcome == crate::model::Outcome::Deferred);
             if !write.is_empty() {
-                let (sql, args) = self.update_sql(&write);
+                let (sql, args) = self.update_sql(&write, Write::Checked);
                 tx.exec(sql, args).await?;
             }
             if let Some((sql, args)) = self.defer_sql(&deferred) {
@@ -1000,10 +1000,11 @@ impl<B: Backend> Inner<B> {
         Ok(conflicts)
     }
 
-    /// The write of a chunk of verdicts whose rows are locked and as claimed: status (where
-    /// the outcome sets one), bookkeeping where the table has the column, lease cleared.
-    fn update_sql(&self, rows: &[&Verdict]) -> (String, Vec<Val>) {
+    /// The write of a chunk of verdicts whose rows are locked and as claimed: what `what`
+    /// says of them, where the table has the column, and the lease cleared.
+    fn update_sql(&self, rows: &[&Verdict], what: Write) -> (String, Vec<Val>) {
         let sh = &self.shape;
+        let checked = what == Write::Checked;
         let k = shape_for(rows.len());
         let row = |i: usize| rows[i.min(rows.len() - 1)];
         let keys: Vec<String> = (0..k).map(|i| self.key_of(row(i))).collect();
@@ -1022,10 +1023,15 @@ impl<B: Backend> Inner<B> {
         };
         let mut s = self.sql();
         s.push(&format!("UPDATE {} SET ", self.t_by_key()));
+        // Columns are joined by ", " (the first one without).
+        let mut first = true;
         // `col = CASE key WHEN k1 THEN v1 ... ELSE col END`, one per column. A padded
         // repeat of the last row never matches (its first WHEN does).
-        let case =
+        let mut case =
             |s: &mut Sql<'_, B>, col: &Col, how: Set, f: &dyn Fn(&Verdict) -> (Val, Kind)| {
+                if !std::mem::take(&mut first) {
+                    s.push(", ");
+                }
                 let q = self.q(col);
                 s.push(&format!("{q} = "));
                 match how {
@@ -1058,15 +1064,16 @@ impl<B: Backend> Inner<B> {
                     Set::To | Set::UnlessNull => s.push(&format!(" ELSE {q} END")),
                 };
             };
-        case(&mut s, &sh.status, Set::UnlessNull, &|v| {
-            let val = self
-                .opts
-                .status_for(v.outcome)
-                .map_or(Val::Null, |sv| status_val(sv, sh.status.kind));
-            (val, sh.status.kind)
-        });
-        if let Some(c) = &sh.http_status {
-            s.push(", ");
+        if checked {
+            case(&mut s, &sh.status, Set::UnlessNull, &|v| {
+                let val = self
+                    .opts
+                    .status_for(v.outcome)
+                    .map_or(Val::Null, |sv| status_val(sv, sh.status.kind));
+                (val, sh.status.kind)
+            });
+        }
+        if checked && let Some(c) = &sh.http_status {
             case(&mut s, c, Set::To, &|v| {
                 (
                     v.http_status.map_or(Val::Null, |h| Val::Int(h.into())),
@@ -1074,37 +1081,31 @@ impl<B: Backend> Inner<B> {
                 )
             });
         }
-        if let Some(c) = &sh.attempts {
-            s.push(", ");
+        if checked && let Some(c) = &sh.attempts {
             case(&mut s, c, Set::Add, &|v| {
                 (Val::Int(v.attempts.into()), Kind::Int)
             });
         }
-        if let Some(c) = &sh.last_error {
-            s.push(", ");
+        if checked && let Some(c) = &sh.last_error {
             // NULL clears the previous error when the item is fine now.
             case(&mut s, c, Set::To, &|v| {
                 (v.error.clone().map_or(Val::Null, Val::Text), Kind::Text)
             });
         }
-        if let Some((c, ck)) = &sh.checked_at {
-            s.push(", ");
+        if checked && let Some((c, ck)) = &sh.checked_at {
             case(&mut s, c, Set::To, &|v| {
                 (Val::Time(v.checked_at, *ck), Kind::Other)
             });
         }
-        if let Some(c) = &sh.checks {
-            s.push(", ");
+        if checked && let Some(c) = &sh.checks {
             case(&mut s, c, Set::Add, &|_| (Val::Int(1), Kind::Int));
         }
-        if let Some((c, ck)) = &sh.first_checked_at {
-            s.push(", ");
+        if checked && let Some((c, ck)) = &sh.first_checked_at {
             case(&mut s, c, Set::IfNull, &|v| {
                 (Val::Time(v.checked_at, *ck), Kind::Other)
             });
         }
         if let Some((c, ck)) = &sh.next_check_at {
-            s.push(", ");
             case(&mut s, c, Set::To, &|v| {
                 let at = v
                     .next_check_at
@@ -1115,8 +1116,11 @@ impl<B: Backend> Inner<B> {
         if self.leasing
             && let Some((owner, until, _)) = &sh.lease
         {
+            if !first {
+                s.push(", ");
+            }
             s.push(&format!(
-                ", {} = NULL, {} = NULL",
+                "{} = NULL, {} = NULL",
                 self.q(owner),
                 self.q(until)
             ));
@@ -1134,61 +1138,11 @@ impl<B: Backend> Inner<B> {
     /// when there is nothing to write.
     fn defer_sql(&self, rows: &[&Verdict]) -> Option<(String, Vec<Val>)> {
         let sh = &self.shape;
-        let lease = sh.lease.as_ref().filter(|_| self.leasing);
-        if rows.is_empty() || (sh.next_check_at.is_none() && lease.is_none()) {
+        let leased = sh.lease.is_some() && self.leasing;
+        if rows.is_empty() || (sh.next_check_at.is_none() && !leased) {
             return None;
         }
-        let keys: Vec<String> = rows.iter().map(|v| self.key_of(v)).collect();
-        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let mut s = self.sql();
-        s.push(&format!("UPDATE {} SET ", self.t_by_key()));
-        let mut sets = Vec::new();
-        if let Some((c, ck)) = &sh.next_check_at {
-            let q = self.q(c);
-            let mut e = format!("{q} = CASE {}", self.key_sql());
-            // Built by hand: the placeholders must be numbered in text order.
-            for (k, v) in keys.iter().zip(rows) {
-                let key = match sh.key.kind {
-                    Kind::Int => Val::Int(k.parse().unwrap_or(0)),
-                    _ => Val::Text(k.clone()),
-                };
-                let kind = if sh.key.kind == Kind::Int {
-                    Kind::Int
-                } else {
-                    Kind::Text
-                };
-                s.args.push(key);
-                e.push_str(&format!(
-                    " WHEN {} THEN ",
-                    self.b
-                        .placeholder(s.args.len(), &s.args[s.args.len() - 1], kind)
-                ));
-                let at = v
-                    .next_check_at
-                    .map_or(Val::NullTime(*ck), |t| Val::Time(t, *ck));
-                s.args.push(at);
-                e.push_str(&self.b.placeholder(
-                    s.args.len(),
-                    &s.args[s.args.len() - 1],
-                    Kind::Other,
-                ));
-            }
-            e.push_str(&format!(" ELSE {q} END"));
-            sets.push(e);
-        }
-        if let Some((owner, until, _)) = lease {
-            sets.push(format!(
-                "{} = NULL, {} = NULL",
-                self.q(owner),
-                self.q(until)
-            ));
-        }
-        s.push(&sets.join(", "));
-        s.push(" WHERE ");
-        self.task_is(&mut s);
-        s.push(" AND ");
-        self.key_in(&mut s, &refs);
-        Some(s.done())
+        Some(self.update_sql(rows, Write::Deferred))
     }
 
     async fn pending(&self) -> Result<u64> {
@@ -1523,6 +1477,15 @@ impl<B: Backend> Inner<B> {
         self.b.finish().await;
         released
     }
+}
+
+/// What a save writes of its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// Checked items: status (where the outcome sets one), bookkeeping and schedule.
+    Checked,
+    /// Deferred items (their host's circuit was open): only `next_check_at`.
+    Deferred,
 }
 
 /// How one column of a save is set.
