@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use reqwest::Client;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::Notify;
 use url::Url;
 
 use crate::limits::FdBudget;
@@ -91,47 +92,202 @@ struct Origin {
 /// pool for all of them, or, for an HTTP/1.1 server, costs one round trip at start.
 /// Plain `http://` needs none of it: HTTP/1.1 opens connections as needed, and h2c with
 /// prior knowledge is already one connection per origin in the pool.
+///
+/// After the first answer, a request to an `https://` origin also waits (at most
+/// `max_wait`) while the origin's client is opening connections. Why: the pool starts a
+/// connection for every request that finds no idle one, and keeps it when another
+/// request's connection frees up first; while the first wave's handshakes run, every
+/// request admitted meanwhile would open one more (101–116 handshakes for 100 requests in
+/// flight, BENCHMARKS.md "tls"). Once the handshakes are done the connections are idle or
+/// busy with fewer requests than there are connections, so the request finds one.
 pub struct FirstContact {
     done: AtomicBool,
-    turn: Arc<tokio::sync::Mutex<()>>,
+    /// A request took the first turn.
+    taken: AtomicBool,
+    /// Wakes every request waiting for the first answer at once, so their connections
+    /// start together (one by one, a request admitted in a gap would open an extra one).
+    answered: Notify,
+    /// The connections the origin's client is opening (`None`: plain `http://`, where a
+    /// connection costs no handshake).
+    connecting: Option<Arc<Connecting>>,
+}
+
+/// The connections one client is opening right now, counted by [`CountConnects`] around
+/// its connector, and whether its first wave of them is in.
+pub struct Connecting {
+    now: AtomicUsize,
+    none: Notify,
+    /// Connections started so far.
+    started: AtomicUsize,
+    /// The most the pool keeps for the origin: the first wave.
+    wave: usize,
+    /// The first wave's connections are all open (or failed): from then on no request
+    /// waits. (A server that closes its connections then costs handshakes as it always
+    /// does, instead of holding requests back behind each other's.)
+    wave_done: AtomicBool,
+}
+
+impl Connecting {
+    fn new(wave: usize) -> Connecting {
+        Connecting {
+            now: AtomicUsize::new(0),
+            none: Notify::new(),
+            started: AtomicUsize::new(0),
+            wave,
+            wave_done: AtomicBool::new(false),
+        }
+    }
+
+    /// Returns when no connection is being opened, or after `max_wait`; at once after the
+    /// first wave.
+    async fn settled(&self, max_wait: Duration) {
+        if self.wave_done.load(Ordering::Relaxed) || self.now.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let wait = async {
+            loop {
+                let none = self.none.notified();
+                tokio::pin!(none);
+                // Enabled before the check: a count that drops to 0 after it still wakes.
+                none.as_mut().enable();
+                if self.now.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                none.await;
+            }
+        };
+        let _ = tokio::time::timeout(max_wait, wait).await;
+        // The pool gets a new connection a few task turns after its handshake (hyper's
+        // HTTP/1 handshake, the dispatcher's first poll, then the put): until then a
+        // checkout finds nothing idle and would open one more.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// One connection being opened: counted from the connector's call to its end (done,
+/// failed or dropped).
+struct Opening(Arc<Connecting>);
+
+impl Opening {
+    fn new(c: Arc<Connecting>) -> Opening {
+        c.started.fetch_add(1, Ordering::Relaxed);
+        c.now.fetch_add(1, Ordering::SeqCst);
+        Opening(c)
+    }
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        if self.0.now.fetch_sub(1, Ordering::SeqCst) == 1 {
+            if self.0.started.load(Ordering::Relaxed) >= self.0.wave {
+                self.0.wave_done.store(true, Ordering::Relaxed);
+            }
+            self.0.none.notify_waiters();
+        }
+    }
+}
+
+/// The connector layer that counts a client's connections being opened ([`Connecting`]).
+#[derive(Clone)]
+struct CountConnects(Arc<Connecting>);
+
+impl<S> tower_layer::Layer<S> for CountConnects {
+    type Service = Counted<S>;
+    fn layer(&self, inner: S) -> Counted<S> {
+        Counted {
+            inner,
+            count: Arc::clone(&self.0),
+        }
+    }
+}
+
+/// A connector whose calls are counted.
+#[derive(Clone)]
+struct Counted<S> {
+    inner: S,
+    count: Arc<Connecting>,
+}
+
+impl<S, R> tower_service::Service<R> for Counted<S>
+where
+    S: tower_service::Service<R>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        let opening = Opening::new(Arc::clone(&self.count));
+        let connect = self.inner.call(req);
+        Box::pin(async move {
+            let conn = connect.await;
+            drop(opening);
+            conn
+        })
+    }
 }
 
 /// Held by the first request to an origin until its answer (or failure) is in.
 pub struct FirstTurn<'a> {
     contact: &'a FirstContact,
-    _turn: tokio::sync::OwnedMutexGuard<()>,
 }
 
 impl Drop for FirstTurn<'_> {
     fn drop(&mut self) {
         self.contact.done.store(true, Ordering::Release);
+        self.contact.answered.notify_waiters();
     }
 }
 
 impl FirstContact {
-    fn new(done: bool) -> FirstContact {
+    fn new(done: bool, connecting: Option<Arc<Connecting>>) -> FirstContact {
         FirstContact {
             done: AtomicBool::new(done),
-            turn: Arc::new(tokio::sync::Mutex::new(())),
+            taken: AtomicBool::new(false),
+            answered: Notify::new(),
+            connecting,
         }
     }
 
-    /// Waits (at most `max_wait`) until the origin's first request is answered. `Some` when
-    /// this request is that first one: the others wait while it is held.
+    /// Waits (at most `max_wait`) until the origin's first request is answered, and then
+    /// while its connections are being opened. `Some` when this request is that first one:
+    /// the others wait while it is held.
     pub async fn wait(&self, max_wait: Duration) -> Option<FirstTurn<'_>> {
         if self.done.load(Ordering::Acquire) {
+            if let Some(c) = &self.connecting {
+                c.settled(max_wait).await;
+            }
             return None;
         }
-        let turn = tokio::time::timeout(max_wait, Arc::clone(&self.turn).lock_owned())
-            .await
-            .ok()?;
-        if self.done.load(Ordering::Acquire) {
-            return None;
+        if !self.taken.swap(true, Ordering::AcqRel) {
+            return Some(FirstTurn { contact: self });
         }
-        Some(FirstTurn {
-            contact: self,
-            _turn: turn,
-        })
+        let answered = async {
+            loop {
+                let answered = self.answered.notified();
+                tokio::pin!(answered);
+                // Enabled before the check: an answer that comes after it still wakes.
+                answered.as_mut().enable();
+                if self.done.load(Ordering::Acquire) {
+                    return;
+                }
+                answered.await;
+            }
+        };
+        // A first request that takes long holds the others back at most `max_wait`.
+        let _ = tokio::time::timeout(max_wait, answered).await;
+        None
     }
 }
 
@@ -148,9 +304,9 @@ impl Clients {
         }
         log_proxies(&|k| std::env::var(k).ok());
         // Built now, so a builder error stops the run before the first item.
-        let plain = build_client(&cfg, &tls, budget.idle_per_host, false)?;
+        let plain = build_client(&cfg, &tls, budget.idle_per_host, false, None)?;
         let h2c = if cfg.http2_prior_knowledge {
-            build_client(&cfg, &tls, budget.idle_per_host, true)?
+            build_client(&cfg, &tls, budget.idle_per_host, true, None)?
         } else {
             plain.clone()
         };
@@ -165,14 +321,15 @@ impl Clients {
 
     /// The client for `url`'s origin, and its first-contact gate.
     pub fn for_url(&self, url: &Url) -> (Client, Arc<FirstContact>) {
-        let origin = url.origin().ascii_serialization();
+        let key = origin_key(url);
         let mut lru = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
         lru.tick += 1;
         let tick = lru.tick;
-        if let Some(o) = lru.by_origin.get_mut(&origin) {
+        if let Some(o) = lru.by_origin.get_mut(key.as_ref()) {
             o.used = tick;
             return (o.client.clone(), Arc::clone(&o.first));
         }
+        let origin = key.into_owned();
         if lru.by_origin.len() >= self.budget.pooled_hosts.max(1)
             && let Some(oldest) = lru
                 .by_origin
@@ -187,15 +344,19 @@ impl Clients {
         // not take a check down either; the spare client has the same settings (only its
         // pool is shared with the other origins that fell back on it).
         let prior_knowledge = self.prior_knowledge_for(url);
-        let client = self.build(prior_knowledge).unwrap_or_else(|e| {
-            tracing::warn!("cannot build an HTTP client: {e:#}");
-            if prior_knowledge {
-                self.spare.1.clone()
-            } else {
-                self.spare.0.clone()
-            }
-        });
-        let first = Arc::new(FirstContact::new(url.scheme() != "https"));
+        let tls = url.scheme() == "https";
+        let connecting = tls.then(|| Arc::new(Connecting::new(self.budget.idle_per_host)));
+        let client = self
+            .build(prior_knowledge, connecting.clone())
+            .unwrap_or_else(|e| {
+                tracing::warn!("cannot build an HTTP client: {e:#}");
+                if prior_knowledge {
+                    self.spare.1.clone()
+                } else {
+                    self.spare.0.clone()
+                }
+            });
+        let first = Arc::new(FirstContact::new(!tls, connecting));
         lru.by_origin.insert(
             origin,
             Origin {
@@ -207,13 +368,25 @@ impl Clients {
         (client, first)
     }
 
-    fn build(&self, prior_knowledge: bool) -> Result<Client> {
+    fn build(&self, prior_knowledge: bool, connecting: Option<Arc<Connecting>>) -> Result<Client> {
         build_client(
             &self.cfg,
             &self.tls,
             self.budget.idle_per_host,
             prior_knowledge,
+            connecting,
         )
+    }
+}
+
+/// `url`'s origin as text (`https://api:8443`): the client pool's key. Without user info
+/// that is the start of the URL itself (the parser already lowercased the host and dropped
+/// a default port), so the lookup made for every request allocates nothing.
+fn origin_key(url: &Url) -> std::borrow::Cow<'_, str> {
+    if url.username().is_empty() && url.password().is_none() && url.has_host() {
+        std::borrow::Cow::Borrowed(&url[..url::Position::AfterPort])
+    } else {
+        std::borrow::Cow::Owned(url.origin().ascii_serialization())
     }
 }
 
@@ -223,6 +396,7 @@ fn build_client(
     tls: &Tls,
     idle_per_host: usize,
     prior_knowledge: bool,
+    connecting: Option<Arc<Connecting>>,
 ) -> Result<Client> {
     let mut b = Client::builder()
         .user_agent(concat!("recheck/", env!("CARGO_PKG_VERSION")))
@@ -230,8 +404,15 @@ fn build_client(
         .pool_max_idle_per_host(idle_per_host)
         .tcp_nodelay(true)
         // Redirects are followed by `fetch`, which drops secret headers across origins.
-        .redirect(reqwest::redirect::Policy::none());
+        .redirect(reqwest::redirect::Policy::none())
+        // Retries are `fetch`'s (counted, with backoff). reqwest's default policy (HTTP/2
+        // protocol NACKs) copies every request's headers in case it retries: measurable
+        // CPU per check (BENCHMARKS.md, "Analysis"); a refused stream is retried by ours.
+        .retry(reqwest::retry::never());
     b = b.tls_backend_preconfigured(tls.config.clone());
+    if let Some(c) = connecting {
+        b = b.connector_layer(CountConnects(c));
+    }
     if prior_knowledge {
         // reqwest's prior knowledge also limits ALPN to h2 on https://, which would break
         // servers that only speak HTTP/1.1 over TLS; `--http2` is about http:// only, so
@@ -621,6 +802,26 @@ mod tests {
     }
 
     #[test]
+    fn the_pool_key_is_the_origin() {
+        for u in [
+            "http://API.example:80/items/1?x=1",
+            "https://api.example:8443/a",
+            "https://user:pw@api.example/a",
+            "http://[::1]:8080/",
+            "http://127.0.0.1/x#f",
+            "https://bücher.example/x",
+        ] {
+            let url = Url::parse(u).unwrap();
+            assert_eq!(origin_key(&url), url.origin().ascii_serialization(), "{u}");
+        }
+        let borrowed = Url::parse("https://api.example:8443/a").unwrap();
+        assert!(matches!(
+            origin_key(&borrowed),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
     fn proxy_env_follows_reqwest_precedence() {
         let e = env(&[
             ("https_proxy", "http://lower:1"),
@@ -703,7 +904,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_first_contact_goes_alone_then_everyone() {
-        let f = FirstContact::new(false);
+        let f = FirstContact::new(false, None);
         let first = f.wait(Duration::from_secs(5)).await;
         assert!(first.is_some());
         // while the first is out, others wait (here: up to 50 ms, then go anyway)
@@ -713,6 +914,76 @@ mod tests {
         drop(first);
         assert!(f.wait(Duration::from_secs(5)).await.is_none());
         assert!(f.done.load(Ordering::Acquire));
+    }
+
+    #[tokio::test]
+    async fn every_request_waiting_for_the_first_answer_goes_at_once() {
+        let f = Arc::new(FirstContact::new(false, None));
+        let first = f.wait(Duration::from_secs(5)).await;
+        assert!(first.is_some());
+        let gone = Arc::new(AtomicUsize::new(0));
+        let mut waiting = Vec::new();
+        for _ in 0..20 {
+            let (f, gone) = (Arc::clone(&f), Arc::clone(&gone));
+            waiting.push(tokio::spawn(async move {
+                assert!(f.wait(Duration::from_secs(30)).await.is_none());
+                gone.fetch_add(1, Ordering::SeqCst);
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(
+            gone.load(Ordering::SeqCst),
+            0,
+            "they wait for the first answer"
+        );
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            for w in waiting {
+                w.await.unwrap();
+            }
+        })
+        .await
+        .expect("all released by the first answer, not by their 30 s wait");
+        assert_eq!(gone.load(Ordering::SeqCst), 20);
+    }
+
+    #[tokio::test]
+    async fn after_the_first_answer_requests_wait_for_the_first_wave_of_connections() {
+        let c = Arc::new(Connecting::new(2));
+        let f = FirstContact::new(true, Some(Arc::clone(&c)));
+        // nothing being opened: no wait
+        tokio::time::timeout(Duration::from_millis(500), f.wait(Duration::from_secs(30)))
+            .await
+            .expect("no wait while nothing is being opened");
+        let one = Opening::new(Arc::clone(&c));
+        let started = std::time::Instant::now();
+        assert!(f.wait(Duration::from_millis(50)).await.is_none());
+        assert!(
+            started.elapsed() >= Duration::from_millis(50),
+            "waits while one opens"
+        );
+        let waiter = {
+            let c = Arc::clone(&c);
+            tokio::spawn(async move { c.settled(Duration::from_secs(30)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished());
+        drop(one);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("released when the connection is open")
+            .unwrap();
+        assert!(!c.wave_done.load(Ordering::Relaxed), "one of a wave of two");
+        // the second connection of the wave: once it is open, nobody waits again
+        drop(Opening::new(Arc::clone(&c)));
+        assert!(c.wave_done.load(Ordering::Relaxed));
+        let _third = Opening::new(Arc::clone(&c));
+        tokio::time::timeout(
+            Duration::from_millis(500),
+            c.settled(Duration::from_secs(30)),
+        )
+        .await
+        .expect("no wait after the first wave");
     }
 
     #[test]

@@ -359,6 +359,47 @@ fn h2_over_tls_uses_a_handful_of_connections_for_100_in_flight() {
 }
 
 #[test]
+fn http1_over_tls_opens_no_more_connections_than_requests_in_flight() {
+    // 100 in flight from the start: the first wave's handshakes take a while on a busy
+    // machine, and every request admitted meanwhile used to open one more connection
+    // (102-115 handshakes). The pool keeps whichever connection frees up first, so one
+    // late extra can still happen (a race inside it): c + 2 is the bound.
+    let server = support::tls_server(
+        MockConfig {
+            latency: Duration::from_millis(150),
+            ..MockConfig::default()
+        },
+        MockTls {
+            http1_only: true,
+            ..MockTls::default()
+        },
+    );
+    let sb = Sandbox::new();
+    store(&sb, 1500);
+    let ca = ca_file(&sb, &server);
+    // --no-adaptive: the handshakes' latency at start would lower the limit, and this is
+    // about 100 in flight.
+    let args = ["--cacert", &ca, "--concurrency", "100", "--no-adaptive"];
+    let out = run_json(&sb, &server, &args);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(support::summary(&out)["ok"], 1500);
+    assert!(
+        server.high_water() >= 90,
+        "{} in flight",
+        server.high_water()
+    );
+    let handshakes = server.tls_handshakes();
+    assert!(
+        handshakes >= 90,
+        "{handshakes}: the run did not use its concurrency"
+    );
+    assert!(
+        handshakes <= 102,
+        "{handshakes} TLS handshakes for 100 requests in flight"
+    );
+}
+
+#[test]
 fn http2_flag_speaks_h2c_on_http_with_a_handful_of_connections() {
     let server = support::server(MockConfig {
         latency: Duration::from_millis(300),
