@@ -141,27 +141,30 @@ impl Connecting {
     /// Returns when no connection is being opened, or after `max_wait`; at once after the
     /// first wave.
     async fn settled(&self, max_wait: Duration) {
-        if self.wave_done.load(Ordering::Relaxed) || self.now.load(Ordering::SeqCst) == 0 {
-            return;
-        }
-        let wait = async {
-            loop {
-                let none = self.none.notified();
-                tokio::pin!(none);
-                // Enabled before the check: a count that drops to 0 after it still wakes.
-                none.as_mut().enable();
-                if self.now.load(Ordering::SeqCst) == 0 {
-                    return;
+        let deadline = tokio::time::Instant::now() + max_wait;
+        while !self.wave_done.load(Ordering::Relaxed) && self.now.load(Ordering::SeqCst) > 0 {
+            let none = async {
+                loop {
+                    let none = self.none.notified();
+                    tokio::pin!(none);
+                    // Enabled before the check: a count that drops to 0 after it still wakes.
+                    none.as_mut().enable();
+                    if self.now.load(Ordering::SeqCst) == 0 {
+                        return;
+                    }
+                    none.await;
                 }
-                none.await;
+            };
+            if tokio::time::timeout_at(deadline, none).await.is_err() {
+                return;
             }
-        };
-        let _ = tokio::time::timeout(max_wait, wait).await;
-        // The pool gets a new connection a few task turns after its handshake (hyper's
-        // HTTP/1 handshake, the dispatcher's first poll, then the put): until then a
-        // checkout finds nothing idle and would open one more.
-        for _ in 0..3 {
-            tokio::task::yield_now().await;
+            // The pool gets a new connection a few task turns after its handshake (hyper's
+            // HTTP/1 handshake, the dispatcher's first poll, then the put): until then a
+            // checkout finds nothing idle and would open one more. Then look again: another
+            // request released with this one may have started a connection meanwhile.
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
         }
     }
 }
