@@ -114,7 +114,7 @@ pub struct FirstContact {
 
 /// The connections one client is opening right now, counted by [`CountConnects`] around
 /// its connector, and whether its first wave of them is in.
-pub struct Connecting {
+struct Connecting {
     now: AtomicUsize,
     none: Notify,
     /// Connections started so far.
