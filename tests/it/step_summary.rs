@@ -1,8 +1,6 @@
 //! `--step-summary FILE` and `$GITHUB_STEP_SUMMARY` (the CI job page), and `--format
 //! markdown` on stdout.
 
-use std::path::Path;
-
 use crate::support::{self, Sandbox};
 
 /// An id that tries to end its table cell and to inject HTML.
