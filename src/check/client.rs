@@ -143,18 +143,7 @@ impl Connecting {
     async fn settled(&self, max_wait: Duration) {
         let deadline = tokio::time::Instant::now() + max_wait;
         while !self.wave_done.load(Ordering::Relaxed) && self.now.load(Ordering::SeqCst) > 0 {
-            let none = async {
-                loop {
-                    let none = self.none.notified();
-                    tokio::pin!(none);
-                    // Enabled before the check: a count that drops to 0 after it still wakes.
-                    none.as_mut().enable();
-                    if self.now.load(Ordering::SeqCst) == 0 {
-                        return;
-                    }
-                    none.await;
-                }
-            };
+            let none = super::wait_until(&self.none, || self.now.load(Ordering::SeqCst) == 0);
             if tokio::time::timeout_at(deadline, none).await.is_err() {
                 return;
             }
@@ -276,18 +265,7 @@ impl FirstContact {
         if !self.taken.swap(true, Ordering::AcqRel) {
             return Some(FirstTurn { contact: self });
         }
-        let answered = async {
-            loop {
-                let answered = self.answered.notified();
-                tokio::pin!(answered);
-                // Enabled before the check: an answer that comes after it still wakes.
-                answered.as_mut().enable();
-                if self.done.load(Ordering::Acquire) {
-                    return;
-                }
-                answered.await;
-            }
-        };
+        let answered = super::wait_until(&self.answered, || self.done.load(Ordering::Acquire));
         // A first request that takes long holds the others back at most `max_wait`.
         let _ = tokio::time::timeout(max_wait, answered).await;
         None

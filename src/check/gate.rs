@@ -289,15 +289,7 @@ impl FirstAttempts {
         let _done = scopeguard(|| {
             self.retries_waiting.fetch_sub(1, Ordering::SeqCst);
         });
-        loop {
-            let gone = self.gone.notified();
-            tokio::pin!(gone);
-            gone.as_mut().enable();
-            if self.waiting.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            gone.await;
-        }
+        super::wait_until(&self.gone, || self.waiting.load(Ordering::SeqCst) == 0).await;
     }
 }
 

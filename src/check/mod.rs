@@ -14,3 +14,18 @@ pub mod pool;
 pub mod schedule;
 pub mod secrets;
 pub mod template;
+
+/// Returns once `holds` is true, woken by `notify` (its `notify_waiters`). The waiter is
+/// enabled before each check, so a change that comes between the check and the wait still
+/// wakes it.
+pub(crate) async fn wait_until(notify: &tokio::sync::Notify, holds: impl Fn() -> bool) {
+    loop {
+        let woken = notify.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        if holds() {
+            return;
+        }
+        woken.await;
+    }
+}
