@@ -175,7 +175,7 @@ impl Fetcher {
             }
             attempts += 1;
             let result = {
-                let admitted = match self.gate.admit(url, attempts > 1, cancel).await {
+                let admitted = match self.gate.admit(url, attempts, cancel).await {
                     Ok(a) => a,
                     Err(Refused::Cancelled) => return None,
                     Err(Refused::Deferred(d)) => {

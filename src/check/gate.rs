@@ -5,16 +5,15 @@
 //! been admitted to. Knows nothing of items or stores.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::hosts::{Deferred, HostPermit, HostPolicy, HostSummary, Hosts, Signal};
+use super::slots::{Slot, Slots};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use url::Url;
@@ -55,7 +54,11 @@ impl Rate {
 
 /// The admission gate shared by every check of the run.
 pub struct Gate {
-    in_flight: Arc<Semaphore>,
+    /// The run's request slots (`--concurrency`): first attempts before retries beyond
+    /// the retries' share ([`super::slots`]). (Not for a host's slots: a retry holding one
+    /// while it waits behind the first attempts to other hosts could hold back that host's
+    /// first attempts.)
+    slots: Arc<Slots>,
     /// Each host's limit and circuit, when anything about hosts is on (`--per-host` below
     /// `--concurrency`, `--adaptive`, `--circuit`); else admissions skip the host table
     /// unless a host asked for a pause.
@@ -64,17 +67,13 @@ pub struct Gate {
     any_pause: AtomicBool,
     paused: Mutex<HashMap<String, Instant>>,
     rate: Option<DefaultDirectRateLimiter>,
-    /// First attempts before retries for the global slots. (Not for a host's slots: a
-    /// retry holding one while it waits for the first attempts to other hosts could hold
-    /// back that host's first attempts.)
-    first: FirstAttempts,
 }
 
 /// Permission to have one request in flight; dropping it frees the slots. Tell it how the
 /// attempt ended with [`Admission::done`].
 pub struct Admission {
     host: Option<HostPermit>,
-    _global: OwnedSemaphorePermit,
+    _global: Slot,
 }
 
 impl Admission {
@@ -128,22 +127,21 @@ impl Gate {
             })
         });
         Gate {
-            in_flight: Arc::new(Semaphore::new(concurrency.max(1))),
+            slots: Slots::new(concurrency),
             hosts,
             any_pause: AtomicBool::new(false),
             paused: Mutex::new(HashMap::new()),
             rate,
-            first: FirstAttempts::default(),
         }
     }
 
     /// Waits until a request to `url` may start: the host's pause, the rate, a slot of the
-    /// host (its limit and circuit), then a global slot. A `retry` (not the item's first
-    /// attempt) takes a global slot only when no first attempt is waiting for one.
+    /// host (its limit and circuit), then one of the run's slots, where an item's
+    /// `attempt` (1: its first) decides its place in line ([`super::slots`]).
     pub async fn admit(
         &self,
         url: &Url,
-        retry: bool,
+        attempt: u32,
         cancel: &CancellationToken,
     ) -> Result<Admission, Refused> {
         let wait = async {
@@ -164,11 +162,7 @@ impl Gate {
                     }
                     _ => None,
                 };
-                let global = self
-                    .first
-                    .in_turn(retry, Arc::clone(&self.in_flight).acquire_owned())
-                    .await
-                    .map_err(|_| Refused::Cancelled)?;
+                let global = self.slots.acquire(attempt).await;
                 // The host may have asked for a pause while this one waited for its slots:
                 // nothing new starts before the pause is over.
                 // (The host's key is looked up once, unless the first pause came meanwhile.)
@@ -246,88 +240,6 @@ impl Gate {
     }
 }
 
-/// First attempts before retries, for the global request slots: while a first attempt waits for a slot, retries wait. So every item's first answer comes
-/// early (a hang is found in the first seconds, not at the end), and the retry chains
-/// overlap with the rest of the run. One retry at a time queues for a slot: a first attempt
-/// that comes later waits behind at most that one.
-#[derive(Default)]
-struct FirstAttempts {
-    waiting: AtomicUsize,
-    retries_waiting: AtomicUsize,
-    gone: Notify,
-    lane: Lane,
-}
-
-/// The one place in line for retries.
-struct Lane(Semaphore);
-
-impl Default for Lane {
-    fn default() -> Lane {
-        Lane(Semaphore::new(1))
-    }
-}
-
-impl FirstAttempts {
-    /// Waits for `slot` in turn: a first attempt at once, a `retry` once no first attempt
-    /// waits.
-    async fn in_turn<T>(&self, retry: bool, slot: impl Future<Output = T>) -> T {
-        if retry {
-            let _lane = self.lane.0.acquire().await;
-            self.gone().await;
-            slot.await
-        } else {
-            let _waiting = Waiting::new(self);
-            slot.await
-        }
-    }
-
-    /// Returns when no first attempt waits.
-    async fn gone(&self) {
-        // SeqCst on both counters (here and in `Waiting::drop`): either this sees the last
-        // first attempt gone, or that one sees this retry waiting and wakes it.
-        self.retries_waiting.fetch_add(1, Ordering::SeqCst);
-        let _done = scopeguard(|| {
-            self.retries_waiting.fetch_sub(1, Ordering::SeqCst);
-        });
-        super::wait_until(&self.gone, || self.waiting.load(Ordering::SeqCst) == 0).await;
-    }
-}
-
-/// A first attempt waiting (counted while it waits, also when the wait is dropped by a
-/// stop).
-struct Waiting<'a>(&'a FirstAttempts);
-
-impl<'a> Waiting<'a> {
-    fn new(f: &'a FirstAttempts) -> Waiting<'a> {
-        f.waiting.fetch_add(1, Ordering::SeqCst);
-        Waiting(f)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        let f = self.0;
-        if f.waiting.fetch_sub(1, Ordering::SeqCst) == 1
-            && f.retries_waiting.load(Ordering::SeqCst) > 0
-        {
-            f.gone.notify_waiters();
-        }
-    }
-}
-
-/// Runs `f` when dropped.
-fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
-}
-
 /// `host:port` of a URL, the unit of per-host limits, pauses and circuits.
 fn host_key(url: &Url) -> String {
     format!(
@@ -361,26 +273,18 @@ mod tests {
     async fn per_host_bound_is_separate_per_host() {
         let gate = Gate::new(10, Some(2), None, false, 0);
         let stop = CancellationToken::new();
-        let a1 = gate
-            .admit(&url("http://a/1"), false, &stop)
-            .await
-            .ok()
-            .unwrap();
-        let _a2 = gate
-            .admit(&url("http://a/2"), false, &stop)
-            .await
-            .ok()
-            .unwrap();
+        let a1 = gate.admit(&url("http://a/1"), 1, &stop).await.ok().unwrap();
+        let _a2 = gate.admit(&url("http://a/2"), 1, &stop).await.ok().unwrap();
         // A third to host a waits; host b is free.
         let third = tokio::time::timeout(
             Duration::from_millis(50),
-            gate.admit(&url("http://a/3"), false, &stop),
+            gate.admit(&url("http://a/3"), 1, &stop),
         )
         .await;
         assert!(third.is_err(), "a third request to one host was admitted");
-        assert!(gate.admit(&url("http://b/1"), false, &stop).await.is_ok());
+        assert!(gate.admit(&url("http://b/1"), 1, &stop).await.is_ok());
         drop(a1);
-        assert!(gate.admit(&url("http://a/3"), false, &stop).await.is_ok());
+        assert!(gate.admit(&url("http://a/3"), 1, &stop).await.is_ok());
     }
 
     #[tokio::test(start_paused = true)]
@@ -389,18 +293,12 @@ mod tests {
         let stop = CancellationToken::new();
         gate.pause_host(&url("http://a/"), Duration::from_secs(3));
         let started = Instant::now();
-        gate.admit(&url("http://a/x"), false, &stop)
-            .await
-            .ok()
-            .unwrap();
+        gate.admit(&url("http://a/x"), 1, &stop).await.ok().unwrap();
         assert!(started.elapsed() >= Duration::from_secs(3));
         // Other hosts are not paused.
         let started = Instant::now();
         gate.pause_host(&url("http://a/"), Duration::from_secs(3));
-        gate.admit(&url("http://b/x"), false, &stop)
-            .await
-            .ok()
-            .unwrap();
+        gate.admit(&url("http://b/x"), 1, &stop).await.ok().unwrap();
         assert!(started.elapsed() < Duration::from_secs(1));
     }
 
@@ -409,23 +307,19 @@ mod tests {
         let gate = Gate::new(10, Some(5), None, true, 0);
         let stop = CancellationToken::new();
         assert_eq!(gate.limits_below_bound(), "");
-        let a = gate
-            .admit(&url("http://a/1"), false, &stop)
-            .await
-            .ok()
-            .unwrap();
+        let a = gate.admit(&url("http://a/1"), 1, &stop).await.ok().unwrap();
         assert_eq!(a.host_limit(), Some(5));
         // Every request refused, one at a time: once a quarter of them (on average) said
         // so, the next refusal is a cut.
         a.done(Signal::Answer(429), false);
         while gate.limits_below_bound().is_empty() {
-            gate.admit(&url("http://a/2"), false, &stop)
+            gate.admit(&url("http://a/2"), 1, &stop)
                 .await
                 .ok()
                 .unwrap()
                 .done(Signal::Answer(429), false);
         }
-        gate.admit(&url("http://b/1"), false, &stop)
+        gate.admit(&url("http://b/1"), 1, &stop)
             .await
             .ok()
             .unwrap()
@@ -437,48 +331,64 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn first_attempts_go_before_retries() {
-        let gate = Arc::new(Gate::new(1, None, None, false, 0));
+    async fn first_attempts_go_before_retries_beyond_their_share() {
+        // 4 slots, of which retries may hold one while first attempts wait.
+        let gate = Arc::new(Gate::new(4, None, None, false, 0));
         let stop = CancellationToken::new();
-        let held = gate
-            .admit(&url("http://a/0"), false, &stop)
-            .await
-            .ok()
-            .unwrap();
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let mut waiting = tokio::task::JoinSet::new();
-        // Queued in this order while the one slot is held.
-        for (name, retry) in [("first-1", false), ("retry", true), ("first-2", false)] {
-            let (gate, stop, order) = (Arc::clone(&gate), stop.clone(), Arc::clone(&order));
-            waiting.spawn(async move {
-                let a = gate
-                    .admit(&url("http://a/x"), retry, &stop)
+        let mut held = Vec::new();
+        for i in 0..4 {
+            held.push(
+                gate.admit(&url(&format!("http://a/{i}")), 1, &stop)
                     .await
                     .ok()
-                    .unwrap();
+                    .unwrap(),
+            );
+        }
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut waiting = tokio::task::JoinSet::new();
+        // Queued in this order while every slot is held; each keeps the slot it gets.
+        let queued = [
+            ("first-1", 1),
+            ("retry-3", 3),
+            ("retry-2", 2),
+            ("first-2", 1),
+            ("first-3", 1),
+        ];
+        for (name, attempt) in queued {
+            let (gate, stop, order) = (Arc::clone(&gate), stop.clone(), Arc::clone(&order));
+            waiting.spawn(async move {
+                // (The retry left waiting ends with the stop.)
+                let Ok(a) = gate.admit(&url("http://a/x"), attempt, &stop).await else {
+                    return;
+                };
                 order.lock().unwrap().push(name);
-                tokio::task::yield_now().await;
+                stop.cancelled().await;
                 drop(a);
             });
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        drop(held);
+        for a in held {
+            drop(a);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The retry with fewer attempts first (within the share of one), then the first
+        // attempts in their order; the other retry waits for them.
+        assert_eq!(
+            *order.lock().unwrap(),
+            ["retry-2", "first-1", "first-2", "first-3"]
+        );
+        stop.cancel();
         while waiting.join_next().await.is_some() {}
-        assert_eq!(*order.lock().unwrap(), ["first-1", "first-2", "retry"]);
     }
 
     #[tokio::test]
     async fn a_retry_goes_when_no_first_attempt_waits() {
         let gate = Gate::new(2, None, None, false, 0);
         let stop = CancellationToken::new();
-        let _first = gate
-            .admit(&url("http://a/1"), false, &stop)
-            .await
-            .ok()
-            .unwrap();
+        let _first = gate.admit(&url("http://a/1"), 1, &stop).await.ok().unwrap();
         let retry = tokio::time::timeout(
             Duration::from_secs(5),
-            gate.admit(&url("http://a/2"), true, &stop),
+            gate.admit(&url("http://a/2"), 2, &stop),
         )
         .await;
         assert!(
@@ -491,14 +401,10 @@ mod tests {
     async fn cancel_ends_a_wait() {
         let gate = Gate::new(1, None, None, false, 0);
         let stop = CancellationToken::new();
-        let _held = gate
-            .admit(&url("http://a/"), false, &stop)
-            .await
-            .ok()
-            .unwrap();
+        let _held = gate.admit(&url("http://a/"), 1, &stop).await.ok().unwrap();
         stop.cancel();
         assert!(matches!(
-            gate.admit(&url("http://a/"), false, &stop).await,
+            gate.admit(&url("http://a/"), 1, &stop).await,
             Err(Refused::Cancelled)
         ));
     }

@@ -13,6 +13,7 @@ pub mod judge;
 pub mod pool;
 pub mod schedule;
 pub mod secrets;
+pub(crate) mod slots;
 pub mod template;
 
 /// Returns once `holds` is true, woken by `notify` (its `notify_waiters`). The waiter is
