@@ -13,9 +13,11 @@ gap between recheck's wall time and the bound can be split into "the policy's ta
 
 Policies (a request slot that frees up goes to...):
   retries-first   a waiting retry, else the next item's first attempt (recheck before issue 13)
-  first-first     the next item's first attempt, else the oldest waiting retry (recheck now)
+  first-first     the next item's first attempt, else the oldest waiting retry (issue 13's
+                  second session)
   first-fewest    the same, but the waiting retry with the fewest attempts so far
   capped-K        retries first while fewer than K slots run retries, fewest attempts first
+                  (recheck now, with K a quarter of the slots: capped-25; src/check/slots.rs)
 """
 
 import argparse
@@ -112,7 +114,7 @@ def main():
     print("| policy | mean s | range s | x bound |")
     print("| --- | ---: | ---: | ---: |")
     runs = [("retries-first", C), ("first-first", C), ("first-fewest", C)]
-    runs += [("capped", k) for k in (30, 50, 70)]
+    runs += [("capped", k) for k in (10, 25, 50, 70)]
     for policy, cap in runs:
         walls = [simulate(policy, cap, seed) for seed in range(args.seeds)]
         name = f"capped-{cap}" if policy == "capped" else policy

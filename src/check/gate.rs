@@ -55,9 +55,7 @@ impl Rate {
 /// The admission gate shared by every check of the run.
 pub struct Gate {
     /// The run's request slots (`--concurrency`): first attempts before retries beyond
-    /// the retries' share ([`super::slots`]). (Not for a host's slots: a retry holding one
-    /// while it waits behind the first attempts to other hosts could hold back that host's
-    /// first attempts.)
+    /// the retries' share ([`super::slots`]); a host's slots keep the same order.
     slots: Arc<Slots>,
     /// Each host's limit and circuit, when anything about hosts is on (`--per-host` below
     /// `--concurrency`, `--adaptive`, `--circuit`); else admissions skip the host table
@@ -157,9 +155,13 @@ impl Gate {
                     rate.until_ready().await;
                 }
                 let host = match (&self.hosts, &key) {
-                    (Some(hosts), Some(key)) => {
-                        Some(hosts.get(key).acquire().await.map_err(Refused::Deferred)?)
-                    }
+                    (Some(hosts), Some(key)) => Some(
+                        hosts
+                            .get(key)
+                            .acquire(attempt)
+                            .await
+                            .map_err(Refused::Deferred)?,
+                    ),
                     _ => None,
                 };
                 let global = self.slots.acquire(attempt).await;

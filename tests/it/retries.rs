@@ -133,3 +133,55 @@ fn retry_after_is_capped_by_the_backoff_upper_bound() {
         "{gap:?}"
     );
 }
+
+/// Hangs' retries go on while new items are still starting, one at a time at
+/// `--concurrency 4` (retries may hold a quarter of the slots while first attempts wait), so
+/// their chains are not left for the end of the run and the other slots keep finding new
+/// items.
+#[test]
+fn hang_retries_overlap_with_first_attempts_within_their_share() {
+    let server = support::default_server();
+    let sb = Sandbox::new();
+    let db = sb.path("s.db");
+    // Two hangs first, then 120 items answering after 50 ms: their first attempts take
+    // about two seconds on the slots left, a hang's attempt 200 ms.
+    let mut ids = vec!["hang-1".to_string(), "hang-2".to_string()];
+    ids.extend((0..120).map(|i| format!("slow50-{i}")));
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    support::sqlite_store(&db, "t", &refs);
+    sb.run(&server, "t", "s.db")
+        .args(["--concurrency", "4", "--timeout", "200ms", "--retries", "2"])
+        .args(["--backoff", "10ms..20ms"])
+        .assert()
+        .code(1);
+    let paths = server.raw_paths();
+    assert_eq!(paths.len(), 2 * 3 + 120, "{paths:?}");
+    let at = |id: &str, nth: usize| {
+        paths
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.ends_with(&format!("/{id}")))
+            .nth(nth)
+            .map(|(i, _)| i)
+            .unwrap_or_else(|| panic!("request {nth} of {id} missing: {paths:?}"))
+    };
+    let last_first_attempt = at("slow50-119", 0);
+    // With first attempts always first, every retry would come after the last of them.
+    for hang in ["hang-1", "hang-2"] {
+        assert!(
+            at(hang, 2) < last_first_attempt,
+            "{hang}'s last retry waited for every first attempt: {paths:?}"
+        );
+    }
+    // With retries always first, the two hangs' retries would go together; within the
+    // share, the second waits for the first to end (200 ms: about a dozen 50 ms answers on
+    // the other three slots).
+    let (a, b) = (
+        at("hang-1", 1).min(at("hang-2", 1)),
+        at("hang-1", 1).max(at("hang-2", 1)),
+    );
+    assert!(
+        b - a > 4,
+        "two retries were in flight while first attempts waited: {paths:?}"
+    );
+}
