@@ -55,7 +55,8 @@ impl Rate {
 /// The admission gate shared by every check of the run.
 pub struct Gate {
     /// The run's request slots (`--concurrency`): first attempts before retries beyond
-    /// the retries' share ([`super::slots`]); a host's slots keep the same order.
+    /// the retries' share ([`super::slots`]). A host's slots (`--per-host`, `--adaptive`,
+    /// `--circuit`) are in arrival order: requests wait there first.
     slots: Arc<Slots>,
     /// Each host's limit and circuit, when anything about hosts is on (`--per-host` below
     /// `--concurrency`, `--adaptive`, `--circuit`); else admissions skip the host table
@@ -155,13 +156,9 @@ impl Gate {
                     rate.until_ready().await;
                 }
                 let host = match (&self.hosts, &key) {
-                    (Some(hosts), Some(key)) => Some(
-                        hosts
-                            .get(key)
-                            .acquire(attempt)
-                            .await
-                            .map_err(Refused::Deferred)?,
-                    ),
+                    (Some(hosts), Some(key)) => {
+                        Some(hosts.get(key).acquire().await.map_err(Refused::Deferred)?)
+                    }
                     _ => None,
                 };
                 let global = self.slots.acquire(attempt).await;

@@ -27,9 +27,7 @@ use std::time::{Duration, SystemTime};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tokio::sync::Notify;
-
-use super::slots::{Slot, Slots};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 /// The first cool-down of an open circuit.
@@ -97,7 +95,7 @@ struct Ctl {
     lowest: usize,
     /// Slots held back to keep requests under `limit`, and how many more are still to be
     /// held back as requests end (the limit came down while they were in flight).
-    reserve: Vec<Slot>,
+    reserve: Vec<OwnedSemaphorePermit>,
     debt: usize,
     /// The limit held a request back (or was just reached) since it last changed.
     reached: bool,
@@ -150,7 +148,7 @@ pub struct Host {
     name: String,
     policy: HostPolicy,
     /// `max` slots; the adaptive limit keeps `max - limit` of them in [`Ctl::reserve`].
-    slots: Arc<Slots>,
+    slots: Arc<Semaphore>,
     ctl: Mutex<Ctl>,
     /// The circuit changed (closed, or a probe's turn).
     changed: Notify,
@@ -160,7 +158,7 @@ pub struct Host {
 pub struct HostPermit {
     host: Arc<Host>,
     probe: bool,
-    slot: Option<Slot>,
+    slot: Option<OwnedSemaphorePermit>,
     /// The host's limit when the request started (for `--report`).
     pub limit: usize,
     started: Instant,
@@ -173,7 +171,7 @@ impl Host {
         Host {
             name,
             policy: HostPolicy { max, ..policy },
-            slots: Slots::new(max),
+            slots: Arc::new(Semaphore::new(max)),
             ctl: Mutex::new(Ctl {
                 limit: max,
                 lowest: max,
@@ -203,7 +201,7 @@ impl Host {
 
     /// Waits for a slot of this host under its limit and circuit. Slots are handed out in
     /// the order they were asked for (a fair semaphore), so items go in claim order.
-    pub async fn acquire(self: &Arc<Self>, attempt: u32) -> Result<HostPermit, Deferred> {
+    pub async fn acquire(self: &Arc<Self>) -> Result<HostPermit, Deferred> {
         enum Next {
             Go { probe: bool },
             WaitUntil(Instant),
@@ -256,8 +254,10 @@ impl Host {
                         started: Instant::now(),
                         done: false,
                     };
-                    let full = self.slots.available() == 0;
-                    let slot = self.slots.acquire(attempt).await;
+                    let full = self.slots.available_permits() == 0;
+                    let Ok(slot) = Arc::clone(&self.slots).acquire_owned().await else {
+                        continue;
+                    };
                     let mut c = self.ctl();
                     if !probe && c.state != State::Closed {
                         // The circuit opened while this one queued: ask it again.
@@ -266,7 +266,7 @@ impl Host {
                         permit.done = true;
                         continue;
                     }
-                    if full || self.slots.available() == 0 {
+                    if full || self.slots.available_permits() == 0 {
                         c.reached = true;
                     }
                     permit.slot = Some(slot);
@@ -347,7 +347,7 @@ impl HostPermit {
                 if c.debt > 0 {
                     // The limit came down while this one was in flight: keep its slot back.
                     c.debt -= 1;
-                    c.reserve.push(slot.held_back());
+                    c.reserve.push(slot);
                 } else {
                     drop(slot);
                 }
@@ -450,12 +450,12 @@ fn record(c: &mut Ctl, signal: Signal, retry: bool, rtt: Duration) {
 }
 
 /// Holds back or gives back slots after the limit went from `before` to `c.limit`.
-fn set_limit(slots: &Arc<Slots>, c: &mut Ctl, before: usize) {
+fn set_limit(slots: &Arc<Semaphore>, c: &mut Ctl, before: usize) {
     for _ in c.limit..before {
-        match slots.try_acquire() {
-            Some(p) => c.reserve.push(p),
+        match Arc::clone(slots).try_acquire_owned() {
+            Ok(p) => c.reserve.push(p),
             // Every slot is in use: the next one to come back is kept.
-            None => c.debt += 1,
+            Err(_) => c.debt += 1,
         }
     }
     for _ in before..c.limit {
@@ -694,7 +694,7 @@ mod tests {
         assert_eq!(h.summary().lowest_limit, 18);
         // Answers below the limit do not grow it.
         for _ in 0..50 {
-            h.acquire(1).await.unwrap().done(Signal::Answer(200), false);
+            h.acquire().await.unwrap().done(Signal::Answer(200), false);
         }
         assert_eq!(limit(&h), 18);
         // A limit's worth of answers received at the limit grows it by one.
@@ -714,7 +714,7 @@ mod tests {
     async fn futures_permits(h: &Arc<Host>, n: usize) -> Vec<HostPermit> {
         let mut v = Vec::new();
         for _ in 0..n {
-            v.push(h.acquire(1).await.unwrap());
+            v.push(h.acquire().await.unwrap());
         }
         v
     }
@@ -723,7 +723,7 @@ mod tests {
     async fn repeated_cuts_never_go_below_one() {
         let h = host(3, true, 0);
         for _ in 0..30 {
-            h.acquire(1).await.unwrap().done(Signal::Timeout, false);
+            h.acquire().await.unwrap().done(Signal::Timeout, false);
             tokio::time::advance(Duration::from_secs(6)).await;
         }
         assert_eq!(limit(&h), 1);
@@ -740,9 +740,9 @@ mod tests {
                 1..=10 => Signal::Answer(503),
                 _ => Signal::Answer(200),
             };
-            h.acquire(1).await.unwrap().done(first, false);
+            h.acquire().await.unwrap().done(first, false);
             if first != Signal::Answer(200) {
-                h.acquire(1).await.unwrap().done(first, true);
+                h.acquire().await.unwrap().done(first, true);
             }
         }
         assert_eq!(h.summary().lowest_limit, 100);
@@ -752,7 +752,7 @@ mod tests {
     async fn without_adaptive_the_limit_stays() {
         let h = host(4, false, 0);
         for _ in 0..5 {
-            h.acquire(1).await.unwrap().done(Signal::Answer(503), false);
+            h.acquire().await.unwrap().done(Signal::Answer(503), false);
         }
         assert_eq!(limit(&h), 4);
     }
@@ -761,18 +761,18 @@ mod tests {
     async fn the_circuit_opens_probes_and_closes_or_defers() {
         let h = host(10, true, 3);
         for _ in 0..3 {
-            h.acquire(1).await.unwrap().done(Signal::Connect, false);
+            h.acquire().await.unwrap().done(Signal::Connect, false);
         }
         assert_eq!(h.summary().circuit, "open");
         assert_eq!(h.summary().circuit_failures, Some(3));
         // The next request waits the cool-down, then is the probe; the one after it waits
         // for the probe's answer.
         let started = Instant::now();
-        let probe = h.acquire(1).await.unwrap();
+        let probe = h.acquire().await.unwrap();
         assert!(probe.probe);
         assert!(started.elapsed() >= COOL_DOWN);
         let h2 = Arc::clone(&h);
-        let waiter = tokio::spawn(async move { h2.acquire(1).await.map(|p| p.probe) });
+        let waiter = tokio::spawn(async move { h2.acquire().await.map(|p| p.probe) });
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert!(
             !waiter.is_finished(),
@@ -788,24 +788,24 @@ mod tests {
         assert_eq!(h.summary().deferred, 1);
         // After the cool-down a probe goes again; its answer closes the circuit.
         tokio::time::advance(COOL_DOWN * 2).await;
-        let probe = h.acquire(1).await.unwrap();
+        let probe = h.acquire().await.unwrap();
         assert!(probe.probe);
         probe.done(Signal::Answer(200), false);
         assert_eq!(h.summary().circuit, "closed again");
-        assert!(!h.acquire(1).await.unwrap().probe);
+        assert!(!h.acquire().await.unwrap().probe);
     }
 
     #[tokio::test]
     async fn answers_reset_the_count_and_circuit_zero_is_off() {
         let h = host(10, false, 3);
         for _ in 0..10 {
-            h.acquire(1).await.unwrap().done(Signal::Answer(500), false);
-            h.acquire(1).await.unwrap().done(Signal::Answer(404), false);
+            h.acquire().await.unwrap().done(Signal::Answer(500), false);
+            h.acquire().await.unwrap().done(Signal::Answer(404), false);
         }
         assert_eq!(h.summary().circuit, "closed", "never 3 in a row");
         let off = host(10, false, 0);
         for _ in 0..100 {
-            off.acquire(1).await.unwrap().done(Signal::Connect, false);
+            off.acquire().await.unwrap().done(Signal::Connect, false);
         }
         assert_eq!(off.summary().circuit, "closed");
         let s = off.summary();
@@ -815,13 +815,13 @@ mod tests {
     #[tokio::test]
     async fn the_limit_bounds_requests_in_flight() {
         let h = host(2, true, 0);
-        let _a = h.acquire(1).await.unwrap();
-        let _b = h.acquire(1).await.unwrap();
-        let third = tokio::time::timeout(Duration::from_millis(30), h.acquire(1)).await;
+        let _a = h.acquire().await.unwrap();
+        let _b = h.acquire().await.unwrap();
+        let third = tokio::time::timeout(Duration::from_millis(30), h.acquire()).await;
         assert!(third.is_err(), "a third request went past a limit of 2");
         drop(_a);
         assert!(
-            tokio::time::timeout(Duration::from_millis(500), h.acquire(1))
+            tokio::time::timeout(Duration::from_millis(500), h.acquire())
                 .await
                 .is_ok()
         );
@@ -847,7 +847,7 @@ mod stress {
         ));
         let mut held = Vec::new();
         for _ in 0..40 {
-            held.push(h.acquire(1).await.unwrap());
+            held.push(h.acquire().await.unwrap());
         }
         let done = Arc::new(AtomicU64::new(0));
         let mut tasks = Vec::new();
@@ -855,7 +855,7 @@ mod stress {
             let (h, done) = (Arc::clone(&h), Arc::clone(&done));
             tasks.push(tokio::spawn(async move {
                 for _ in 0..20 {
-                    let p = h.acquire(1).await.unwrap();
+                    let p = h.acquire().await.unwrap();
                     tokio::time::sleep(Duration::from_millis(2)).await;
                     p.done(Signal::Answer(200), false);
                     done.fetch_add(1, Ordering::Relaxed);

@@ -63,19 +63,6 @@ pub(crate) struct Slot {
     retry: bool,
 }
 
-impl Slot {
-    /// The same slot, no longer counted as a retry's (a host's adaptive limit keeps slots
-    /// it holds back this way).
-    pub(crate) fn held_back(mut self) -> Slot {
-        if self.retry {
-            self.retry = false;
-            let mut s = self.slots.lock();
-            s.retries_in_flight -= 1;
-        }
-        self
-    }
-}
-
 impl Drop for Slot {
     fn drop(&mut self) {
         self.slots.release(self.retry);
@@ -114,24 +101,6 @@ impl Slots {
                 seq: 0,
             }),
             retry_share: n.div_ceil(4),
-        })
-    }
-
-    /// Slots free now (none while anyone waits).
-    pub(crate) fn available(&self) -> usize {
-        self.lock().free
-    }
-
-    /// A free slot, not counted as a retry's, if there is one now.
-    pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
-        let mut s = self.lock();
-        if s.free == 0 {
-            return None;
-        }
-        s.free -= 1;
-        Some(Slot {
-            slots: Arc::clone(self),
-            retry: false,
         })
     }
 
