@@ -136,7 +136,7 @@ impl Gate {
 
     /// Waits until a request to `url` may start: the host's pause, the rate, a slot of the
     /// host (its limit and circuit), then one of the run's slots, where an item's
-    /// `attempt` (1: its first) decides its place in line ([`super::slots`]).
+    /// `attempt` (1: its first) decides its place in line (see `check/slots.rs`).
     pub async fn admit(
         &self,
         url: &Url,
