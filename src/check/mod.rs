@@ -1,7 +1,8 @@
 //! Stage "check": from an item to a verdict. `template` builds URLs, `client` holds the
 //! HTTP clients (TLS, HTTP/2, the idle-connection bound), `fetch` asks the server (timeouts,
-//! retries, body cap), `judge` decides, `gate` says when a request may start, `pool` runs
-//! many at once.
+//! retries, body cap), `judge` decides, `gate` says when a request may start (`slots`: the
+//! order in which first attempts and retries get the run's request slots), `pool` runs many
+//! at once.
 //! Nothing here touches a store.
 
 pub mod client;
