@@ -345,8 +345,8 @@ impl Backend for MyDb {
         let _ = lock.conn.close().await;
     }
 
-    fn placeholder(&self, _n: usize, _v: &Val, _kind: Kind) -> String {
-        "?".into()
+    fn placeholder(&self, out: &mut String, _n: usize, _v: &Val, _kind: Kind) {
+        out.push('?');
     }
 
     fn quote(&self, ident: &str) -> String {

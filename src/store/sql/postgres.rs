@@ -346,16 +346,20 @@ impl Backend for PgDb {
         let _ = lock.conn.close().await;
     }
 
-    fn placeholder(&self, n: usize, v: &Val, kind: Kind) -> String {
-        match v {
-            Val::Int(_) => format!("${n}::int8"),
-            Val::Time(_, TimeKind::Zoned) => format!("${n}::timestamptz"),
-            Val::Time(_, TimeKind::Naive) => format!("(${n}::timestamptz AT TIME ZONE 'UTC')"),
-            Val::NullTime(TimeKind::Zoned) => format!("${n}::timestamptz"),
-            Val::NullTime(TimeKind::Naive) => format!("(${n}::timestamptz AT TIME ZONE 'UTC')"),
-            Val::Null if kind == Kind::Int => format!("${n}::int8"),
-            _ => format!("${n}::text"),
-        }
+    fn placeholder(&self, out: &mut String, n: usize, v: &Val, kind: Kind) {
+        let (open, cast) = match v {
+            Val::Int(_) => ("", "::int8"),
+            Val::Time(_, TimeKind::Zoned) | Val::NullTime(TimeKind::Zoned) => ("", "::timestamptz"),
+            Val::Time(_, TimeKind::Naive) | Val::NullTime(TimeKind::Naive) => {
+                ("(", "::timestamptz AT TIME ZONE 'UTC')")
+            }
+            Val::Null if kind == Kind::Int => ("", "::int8"),
+            _ => ("", "::text"),
+        };
+        out.push_str(open);
+        out.push('$');
+        super::push_number(out, n);
+        out.push_str(cast);
     }
 
     fn quote(&self, ident: &str) -> String {

@@ -474,13 +474,22 @@ impl<B: Backend> Inner<B> {
     fn task_and_failed(&self, s: &mut Sql<'_, B>) {
         self.task_is(s);
         s.push(" AND ");
-        let st = self.q(&self.shape.status);
+        let st = self.q_if(s, &self.shape.status);
         s.eq(&st, &self.shape.status, &self.failed);
     }
 
     fn task_is(&self, s: &mut Sql<'_, B>) {
-        let t = self.q(&self.shape.task);
+        let t = self.q_if(s, &self.shape.task);
         s.eq(&t, &self.shape.task, &self.task);
+    }
+
+    /// The quoted column, or nothing for a builder that takes no text.
+    fn q_if(&self, s: &Sql<'_, B>, col: &Col) -> String {
+        if s.with_text() {
+            self.q(col)
+        } else {
+            String::new()
+        }
     }
 
     /// The key column's SQL (`rowid` or the quoted id, as compared).
@@ -497,9 +506,9 @@ impl<B: Backend> Inner<B> {
         let k = shape_for(keys.len());
         let key = &self.shape.key;
         if key.kind == Kind::Untyped {
-            s.push(&self.b.text(&self.q(key))).push(" IN (");
+            s.push_with(|| self.b.text(&self.q(key))).push(" IN (");
         } else {
-            s.push(&self.key_sql()).push(" IN (");
+            s.push_with(|| self.key_sql()).push(" IN (");
         }
         for i in 0..k {
             if i > 0 {
@@ -843,9 +852,9 @@ impl<B: Backend> Inner<B> {
 
     fn lease_end(&self, s: &mut Sql<'_, B>, kind: TimeKind, now: SystemTime) {
         let ms = millis(self.opts.lease);
-        let placeholder = self
-            .b
-            .placeholder(s.args.len() + 1, &Val::Int(ms), Kind::Int);
+        let mut placeholder = String::new();
+        self.b
+            .placeholder(&mut placeholder, s.args.len() + 1, &Val::Int(ms), Kind::Int);
         match self.b.now_plus_ms(kind, &placeholder) {
             Some(e) => {
                 s.args.push(Val::Int(ms));
@@ -936,6 +945,9 @@ impl<B: Backend> Inner<B> {
     /// One transaction: per chunk, lock the rows that are still as claimed (the others are
     /// conflicts), then write those. Returns the positions of the conflicts.
     async fn save_tx(&self, batch: &[Verdict]) -> Result<Vec<usize>> {
+        if self.b.row_statements() {
+            return self.save_rows_tx(batch).await;
+        }
         let mut tx = self.b.begin().await?;
         let mut conflicts = Vec::new();
         for (n, chunk) in batch.chunks(SAVE_CHUNK).enumerate() {
@@ -1000,12 +1012,77 @@ impl<B: Backend> Inner<B> {
         Ok(conflicts)
     }
 
+    /// [`Inner::save_tx`] where statements cost no round trip ([`Backend::row_statements`]):
+    /// one transaction, each row written by its own compare-and-set `UPDATE`; a row it
+    /// did not change is a conflict. The statement's text is made once per kind of write
+    /// (checked, deferred) and the rows bring their values only. Measured on SQLite
+    /// (100-row chunks, the default schema): 1.6 µs per row against 2.9 µs for the
+    /// `CASE` write plus 0.3 µs for the lock query.
+    async fn save_rows_tx(&self, batch: &[Verdict]) -> Result<Vec<usize>> {
+        let mut tx = self.b.begin().await?;
+        let (mut checked, mut deferred) =
+            ((String::new(), Vec::new()), (String::new(), Vec::new()));
+        let mut order = Vec::with_capacity(batch.len());
+        for v in batch {
+            let (what, (text, rows)) = if v.outcome == crate::model::Outcome::Deferred {
+                (Write::Deferred, &mut deferred)
+            } else {
+                (Write::Checked, &mut checked)
+            };
+            let mut s = if text.is_empty() {
+                self.sql()
+            } else {
+                Sql::args_only(&self.b)
+            };
+            self.write_update(&mut s, &[v], what, true);
+            let (sql, args) = s.done();
+            if text.is_empty() {
+                *text = sql;
+            }
+            order.push(what);
+            rows.push(args);
+        }
+        let mut changed = [Vec::new(), Vec::new()];
+        for (i, (text, rows)) in [checked, deferred].into_iter().enumerate() {
+            if !rows.is_empty() {
+                changed[i] = tx.exec_rows(text, rows).await?;
+            }
+        }
+        tx.commit().await?;
+        let (mut c, mut d) = (changed[0].iter(), changed[1].iter());
+        let conflicts = order
+            .iter()
+            .enumerate()
+            .filter(|(_, what)| {
+                let n = match what {
+                    Write::Checked => c.next(),
+                    Write::Deferred => d.next(),
+                };
+                n.copied().unwrap_or(0) == 0
+            })
+            .map(|(i, _)| i)
+            .collect();
+        Ok(conflicts)
+    }
+
     /// The write of a chunk of verdicts whose rows are locked and as claimed: what `what`
     /// says of them, where the table has the column, and the lease cleared.
     fn update_sql(&self, rows: &[&Verdict], what: Write) -> (String, Vec<Val>) {
+        let mut s = self.sql();
+        self.write_update(&mut s, rows, what, false);
+        s.done()
+    }
+
+    /// The `UPDATE` of `rows` (see [`Inner::update_sql`]) into `s`. With `cas` (one row),
+    /// the `WHERE` also says "still as claimed" (task, failed status, this worker's lease,
+    /// the same id), so the statement changes no row when the row changed meanwhile: the
+    /// compare-and-set of [`Backend::row_statements`] (SQLite's: the id is compared
+    /// `COLLATE BINARY`). Text is only made when `s` takes it (an [`Sql::args_only`]
+    /// builder collects the values of the next row).
+    fn write_update(&self, s: &mut Sql<'_, B>, rows: &[&Verdict], what: Write, cas: bool) {
         let sh = &self.shape;
         let checked = what == Write::Checked;
-        let k = shape_for(rows.len());
+        let k = if cas { 1 } else { shape_for(rows.len()) };
         let row = |i: usize| rows[i.min(rows.len() - 1)];
         let keys: Vec<String> = (0..k).map(|i| self.key_of(row(i))).collect();
         let key_val = |key: &str| match sh.key.kind {
@@ -1016,13 +1093,15 @@ impl<B: Backend> Inner<B> {
                 kind,
             ),
         };
-        let key_expr = if sh.key.kind == Kind::Untyped {
+        let text = s.with_text();
+        let key_expr = if !text {
+            String::new()
+        } else if sh.key.kind == Kind::Untyped {
             self.b.text(&self.q(&sh.key))
         } else {
             self.key_sql()
         };
-        let mut s = self.sql();
-        s.push(&format!("UPDATE {} SET ", self.t_by_key()));
+        s.push_with(|| format!("UPDATE {} SET ", self.t_by_key()));
         // Columns are joined by ", " (the first one without).
         let mut first = true;
         // `col = CASE key WHEN k1 THEN v1 ... ELSE col END`, one per column. A padded
@@ -1032,18 +1111,18 @@ impl<B: Backend> Inner<B> {
                 if !std::mem::take(&mut first) {
                     s.push(", ");
                 }
-                let q = self.q(col);
-                s.push(&format!("{q} = "));
+                let q = if text { self.q(col) } else { String::new() };
+                s.push(&q).push(" = ");
                 match how {
                     Set::Add => {
-                        s.push(&format!("COALESCE({q}, 0) + "));
+                        s.push("COALESCE(").push(&q).push(", 0) + ");
                     }
                     Set::IfNull => {
-                        s.push(&format!("COALESCE({q}, "));
+                        s.push("COALESCE(").push(&q).push(", ");
                     }
                     Set::To | Set::UnlessNull => {}
                 }
-                s.push(&format!("CASE {key_expr}"));
+                s.push("CASE ").push(&key_expr);
                 for (i, key) in keys.iter().enumerate() {
                     let (kv, kk) = key_val(key);
                     s.push(" WHEN ");
@@ -1053,7 +1132,7 @@ impl<B: Backend> Inner<B> {
                     if how == Set::UnlessNull {
                         s.push("COALESCE(");
                         s.bind(v, vk);
-                        s.push(&format!(", {q})"));
+                        s.push(", ").push(&q).push(")");
                     } else {
                         s.bind(v, vk);
                     }
@@ -1061,11 +1140,11 @@ impl<B: Backend> Inner<B> {
                 match how {
                     Set::Add => s.push(" ELSE 0 END"),
                     Set::IfNull => s.push(" ELSE NULL END)"),
-                    Set::To | Set::UnlessNull => s.push(&format!(" ELSE {q} END")),
+                    Set::To | Set::UnlessNull => s.push(" ELSE ").push(&q).push(" END"),
                 };
             };
         if checked {
-            case(&mut s, &sh.status, Set::UnlessNull, &|v| {
+            case(s, &sh.status, Set::UnlessNull, &|v| {
                 let val = self
                     .opts
                     .status_for(v.outcome)
@@ -1074,7 +1153,7 @@ impl<B: Backend> Inner<B> {
             });
         }
         if checked && let Some(c) = &sh.http_status {
-            case(&mut s, c, Set::To, &|v| {
+            case(s, c, Set::To, &|v| {
                 (
                     v.http_status.map_or(Val::Null, |h| Val::Int(h.into())),
                     Kind::Int,
@@ -1082,55 +1161,76 @@ impl<B: Backend> Inner<B> {
             });
         }
         if checked && let Some(c) = &sh.attempts {
-            case(&mut s, c, Set::Add, &|v| {
+            case(s, c, Set::Add, &|v| {
                 (Val::Int(v.attempts.into()), Kind::Int)
             });
         }
         if checked && let Some(c) = &sh.last_error {
             // NULL clears the previous error when the item is fine now.
-            case(&mut s, c, Set::To, &|v| {
+            case(s, c, Set::To, &|v| {
                 (v.error.clone().map_or(Val::Null, Val::Text), Kind::Text)
             });
         }
         if checked && let Some((c, ck)) = &sh.checked_at {
-            case(&mut s, c, Set::To, &|v| {
+            case(s, c, Set::To, &|v| {
                 (Val::Time(v.checked_at, *ck), Kind::Other)
             });
         }
         if checked && let Some(c) = &sh.checks {
-            case(&mut s, c, Set::Add, &|_| (Val::Int(1), Kind::Int));
+            case(s, c, Set::Add, &|_| (Val::Int(1), Kind::Int));
         }
         if checked && let Some((c, ck)) = &sh.first_checked_at {
-            case(&mut s, c, Set::IfNull, &|v| {
+            case(s, c, Set::IfNull, &|v| {
                 (Val::Time(v.checked_at, *ck), Kind::Other)
             });
         }
         if let Some((c, ck)) = &sh.next_check_at {
-            case(&mut s, c, Set::To, &|v| {
+            case(s, c, Set::To, &|v| {
                 let at = v
                     .next_check_at
                     .map_or(Val::NullTime(*ck), |t| Val::Time(t, *ck));
                 (at, Kind::Other)
             });
         }
-        if self.leasing
-            && let Some((owner, until, _)) = &sh.lease
-        {
+        let leased = self.leasing && sh.lease.is_some();
+        if let (true, Some((owner, until, _))) = (leased, &sh.lease) {
             if !first {
                 s.push(", ");
             }
-            s.push(&format!(
-                "{} = NULL, {} = NULL",
-                self.q(owner),
-                self.q(until)
-            ));
+            first = false;
+            s.push_with(|| format!("{} = NULL, {} = NULL", self.q(owner), self.q(until)));
+        }
+        if first {
+            // Nothing to write (a deferred item, no schedule column, no lease): a write
+            // that changes nothing, so the compare-and-set still says whether it matched.
+            s.push_with(|| {
+                let st = self.q(&sh.status);
+                format!("{st} = {st}")
+            });
         }
         s.push(" WHERE ");
-        self.task_is(&mut s);
+        if cas {
+            self.task_and_failed(s);
+            if let (true, Some((owner, _, _))) = (leased, &sh.lease) {
+                s.push_with(|| format!(" AND {} = ", self.q(owner)));
+                s.bind(Val::Text(self.opts.owner.clone()), Kind::Text);
+            }
+        } else {
+            self.task_is(s);
+        }
         s.push(" AND ");
         let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-        self.key_in(&mut s, &refs);
-        s.done()
+        self.key_in(s, &refs);
+        if cas {
+            // The same item, not another one that took its key (the lock query of the
+            // chunked save compares the same text). Byte for byte, whatever the
+            // column's collation says.
+            s.push(" AND COALESCE(")
+                .push_with(|| self.b.text(&self.q(&sh.id)))
+                .push(", '') = ");
+            s.bind(Val::Text(rows[0].id.clone()), Kind::Text);
+            s.push(" COLLATE BINARY");
+        }
     }
 
     /// The write of deferred items (their host's circuit was open): `next_check_at` where
@@ -1167,6 +1267,12 @@ impl<B: Backend> Inner<B> {
         let sh = &self.shape;
         let task = self.b.text(&self.q(&sh.task));
         let st = self.b.text(&self.q(&sh.status));
+        // Grouped by the columns themselves, shown as text: the task's rows come in the
+        // order of the (task, status) index instead of being sorted by their text (at the
+        // end of a 200,000-item SQLite run the text grouping cost 0.5 µs per item). Values
+        // that differ but read the same (`5` and `'5'` in an untyped column) are merged
+        // here.
+        let (task_raw, st_raw) = (self.q(&sh.task), self.q(&sh.status));
         let mut by_task: std::collections::BTreeMap<String, StatusCounts> = Default::default();
         let scope = |s: &mut Sql<'_, B>| {
             if all {
@@ -1181,7 +1287,7 @@ impl<B: Backend> Inner<B> {
             self.t()
         ));
         scope(&mut s);
-        s.push(&format!(" GROUP BY {task}, {st}"));
+        s.push(&format!(" GROUP BY {task_raw}, {st_raw}"));
         let (sql, args) = s.done();
         for r in self
             .read(sql, args)
@@ -1191,7 +1297,11 @@ impl<B: Backend> Inner<B> {
             let t = r.first().cloned().flatten().unwrap_or_default();
             let status = r.get(1).cloned().flatten().unwrap_or_else(|| "NULL".into());
             let n = int_of(&r, 2)?.max(0) as u64;
-            by_task.entry(t).or_default().counts.push((status, n));
+            let counts = &mut by_task.entry(t).or_default().counts;
+            match counts.iter_mut().find(|(s, _)| *s == status) {
+                Some((_, m)) => *m += n,
+                None => counts.push((status, n)),
+            }
         }
         if let Some((c, ck)) = &sh.checked_at {
             let q = self.q(c);
@@ -1203,7 +1313,7 @@ impl<B: Backend> Inner<B> {
                 self.t()
             ));
             scope(&mut s);
-            s.push(&format!(" GROUP BY {task}"));
+            s.push(&format!(" GROUP BY {task_raw}"));
             let (sql, args) = s.done();
             for r in self
                 .read(sql, args)
@@ -1212,8 +1322,14 @@ impl<B: Backend> Inner<B> {
             {
                 let t = r.first().cloned().flatten().unwrap_or_default();
                 if let Some(c) = by_task.get_mut(&t) {
-                    c.oldest_checked_at = r.get(1).cloned().flatten();
-                    c.newest_checked_at = r.get(2).cloned().flatten();
+                    // RFC 3339 UTC text in one format sorts as time.
+                    let (oldest, newest) =
+                        (r.get(1).cloned().flatten(), r.get(2).cloned().flatten());
+                    c.oldest_checked_at = match (c.oldest_checked_at.take(), oldest) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    c.newest_checked_at = c.newest_checked_at.take().max(newest);
                 }
             }
         }
@@ -1264,6 +1380,9 @@ impl<B: Backend> Inner<B> {
         let now = SystemTime::now();
         let next = self.q(next);
         let task = self.b.text(&self.q(&sh.task));
+        // Grouped by the column itself (index order, no sort of its text); tasks that read
+        // the same are merged below.
+        let task_raw = self.q(&sh.task);
         let mut s = self.sql();
         // The earliest time is formatted outside the grouping query: MySQL's formatting
         // repeats its argument, which must not hold a placeholder.
@@ -1305,22 +1424,22 @@ impl<B: Backend> Inner<B> {
         } else {
             self.task_and_failed(&mut s);
         }
-        s.push(&format!(" GROUP BY {task}) rc_schedule"));
+        s.push(&format!(" GROUP BY {task_raw}) rc_schedule"));
         let (sql, args) = s.done();
         let rows = self.read(sql, args).await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok((
-                    r.first().cloned().flatten().unwrap_or_default(),
-                    crate::store::ScheduleCounts {
-                        not_due: int_of(&r, 1)?.max(0) as u64,
-                        next_due_at: r.get(2).cloned().flatten(),
-                        never_checked: int_of(&r, 3)?.max(0) as u64,
-                    },
-                ))
-            })
-            .collect::<Result<Vec<_>>>()
-            .map(Some)
+        let mut by_task: std::collections::BTreeMap<String, crate::store::ScheduleCounts> =
+            Default::default();
+        for r in rows {
+            let t = r.first().cloned().flatten().unwrap_or_default();
+            let c = by_task.entry(t).or_default();
+            c.not_due += int_of(&r, 1)?.max(0) as u64;
+            c.never_checked += int_of(&r, 3)?.max(0) as u64;
+            c.next_due_at = match (c.next_due_at.take(), r.get(2).cloned().flatten()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(Some(by_task.into_iter().collect()))
     }
 
     /// Adds the ids that are new; an id already there is left as it is, or set back to
@@ -1752,6 +1871,169 @@ mod tests {
                 ("c".into(), "failed".into(), None, 0),
                 ("d".into(), "failed".into(), None, 0),
             ]
+        );
+    }
+
+    fn ok_verdict(item: &Item, outcome: crate::model::Outcome) -> Verdict {
+        Verdict {
+            key: item.key,
+            id: item.id.clone(),
+            outcome,
+            http_status: Some(200),
+            attempts: 1,
+            error: None,
+            checked_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1),
+            elapsed: Duration::ZERO,
+            url: None,
+            next_check_at: None,
+            host_limit: None,
+        }
+    }
+
+    fn rows_of(conn: &rusqlite::Connection, sql: &str) -> Vec<(String, String, Option<String>)> {
+        conn.prepare(sql)
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    /// SQLite writes each row by its own compare-and-set: a row another worker leased,
+    /// or whose key now holds another item, is a conflict and is left as it is; the rest
+    /// of the batch is written.
+    #[tokio::test]
+    async fn each_row_is_written_only_while_still_as_claimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE items(task_id TEXT, item_id TEXT, status TEXT, checked_at TEXT,
+               lease_owner TEXT, lease_until TEXT);
+             INSERT INTO items(task_id, item_id, status) VALUES
+               ('t', 'a', 'failed'), ('t', 'b', 'failed'), ('t', 'c', 'failed'), ('t', 'd', 'failed');",
+        )
+        .unwrap();
+        let opts = StoreOptions::basic(
+            "t",
+            crate::store::Columns::default(),
+            StatusValue::new("failed"),
+        );
+        let db = SqliteDb::open(&path, OpenMode::Run, false).await.unwrap();
+        assert!(db.row_statements());
+        let store = SqlStore::open(db, opts, OpenMode::Run).await.unwrap();
+        let page = store.claim(4).await.unwrap();
+        assert_eq!(page.len(), 4);
+        // b: another worker took its lease over; c: its row now holds another item.
+        conn.execute_batch(
+            "UPDATE items SET lease_owner = 'other' WHERE item_id = 'b';
+             UPDATE items SET item_id = 'c2' WHERE item_id = 'c';",
+        )
+        .unwrap();
+        let verdicts = vec![
+            ok_verdict(&page[0], crate::model::Outcome::Ok),
+            ok_verdict(&page[1], crate::model::Outcome::Ok),
+            ok_verdict(&page[2], crate::model::Outcome::Ok),
+            ok_verdict(&page[3], crate::model::Outcome::Deferred),
+        ];
+        let saved = store.save(verdicts).await.unwrap();
+        assert_eq!(saved.conflicts, vec![1, 2]);
+        store.finish().await.unwrap();
+        assert_eq!(
+            rows_of(
+                &conn,
+                "SELECT item_id, status, lease_owner FROM items ORDER BY rowid"
+            ),
+            vec![
+                ("a".into(), "ok".into(), None),
+                ("b".into(), "failed".into(), Some("other".into())),
+                ("c2".into(), "failed".into(), None),
+                // Deferred: not checked, its lease given back.
+                ("d".into(), "failed".into(), None),
+            ]
+        );
+    }
+
+    /// A deferred item in a table with nothing to write for it (no lease, no schedule
+    /// columns) is still saved (not a conflict) and its row is left as it was.
+    #[tokio::test]
+    async fn a_deferred_row_with_nothing_to_write_is_no_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE items(task_id TEXT, item_id TEXT, status TEXT);
+             INSERT INTO items VALUES ('t', 'a', 'failed'), ('t', 'b', 'failed');",
+        )
+        .unwrap();
+        let opts = StoreOptions::basic(
+            "t",
+            crate::store::Columns::default(),
+            StatusValue::new("failed"),
+        );
+        let db = SqliteDb::open(&path, OpenMode::Run, false).await.unwrap();
+        let store = SqlStore::open(db, opts, OpenMode::Run).await.unwrap();
+        let page = store.claim(2).await.unwrap();
+        let saved = store
+            .save(vec![
+                ok_verdict(&page[0], crate::model::Outcome::Deferred),
+                ok_verdict(&page[1], crate::model::Outcome::Ok),
+            ])
+            .await
+            .unwrap();
+        assert!(saved.conflicts.is_empty(), "{:?}", saved.conflicts);
+        store.finish().await.unwrap();
+        assert_eq!(
+            rows_of(
+                &conn,
+                "SELECT item_id, status, NULL FROM items ORDER BY rowid"
+            ),
+            vec![
+                ("a".into(), "failed".into(), None),
+                ("b".into(), "ok".into(), None),
+            ]
+        );
+    }
+
+    /// Counts are grouped by the stored values and merged by their text: `5` and `'5'` in
+    /// an untyped column are one status, as `status` shows them.
+    #[tokio::test]
+    async fn status_counts_merge_values_that_read_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE items(task_id, item_id TEXT, status, checked_at TEXT);
+             INSERT INTO items VALUES
+               ('t', 'a', 5, '2026-01-02T00:00:00.000Z'),
+               ('t', 'b', '5', '2026-01-01T00:00:00.000Z'),
+               ('t', 'c', 'ok', NULL),
+               (7, 'd', 'ok', '2026-01-03T00:00:00.000Z'),
+               ('7', 'e', 'ok', '2026-01-04T00:00:00.000Z');",
+        )
+        .unwrap();
+        let opts =
+            StoreOptions::basic("t", crate::store::Columns::default(), StatusValue::new("5"));
+        let db = SqliteDb::open(&path, OpenMode::Status, false)
+            .await
+            .unwrap();
+        let store = SqlStore::open(db, opts, OpenMode::Status).await.unwrap();
+        let counts = store.status_counts().await.unwrap();
+        assert_eq!(counts.counts, vec![("5".into(), 2), ("ok".into(), 1)]);
+        assert_eq!(
+            counts.oldest_checked_at.as_deref(),
+            Some("2026-01-01T00:00:00.000Z")
+        );
+        let all = store.status_all().await.unwrap();
+        let seven = all.iter().find(|(t, _)| t == "7").unwrap();
+        assert_eq!(seven.1.counts, vec![("ok".into(), 2)]);
+        assert_eq!(
+            seven.1.oldest_checked_at.as_deref(),
+            Some("2026-01-03T00:00:00.000Z")
+        );
+        assert_eq!(
+            seven.1.newest_checked_at.as_deref(),
+            Some("2026-01-04T00:00:00.000Z")
         );
     }
 }

@@ -238,6 +238,21 @@ impl Tx for SqliteTx {
         .await
     }
 
+    async fn exec_rows(&mut self, sql: String, rows: Vec<Vec<Val>>) -> Result<Vec<u64>> {
+        // One trip to the blocking pool for every row: SQLite has no round trip to save,
+        // only the hand-over between threads.
+        self.run(move |c| {
+            let mut st = c.prepare_cached(&sql)?;
+            rows.into_iter()
+                .map(|args| {
+                    st.execute(rusqlite::params_from_iter(args.into_iter().map(to_value)))
+                        .map(|n| n as u64)
+                })
+                .collect()
+        })
+        .await
+    }
+
     async fn commit(mut self) -> Result<()> {
         self.run(|c| c.execute_batch("COMMIT")).await?;
         self.open = false;
@@ -356,8 +371,13 @@ impl Backend for SqliteDb {
         drop(lock);
     }
 
-    fn placeholder(&self, n: usize, _v: &Val, _kind: Kind) -> String {
-        format!("?{n}")
+    fn placeholder(&self, out: &mut String, n: usize, _v: &Val, _kind: Kind) {
+        out.push('?');
+        super::push_number(out, n);
+    }
+
+    fn row_statements(&self) -> bool {
+        true
     }
 
     fn by_key(&self, table_sql: &str) -> String {
