@@ -289,7 +289,13 @@ async fn feed<S: Store>(
         }
         claimed.fetch_add(page.len() as u64, Ordering::SeqCst);
         for item in page {
+            if halt.is_cancelled() {
+                return Ok(());
+            }
+            // The send first: with room in the channel it is ready at once and the halt's
+            // future is not polled (polling it registers a waiter with the token).
             tokio::select! {
+                biased;
                 r = tx.send(item) => if r.is_err() { return Ok(()) },
                 _ = halt.cancelled() => return Ok(()),
             }

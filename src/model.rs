@@ -139,6 +139,25 @@ impl fmt::Display for StatusValue {
     }
 }
 
+/// Appends `n` in decimal, without `format!` (no allocation beyond `out`'s): for text made
+/// on every request or row (SQL placeholders, `host:port` keys).
+pub fn push_decimal(out: &mut String, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out.push(char::from(d));
+    }
+}
+
 /// Formats a time as RFC 3339 UTC with millisecond precision, the form every store writes
 /// into `checked_at` (it sorts as text).
 pub fn rfc3339(t: SystemTime) -> String {
@@ -153,6 +172,15 @@ pub fn parse_time(s: &str) -> Option<SystemTime> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn decimals_without_format() {
+        for n in [0u64, 7, 10, 99, 100, 65_535, u64::MAX] {
+            let mut out = String::from("x");
+            super::push_decimal(&mut out, n);
+            assert_eq!(out, format!("x{n}"));
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -60,6 +60,10 @@ struct Tls {
 /// it moves between them instead of failing with "Too many open files".
 pub struct Clients {
     cfg: HttpConfig,
+    /// No proxy variable is set: clients are built without reqwest's system proxy, which
+    /// would otherwise be asked about every request (twice) in case a variable holds a
+    /// password.
+    direct: bool,
     tls: Tls,
     budget: FdBudget,
     pool: Mutex<Lru>,
@@ -284,15 +288,17 @@ impl Clients {
             );
         }
         log_proxies(&|k| std::env::var(k).ok());
+        let direct = proxy_env(&|k| std::env::var(k).ok()).is_empty();
         // Built now, so a builder error stops the run before the first item.
-        let plain = build_client(&cfg, &tls, budget.idle_per_host, false, None)?;
+        let plain = build_client(&cfg, &tls, direct, budget.idle_per_host, false, None)?;
         let h2c = if cfg.http2_prior_knowledge {
-            build_client(&cfg, &tls, budget.idle_per_host, true, None)?
+            build_client(&cfg, &tls, direct, budget.idle_per_host, true, None)?
         } else {
             plain.clone()
         };
         Ok(Clients {
             cfg,
+            direct,
             tls,
             budget,
             pool: Mutex::new(Lru::default()),
@@ -353,6 +359,7 @@ impl Clients {
         build_client(
             &self.cfg,
             &self.tls,
+            self.direct,
             self.budget.idle_per_host,
             prior_knowledge,
             connecting,
@@ -375,6 +382,7 @@ fn origin_key(url: &Url) -> std::borrow::Cow<'_, str> {
 fn build_client(
     cfg: &HttpConfig,
     tls: &Tls,
+    direct: bool,
     idle_per_host: usize,
     prior_knowledge: bool,
     connecting: Option<Arc<Connecting>>,
@@ -391,6 +399,11 @@ fn build_client(
         // CPU per check (BENCHMARKS.md, "Analysis"); a refused stream is retried by ours.
         .retry(reqwest::retry::never());
     b = b.tls_backend_preconfigured(tls.config.clone());
+    if direct {
+        // The same as reqwest's system proxy with no variable set (it reads nothing
+        // else: no `system-proxy` feature), minus its look-up on every request.
+        b = b.no_proxy();
+    }
     if let Some(c) = connecting {
         b = b.connector_layer(CountConnects(c));
     }

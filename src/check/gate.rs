@@ -180,7 +180,14 @@ impl Gate {
                 });
             }
         };
+        if cancel.is_cancelled() {
+            return Err(Refused::Cancelled);
+        }
+        // The admission first: most requests are admitted at once, and then the stop's
+        // future is never polled (polling it registers a waiter with the token, which
+        // measurably costs on every request).
         tokio::select! {
+            biased;
             a = wait => a,
             _ = cancel.cancelled() => Err(Refused::Cancelled),
         }
@@ -239,13 +246,15 @@ impl Gate {
     }
 }
 
-/// `host:port` of a URL, the unit of per-host limits, pauses and circuits.
+/// `host:port` of a URL, the unit of per-host limits, pauses and circuits. Made for every
+/// request: one allocation, no `format!`.
 fn host_key(url: &Url) -> String {
-    format!(
-        "{}:{}",
-        url.host_str().unwrap_or_default(),
-        url.port_or_known_default().unwrap_or(0)
-    )
+    let host = url.host_str().unwrap_or_default();
+    let mut key = String::with_capacity(host.len() + 6);
+    key.push_str(host);
+    key.push(':');
+    crate::model::push_decimal(&mut key, url.port_or_known_default().unwrap_or(0).into());
+    key
 }
 
 #[cfg(test)]
@@ -254,6 +263,17 @@ mod tests {
 
     fn url(s: &str) -> Url {
         Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn the_host_key_is_host_and_port() {
+        assert_eq!(
+            host_key(&url("https://API.example.com/x")),
+            "api.example.com:443"
+        );
+        assert_eq!(host_key(&url("http://127.0.0.1:8080/")), "127.0.0.1:8080");
+        assert_eq!(host_key(&url("http://[::1]:9/a")), "[::1]:9");
+        assert_eq!(host_key(&url("http://h/")), "h:80");
     }
 
     #[test]

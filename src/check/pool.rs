@@ -5,13 +5,16 @@
 //! verdict and keeps its status. A panic in one check becomes that item's error. Never sees
 //! the store.
 
-use std::collections::HashMap;
 use std::future::Future;
+use std::panic::{self, AssertUnwindSafe};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::template::{self, UrlTemplate};
@@ -74,9 +77,14 @@ pub struct PoolStats {
 /// is larger than the request bound so every request slot has an item ready. `retry_room`
 /// bounds the items that moved on to retrying ([`Slot::to_retry`]). `check` gets the item's
 /// [`Slot`] and keeps it until it ends: dropping it lets another item start.
+///
+/// The checks are futures of this one task (a `FuturesUnordered`), not a task each: on the
+/// one-thread runtime that saves the task's allocation, its scheduling and the join
+/// bookkeeping on every item (BENCHMARKS.md, "CPU per check"); a check's wake-up polls
+/// that check only. A panic in a check is caught around its poll.
 pub async fn run<C, F>(
     check: Arc<C>,
-    mut items: mpsc::Receiver<Item>,
+    items: mpsc::Receiver<Item>,
     verdicts: mpsc::Sender<Verdict>,
     (max_in_progress, retry_room): (usize, usize),
     stop: CancellationToken,
@@ -88,116 +96,163 @@ where
 {
     let slots = Arc::new(Semaphore::new(max_in_progress.max(1)));
     let room = Arc::new(Semaphore::new(retry_room.max(1)));
-    let mut tasks = JoinSet::new();
-    let mut running: HashMap<tokio::task::Id, (ItemKey, String)> = HashMap::new();
+    let mut running = FuturesUnordered::new();
+    // The next item and a place for it: one future, kept across the loop's turns (made
+    // again only once it has given both), so a check's wake-up does not make it again.
+    let mut next = Box::pin(next_item(Arc::clone(&slots), items));
+    let mut open = true;
     loop {
-        // A permit first, then an item: an item is never taken without a place to run it.
-        let permit = tokio::select! {
+        if stop.is_cancelled() {
+            break;
+        }
+        if !open && running.is_empty() {
+            return PoolStats::default();
+        }
+        tokio::select! {
             biased;
-            _ = stop.cancelled() => break,
-            p = Arc::clone(&slots).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
+            Some(()) = running.next(), if !running.is_empty() => {}
+            (got, rest) = &mut next, if open => match got {
+                Some((permit, item)) => {
+                    next = Box::pin(next_item(Arc::clone(&slots), rest));
+                    if stop.is_cancelled() {
+                        break;
+                    }
+                    let slot = Slot {
+                        first: Some(permit),
+                        room: Arc::clone(&room),
+                        retry: None,
+                    };
+                    let (key, id) = (item.key, item.id.clone());
+                    running.push(Checking::new(key, id, check(item, slot), verdicts.clone()));
+                }
+                None => open = false,
             },
-        };
-        let item = tokio::select! {
-            biased;
             _ = stop.cancelled() => break,
-            item = items.recv() => match item {
-                Some(item) => item,
-                None => break,
-            },
-        };
-        let (key, id) = (item.key, item.id.clone());
-        let slot = Slot {
-            first: Some(permit),
-            room: Arc::clone(&room),
-            retry: None,
-        };
-        let fut = check(item, slot);
-        let tx = verdicts.clone();
-        let handle = tasks.spawn(async move {
-            if let Some(v) = fut.await {
-                // The sink only goes away when the run is failing anyway.
-                let _ = tx.send(v).await;
-            }
-        });
-        running.insert(handle.id(), (key, id));
-        while let Some(done) = tasks.try_join_next_with_id() {
-            reap(done, &mut running, &verdicts).await;
         }
     }
-    drop(items);
-    if !stop.is_cancelled() {
-        // Items ran out: wait for the checks, unless a stop comes meanwhile.
-        loop {
-            tokio::select! {
-                done = tasks.join_next_with_id() => match done {
-                    Some(done) => reap(done, &mut running, &verdicts).await,
-                    None => return PoolStats::default(),
-                },
-                _ = stop.cancelled() => break,
-            }
-        }
-    }
-    finish_after_grace(tasks, running, verdicts, grace).await
+    finish_after_grace(running, grace).await
+}
+
+/// A place in the pool, then an item for it (`None`: the items ran out); gives the
+/// receiver back for the next one.
+async fn next_item(
+    slots: Arc<Semaphore>,
+    mut items: mpsc::Receiver<Item>,
+) -> (Option<(OwnedSemaphorePermit, Item)>, mpsc::Receiver<Item>) {
+    let Ok(permit) = slots.acquire_owned().await else {
+        return (None, items);
+    };
+    let got = items.recv().await.map(|item| (permit, item));
+    (got, items)
 }
 
 /// After a stop: in-flight checks get `grace` to finish, then are abandoned.
-async fn finish_after_grace(
-    mut tasks: JoinSet<()>,
-    mut running: HashMap<tokio::task::Id, (ItemKey, String)>,
-    verdicts: mpsc::Sender<Verdict>,
+async fn finish_after_grace<F>(
+    mut running: FuturesUnordered<Checking<F>>,
     grace: Duration,
-) -> PoolStats {
+) -> PoolStats
+where
+    F: Future<Output = Option<Verdict>>,
+{
     let deadline = tokio::time::Instant::now() + grace;
     loop {
-        match tokio::time::timeout_at(deadline, tasks.join_next_with_id()).await {
-            Ok(Some(done)) => reap(done, &mut running, &verdicts).await,
-            Ok(None) => return PoolStats::default(),
-            Err(_) => {
-                let abandoned = tasks.len() as u64;
-                tasks.abort_all();
-                return PoolStats { abandoned };
-            }
+        if running.is_empty() {
+            return PoolStats::default();
+        }
+        if tokio::time::timeout_at(deadline, running.next())
+            .await
+            .is_err()
+        {
+            // Dropped with the set: an abandoned check sends nothing.
+            return PoolStats {
+                abandoned: running.len() as u64,
+            };
         }
     }
 }
 
-/// Forgets a finished task; a panicked one becomes its item's error verdict.
-async fn reap(
-    done: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
-    running: &mut HashMap<tokio::task::Id, (ItemKey, String)>,
-    verdicts: &mpsc::Sender<Verdict>,
-) {
-    match done {
-        Ok((id, ())) => {
-            running.remove(&id);
+pin_project_lite::pin_project! {
+    /// One item's check: sends its verdict when it has one, and turns a panic into that
+    /// item's error verdict.
+    struct Checking<F> {
+        #[pin]
+        check: F,
+        // The verdict being sent (the sink's channel was full).
+        sending: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+        verdicts: mpsc::Sender<Verdict>,
+        key: ItemKey,
+        id: String,
+        done: bool,
+    }
+}
+
+impl<F> Checking<F> {
+    fn new(key: ItemKey, id: String, check: F, verdicts: mpsc::Sender<Verdict>) -> Self {
+        Checking {
+            check,
+            sending: None,
+            verdicts,
+            key,
+            id,
+            done: false,
         }
-        Err(e) => {
-            let Some((key, item_id)) = running.remove(&e.id()) else {
-                return;
+    }
+}
+
+impl<F: Future<Output = Option<Verdict>>> Future for Checking<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        if !*this.done {
+            let check = this.check.as_mut();
+            let verdict = match panic::catch_unwind(AssertUnwindSafe(|| check.poll(cx))) {
+                Ok(Poll::Pending) => return Poll::Pending,
+                Ok(Poll::Ready(v)) => v,
+                Err(payload) => {
+                    let msg = panic_message(payload);
+                    tracing::error!(id = %this.id, "check panicked: {msg}");
+                    Some(panicked(*this.key, std::mem::take(this.id), &msg))
+                }
             };
-            if e.is_panic() {
-                let msg = panic_message(e.into_panic());
-                tracing::error!(id = %item_id, "check panicked: {msg}");
-                let _ = verdicts
-                    .send(Verdict {
-                        key,
-                        id: item_id,
-                        outcome: Outcome::Error,
-                        http_status: None,
-                        attempts: 0,
-                        error: Some(format!("internal error: check panicked: {msg}")),
-                        checked_at: SystemTime::now(),
-                        elapsed: Duration::ZERO,
-                        url: None,
-                        next_check_at: None,
-                        host_limit: None,
-                    })
-                    .await;
+            *this.done = true;
+            let Some(v) = verdict else {
+                return Poll::Ready(());
+            };
+            // Most sends find room: no future for them.
+            match this.verdicts.try_send(v) {
+                Ok(()) => return Poll::Ready(()),
+                // The sink only goes away when the run is failing anyway.
+                Err(mpsc::error::TrySendError::Closed(_)) => return Poll::Ready(()),
+                Err(mpsc::error::TrySendError::Full(v)) => {
+                    let tx = this.verdicts.clone();
+                    *this.sending = Some(Box::pin(async move {
+                        let _ = tx.send(v).await;
+                    }));
+                }
             }
         }
+        match this.sending.as_mut() {
+            Some(send) => send.as_mut().poll(cx),
+            None => Poll::Ready(()),
+        }
+    }
+}
+
+/// The verdict of a check that panicked.
+fn panicked(key: ItemKey, id: String, msg: &str) -> Verdict {
+    Verdict {
+        key,
+        id,
+        outcome: Outcome::Error,
+        http_status: None,
+        attempts: 0,
+        error: Some(format!("internal error: check panicked: {msg}")),
+        checked_at: SystemTime::now(),
+        elapsed: Duration::ZERO,
+        url: None,
+        next_check_at: None,
+        host_limit: None,
     }
 }
 

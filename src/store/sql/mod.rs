@@ -193,24 +193,6 @@ impl<'b, B: Backend> Sql<'b, B> {
     }
 }
 
-/// Appends `n` in decimal (placeholders: no `format!` and no allocation).
-pub(crate) fn push_number(out: &mut String, n: usize) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &d in &digits[i..] {
-        out.push(d as char);
-    }
-}
-
 /// A transaction on one connection. Dropped without [`Tx::commit`], it rolls back.
 pub trait Tx: Send {
     /// Runs a query and returns its rows.

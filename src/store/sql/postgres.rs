@@ -358,7 +358,7 @@ impl Backend for PgDb {
         };
         out.push_str(open);
         out.push('$');
-        super::push_number(out, n);
+        crate::model::push_decimal(out, n as u64);
         out.push_str(cast);
     }
 

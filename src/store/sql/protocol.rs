@@ -503,28 +503,59 @@ impl<B: Backend> Inner<B> {
 
     /// `key IN (...)` for `keys`, padded to a statement shape.
     fn key_in(&self, s: &mut Sql<'_, B>, keys: &[&str]) {
-        let k = shape_for(keys.len());
+        let key = &self.shape.key;
+        let vals = keys
+            .iter()
+            .map(|v| match key.kind {
+                Kind::Untyped => (Val::Text(v.to_string()), Kind::Text),
+                kind => (
+                    kind.val(v).unwrap_or_else(|_| Val::Text(v.to_string())),
+                    kind,
+                ),
+            })
+            .collect();
+        self.key_in_vals(s, vals);
+    }
+
+    /// `key IN (...)` for keys already bound as their column compares, padded to a
+    /// statement shape.
+    fn key_in_vals(&self, s: &mut Sql<'_, B>, mut keys: Vec<(Val, Kind)>) {
         let key = &self.shape.key;
         if key.kind == Kind::Untyped {
             s.push_with(|| self.b.text(&self.q(key))).push(" IN (");
         } else {
             s.push_with(|| self.key_sql()).push(" IN (");
         }
-        for i in 0..k {
+        let k = shape_for(keys.len());
+        if let Some(last) = keys.last().cloned() {
+            keys.resize(k, last);
+        }
+        for (i, (val, kind)) in keys.into_iter().enumerate() {
             if i > 0 {
                 s.push(", ");
             }
-            let v = keys[i.min(keys.len() - 1)];
-            let (val, kind) = match key.kind {
-                Kind::Untyped => (Val::Text(v.to_string()), Kind::Text),
-                kind => (
-                    kind.val(v).unwrap_or_else(|_| Val::Text(v.to_string())),
-                    kind,
-                ),
-            };
             s.bind(val, kind);
         }
         s.push(")");
+    }
+
+    /// A verdict's key as its column compares (`CASE` arms and `IN` lists of a save): a
+    /// rowid is bound as it is, other keys as their column's kind says (the same values
+    /// [`Inner::key_in`] binds for their text).
+    fn key_val(&self, v: &Verdict) -> (Val, Kind) {
+        let sh = &self.shape;
+        if sh.key_is_rowid {
+            return (Val::Int(v.key), Kind::Int);
+        }
+        let key = v.id.as_str();
+        match sh.key.kind {
+            Kind::Int => (Val::Int(key.parse().unwrap_or(0)), Kind::Int),
+            Kind::Untyped => (Val::Text(key.to_string()), Kind::Text),
+            kind => (
+                kind.val(key).unwrap_or_else(|_| Val::Text(key.to_string())),
+                kind,
+            ),
+        }
     }
 
     /// A time for a column of `kind`: "now" from the database's clock where it has one.
@@ -1084,15 +1115,7 @@ impl<B: Backend> Inner<B> {
         let checked = what == Write::Checked;
         let k = if cas { 1 } else { shape_for(rows.len()) };
         let row = |i: usize| rows[i.min(rows.len() - 1)];
-        let keys: Vec<String> = (0..k).map(|i| self.key_of(row(i))).collect();
-        let key_val = |key: &str| match sh.key.kind {
-            Kind::Int => (Val::Int(key.parse().unwrap_or(0)), Kind::Int),
-            Kind::Untyped => (Val::Text(key.to_string()), Kind::Text),
-            kind => (
-                kind.val(key).unwrap_or_else(|_| Val::Text(key.to_string())),
-                kind,
-            ),
-        };
+        let keys: Vec<(Val, Kind)> = (0..k).map(|i| self.key_val(row(i))).collect();
         let text = s.with_text();
         let key_expr = if !text {
             String::new()
@@ -1123,10 +1146,9 @@ impl<B: Backend> Inner<B> {
                     Set::To | Set::UnlessNull => {}
                 }
                 s.push("CASE ").push(&key_expr);
-                for (i, key) in keys.iter().enumerate() {
-                    let (kv, kk) = key_val(key);
+                for (i, (kv, kk)) in keys.iter().enumerate() {
                     s.push(" WHEN ");
-                    s.bind(kv, kk);
+                    s.bind(kv.clone(), *kk);
                     s.push(" THEN ");
                     let (v, vk) = f(row(i));
                     if how == Set::UnlessNull {
@@ -1219,8 +1241,7 @@ impl<B: Backend> Inner<B> {
             self.task_is(s);
         }
         s.push(" AND ");
-        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-        self.key_in(s, &refs);
+        self.key_in_vals(s, keys);
         if cas {
             // The same item, not another one that took its key (the lock query of the
             // chunked save compares the same text). Byte for byte, whatever the

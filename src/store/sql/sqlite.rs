@@ -373,7 +373,7 @@ impl Backend for SqliteDb {
 
     fn placeholder(&self, out: &mut String, n: usize, _v: &Val, _kind: Kind) {
         out.push('?');
-        super::push_number(out, n);
+        crate::model::push_decimal(out, n as u64);
     }
 
     fn row_statements(&self) -> bool {
