@@ -59,6 +59,13 @@ pub struct UrlTemplate {
     task: String,
     /// Rough output size, to allocate once per item.
     size_hint: usize,
+    /// The fixed start of every URL, parsed once, and the parts after it, when the first
+    /// placeholder comes after the host and the start of the path: each item's URL is then
+    /// the rest resolved against this base, which skips the scheme and the host (and its
+    /// IDNA mapping), about half the work of parsing the whole URL (`Url::parse` ran three
+    /// times per check, reqwest's two included). See [`UrlTemplate::fast_base`] for when
+    /// the result is the same.
+    base: Option<(Url, Vec<Part>)>,
 }
 
 impl UrlTemplate {
@@ -182,6 +189,7 @@ impl UrlTemplate {
         }
         let size_hint = template.len() + 32;
         let t = UrlTemplate {
+            base: fast_base(&parts),
             parts,
             columns,
             task_encoded: encode(task),
@@ -221,9 +229,17 @@ impl UrlTemplate {
     /// The URL for one item, or why it cannot have one (an item error, not a run error):
     /// see the module docs for what is refused.
     pub fn render(&self, item: &Item) -> Result<Url, String> {
+        match &self.base {
+            Some((base, rest)) => self.render_parts(item, rest, Some(base)),
+            None => self.render_parts(item, &self.parts, None),
+        }
+    }
+
+    /// [`UrlTemplate::render`] of `parts`, parsed alone or resolved against `base`.
+    fn render_parts(&self, item: &Item, parts: &[Part], base: Option<&Url>) -> Result<Url, String> {
         check_id(item)?;
         let mut out = String::with_capacity(self.size_hint);
-        for part in &self.parts {
+        for part in parts {
             match part {
                 Part::Lit(s) => out.push_str(s),
                 Part::Hole { slot, in_path, raw } => {
@@ -275,8 +291,46 @@ impl UrlTemplate {
                 }
             }
         }
-        Url::parse(&out).map_err(|e| format!("invalid URL: {e}"))
+        Url::options()
+            .base_url(base)
+            .parse(&out)
+            .map_err(|e| format!("invalid URL: {e}"))
     }
+}
+
+/// The base for [`UrlTemplate::render`]'s short way, and the parts that follow it. Only
+/// when resolving the rest against the base is the same as parsing the whole URL: the
+/// template starts with text up to a `/` of the path (`https://api/v1/items/`), which
+/// parses alone as an http(s) URL whose path ends there (no query, no fragment), and the
+/// rest starts with that text's tail and then a percent-encoded placeholder (letters,
+/// digits, `-._~` and `%` only). A rest starting that way cannot be read as a scheme
+/// (the tail holds no `:`), an authority or an absolute path (it does not start with `/`
+/// or `\`), so it is a relative path, appended to the base's path; dot segments and
+/// everything after are handled by the same parser states as in a whole parse.
+fn fast_base(parts: &[Part]) -> Option<(Url, Vec<Part>)> {
+    let [Part::Lit(prefix), Part::Hole { raw: false, .. }, ..] = parts else {
+        return None;
+    };
+    let split = prefix.rfind('/')?;
+    let (head, tail) = prefix.split_at(split + 1);
+    if head.contains(['?', '#']) || tail.contains([':', '\\', '/', '?', '#']) {
+        return None;
+    }
+    let base = Url::parse(head).ok()?;
+    let usable = matches!(base.scheme(), "http" | "https")
+        && base.path().ends_with('/')
+        && base.query().is_none()
+        && base.fragment().is_none()
+        && !base.cannot_be_a_base();
+    if !usable {
+        return None;
+    }
+    let mut rest = Vec::with_capacity(parts.len());
+    if !tail.is_empty() {
+        rest.push(Part::Lit(tail.to_string()));
+    }
+    rest.extend(parts[1..].iter().cloned());
+    Some((base, rest))
 }
 
 fn encode(s: &str) -> String {
@@ -345,6 +399,60 @@ mod tests {
             fields: vec![],
             checks: 0,
             first_checked_at: None,
+        }
+    }
+
+    /// The short way (the rest resolved against the parsed start) gives the URL a whole
+    /// parse gives, for templates that take it, whatever the id; others do not take it.
+    #[test]
+    fn the_short_way_gives_the_same_urls() {
+        let fast = [
+            "http://h/items/{id}",
+            "https://api.example.com:8443/v1/items/{id}?task={task}",
+            "http://127.0.0.1:1/a/b-{id}/c",
+            "http://h/{id}",
+            "http://h/x/{id}#frag",
+            "http://h/x/{id}/../y",
+            "http://h/x%2F/{id}",
+            "http://XN--bcher-kva.example/{id}",
+            "https://bücher.example/ü/{id}",
+            "http://h/a/p{id}?q={id}",
+            "http://h/{id}{id}",
+            "http://h/x/.{id}",
+            "http://h/x/..{id}",
+            "http://u:p@h/{id}",
+            "http://h/a b/{id}",
+        ];
+        let slow = [
+            "http://{id}.example/x",
+            "http://h/x?id={id}",
+            "http://h/a:b{id}",
+            "http://h/x/{id:raw}",
+            "http://h/p?next=/x/{id}",
+        ];
+        for t in slow {
+            let tpl = UrlTemplate::parse(t, "task 1").unwrap();
+            assert!(tpl.base.is_none(), "{t} must not take the short way");
+        }
+        let mut ids: Vec<String> = [
+            "a", ".", "..", "...", "a/b", "a?b#c", "%2e%2e", "ü", " ", "a:b", "\\x",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..300 {
+            let len = rng.usize(1..12);
+            ids.push((0..len).map(|_| char::from(rng.u8(32..127))).collect());
+        }
+        for t in fast {
+            let tpl = UrlTemplate::parse(t, "task 1").unwrap();
+            assert!(tpl.base.is_some(), "{t} should take the short way");
+            for id in &ids {
+                let it = item(id);
+                let whole = tpl.render_parts(&it, &tpl.parts, None);
+                assert_eq!(tpl.render(&it), whole, "template {t}, id {id:?}");
+            }
         }
     }
 
