@@ -65,7 +65,7 @@ pub struct UrlTemplate {
     /// IDNA mapping), about half the work of parsing the whole URL (`Url::parse` ran three
     /// times per check, reqwest's two included). See [`UrlTemplate::fast_base`] for when
     /// the result is the same.
-    base: Option<(Url, Vec<Part>)>,
+    base: Option<Box<(Url, Vec<Part>)>>,
 }
 
 impl UrlTemplate {
@@ -229,7 +229,7 @@ impl UrlTemplate {
     /// The URL for one item, or why it cannot have one (an item error, not a run error):
     /// see the module docs for what is refused.
     pub fn render(&self, item: &Item) -> Result<Url, String> {
-        match &self.base {
+        match self.base.as_deref() {
             Some((base, rest)) => self.render_parts(item, rest, Some(base)),
             None => self.render_parts(item, &self.parts, None),
         }
@@ -307,7 +307,7 @@ impl UrlTemplate {
 /// (the tail holds no `:`), an authority or an absolute path (it does not start with `/`
 /// or `\`), so it is a relative path, appended to the base's path; dot segments and
 /// everything after are handled by the same parser states as in a whole parse.
-fn fast_base(parts: &[Part]) -> Option<(Url, Vec<Part>)> {
+fn fast_base(parts: &[Part]) -> Option<Box<(Url, Vec<Part>)>> {
     let [Part::Lit(prefix), Part::Hole { raw: false, .. }, ..] = parts else {
         return None;
     };
@@ -330,7 +330,7 @@ fn fast_base(parts: &[Part]) -> Option<(Url, Vec<Part>)> {
         rest.push(Part::Lit(tail.to_string()));
     }
     rest.extend(parts[1..].iter().cloned());
-    Some((base, rest))
+    Some(Box::new((base, rest)))
 }
 
 fn encode(s: &str) -> String {
