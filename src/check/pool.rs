@@ -101,12 +101,22 @@ where
     // again only once it has given both), so a check's wake-up does not make it again.
     let mut next = Box::pin(next_item(Arc::clone(&slots), items));
     let mut open = true;
+    let mut turns = 0u32;
     loop {
         if stop.is_cancelled() {
             break;
         }
         if !open && running.is_empty() {
             return PoolStats::default();
+        }
+        // Every few turns, the other tasks get theirs: a connection that a finished check
+        // gave up is closed by its own task, and until that runs its socket stays open.
+        // Without this, one poll of the pool could finish dozens of checks and start as
+        // many new connections first (seen: "Too many open files" with the idle budget at
+        // 0, tests/it/limits.rs).
+        turns += 1;
+        if turns % YIELD_EVERY == 0 {
+            tokio::task::yield_now().await;
         }
         tokio::select! {
             biased;
@@ -132,6 +142,11 @@ where
     }
     finish_after_grace(running, grace).await
 }
+
+/// Turns of the pool's loop (a check finished or started) between two yields to the other
+/// tasks; well under the open-files reserve (`limits::OTHER_FDS`) for sockets a finished
+/// check left to close.
+const YIELD_EVERY: u32 = 32;
 
 /// A place in the pool, then an item for it (`None`: the items ran out); gives the
 /// receiver back for the next one.
