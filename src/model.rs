@@ -127,10 +127,18 @@ impl StatusValue {
 
     /// The value as an integer, when it is one (`"5"` → `Some(5)`, `"05"` → `None`).
     pub fn as_int(&self) -> Option<i64> {
-        let n: i64 = self.0.parse().ok()?;
-        // "05" or "+5" are text that only looks like a number: keep them text.
-        (n.to_string() == self.0).then_some(n)
+        canonical_int(&self.0)
     }
+}
+
+/// `text` as an integer when it is written the way the integer prints (`"5"`, `"-12"`):
+/// `"05"`, `"+5"` or `"-0"` are text that only looks like a number. No allocation (keys
+/// and statuses go through here for every row).
+pub fn canonical_int(text: &str) -> Option<i64> {
+    let n: i64 = text.parse().ok()?;
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let canonical = !text.starts_with('+') && (text == "0" || !digits.starts_with('0'));
+    canonical.then_some(n)
 }
 
 impl fmt::Display for StatusValue {
@@ -172,6 +180,31 @@ pub fn parse_time(s: &str) -> Option<SystemTime> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn canonical_ints_only() {
+        for (text, want) in [
+            ("0", Some(0)),
+            ("5", Some(5)),
+            ("-12", Some(-12)),
+            ("9223372036854775807", Some(i64::MAX)),
+            ("-9223372036854775808", Some(i64::MIN)),
+            ("05", None),
+            ("+5", None),
+            ("-0", None),
+            ("-05", None),
+            ("00", None),
+            ("", None),
+            ("-", None),
+            ("5a", None),
+            ("9223372036854775808", None),
+        ] {
+            assert_eq!(canonical_int(text), want, "{text:?}");
+            let n: Option<i64> = text.parse().ok();
+            let old = n.filter(|n| n.to_string() == text);
+            assert_eq!(canonical_int(text), old, "as before for {text:?}");
+        }
+    }
+
     #[test]
     fn decimals_without_format() {
         for n in [0u64, 7, 10, 99, 100, 65_535, u64::MAX] {

@@ -183,7 +183,7 @@ impl Checkpoint {
 
 /// A batch being saved: the verdicts stay here, so whatever happens to the save (even a
 /// panic in the store) every one of them is still settled.
-type Saving = (Arc<Vec<Verdict>>, JoinHandle<Result<Saved>>);
+type Saving = (Arc<[Verdict]>, JoinHandle<Result<Saved>>);
 
 /// Receives verdicts until every sender is gone, saving them in batches (see the module
 /// docs). A store failure cancels `halt` (no new checks) and is kept in the summary
@@ -250,10 +250,8 @@ pub async fn run<S: Store>(
                 sunk.outputs.flush();
                 continue;
             }
-            let page = Arc::new(std::mem::replace(
-                &mut batch,
-                Vec::with_capacity(BATCH_ROWS),
-            ));
+            let page: Arc<[Verdict]> =
+                std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS)).into();
             saving = Some(start_save(&store, &page, opts.retry_for, &halt));
         }
     }
@@ -266,7 +264,7 @@ pub async fn run<S: Store>(
                 sunk.settle(&v, Stored::Unwritten);
             }
         } else {
-            let page = Arc::new(batch);
+            let page: Arc<[Verdict]> = batch.into();
             let save = start_save(&store, &page, opts.retry_for, &halt);
             sunk.resolve(save, &halt).await;
         }
@@ -280,14 +278,14 @@ pub async fn run<S: Store>(
 /// admitted after the failure.
 fn start_save<S: Store>(
     store: &Arc<S>,
-    page: &Arc<Vec<Verdict>>,
+    page: &Arc<[Verdict]>,
     budget: Duration,
     halt: &CancellationToken,
 ) -> Saving {
     let (store, todo, halt) = (Arc::clone(store), Arc::clone(page), halt.clone());
     let handle = tokio::spawn(async move {
-        // Each try gets its own copy: a failed save consumed the last one.
-        let r = retry_transient("saving answers", budget, || store.save(todo.to_vec())).await;
+        // Each try shares the page (a save only reads it).
+        let r = retry_transient("saving answers", budget, || store.save(Arc::clone(&todo))).await;
         if r.is_err() {
             halt.cancel();
         }
@@ -507,7 +505,7 @@ mod tests {
         async fn pending(&self) -> Result<u64> {
             Ok(0)
         }
-        async fn save(&self, batch: Vec<Verdict>) -> Result<Saved> {
+        async fn save(&self, batch: Arc<[Verdict]>) -> Result<Saved> {
             if batch.is_empty() {
                 return Ok(Saved::default());
             }

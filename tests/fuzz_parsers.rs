@@ -1073,8 +1073,8 @@ fn round_trip(doc: &GenDoc, plan: &Plan) -> Result<(), TestCaseError> {
         }
     }
     let rest = batch.split_off(plan.split.min(batch.len()));
-    ok(block_on(store.save(batch)), "save")?;
-    ok(block_on(store.save(rest)), "save")?;
+    ok(block_on(store.save(batch.into())), "save")?;
+    ok(block_on(store.save(rest.into())), "save")?;
     ok(block_on(store.finish()), "finish")?;
     drop(store);
 

@@ -148,9 +148,31 @@ pub struct JsonRule {
     pub pointer: String,
     /// What the value at the pointer must satisfy.
     pub test: Test,
+    /// The pointer's reference tokens, unescaped once (`~1` is `/`, `~0` is `~`), so a
+    /// check walks the document without splitting and unescaping the pointer again.
+    tokens: Vec<String>,
 }
 
 impl JsonRule {
+    /// The value at the pointer, as [`Value::pointer`] finds it (array indexes are
+    /// decimal, without a sign or leading zeros).
+    fn find<'v>(&self, doc: &'v Value) -> Option<&'v Value> {
+        self.tokens
+            .iter()
+            .try_fold(doc, |target, token| match target {
+                Value::Object(map) => map.get(token.as_str()),
+                Value::Array(list) => {
+                    let index_ok =
+                        !token.starts_with('+') && !(token.starts_with('0') && token.len() != 1);
+                    index_ok
+                        .then(|| token.parse::<usize>().ok())
+                        .flatten()
+                        .and_then(|i| list.get(i))
+                }
+                _ => None,
+            })
+    }
+
     /// Parses `--expect-json` specs; `flag` names the flag in errors (`--expect-json`,
     /// `--dead-json`).
     pub fn parse_flag<S: AsRef<str>>(flag: &str, specs: &[S]) -> Result<Vec<JsonRule>> {
@@ -204,9 +226,15 @@ impl JsonRule {
                 }
                 op => Test::Cmp(op, value),
             };
+            let tokens = pointer
+                .split('/')
+                .skip(1)
+                .map(|t| t.replace("~1", "/").replace("~0", "~"))
+                .collect();
             rules.push(JsonRule {
                 pointer: pointer.to_string(),
                 test,
+                tokens,
             });
         }
         Ok(rules)
@@ -221,7 +249,7 @@ impl JsonRule {
     pub fn check(&self, doc: &Value) -> std::result::Result<(), String> {
         // The pointer as shown is only made for a message: a passing check allocates nothing.
         let p = || shown_pointer(&self.pointer);
-        let Some(v) = doc.pointer(&self.pointer) else {
+        let Some(v) = self.find(doc) else {
             return Err(format!("{} is missing, expected {}", p(), self.wanted()));
         };
         let why_not = match &self.test {
@@ -276,7 +304,7 @@ impl JsonRule {
     pub fn dead_reason(&self, doc: &Value) -> Option<String> {
         self.check(doc).ok()?;
         // `check` only holds when the pointer is there.
-        let v = doc.pointer(&self.pointer)?;
+        let v = self.find(doc)?;
         let p = shown_pointer(&self.pointer);
         Some(match &self.test {
             Test::AnyOf(_) => format!("dead: {p} is {}", short(v)),
@@ -526,6 +554,22 @@ mod tests {
             jq: Vec::new(),
             dead_json: Vec::new(),
             dead_jq: Vec::new(),
+        }
+    }
+
+    /// A rule finds what `Value::pointer` finds, from tokens unescaped once.
+    #[test]
+    fn rules_find_what_json_pointers_find() {
+        let doc: Value = serde_json::from_str(
+            r#"{"a": [10, 11, {"b": 2}], "a/b": 1, "m~n": 2, "": {"": 3}, "x": {"0": 4, "01": 5}}"#,
+        )
+        .unwrap();
+        for p in [
+            "", "/a", "/a/0", "/a/2/b", "/a/01", "/a/+1", "/a/-", "/a/3", "/a~1b", "/m~0n", "/",
+            "//", "/x/0", "/x/01", "/a/2", "/a/2/b/c", "/nope",
+        ] {
+            let rule = JsonRule::parse_all(&[format!("{p}!=0")]).unwrap().remove(0);
+            assert_eq!(rule.find(&doc), doc.pointer(p), "pointer {p:?}");
         }
     }
 

@@ -37,7 +37,7 @@ impl Store for JsonStore {
     async fn pending(&self) -> Result<u64> {
         Ok(self.0.pending())
     }
-    async fn save(&self, batch: Vec<Verdict>) -> Result<super::Saved> {
+    async fn save(&self, batch: std::sync::Arc<[Verdict]>) -> Result<super::Saved> {
         self.0.save(batch).await
     }
     async fn finish(&self) -> Result<()> {
@@ -112,7 +112,7 @@ mod tests {
             store.claim(100).await.unwrap().is_empty(),
             "handed out twice"
         );
-        store.save(verdicts(&items)).await.unwrap();
+        store.save(verdicts(&items).into()).await.unwrap();
         store.finish().await.unwrap();
         (items, fs::read_to_string(path).unwrap())
     }
@@ -475,7 +475,7 @@ mod tests {
         let items = store.claim(10).await.unwrap();
         assert_eq!(items.len(), 1);
         store
-            .save(vec![verdict(items[0].key, Outcome::Ok, Some(200), 1)])
+            .save(vec![verdict(items[0].key, Outcome::Ok, Some(200), 1)].into())
             .await
             .unwrap();
         store.finish().await.unwrap();
@@ -495,13 +495,13 @@ mod tests {
         let store = JsonStore::open(&path, opts("t", "failed", "ok"), OpenMode::Run).unwrap();
         let items = store.claim(10).await.unwrap();
         store
-            .save(vec![verdict(items[0].key, Outcome::Ok, Some(200), 1)])
+            .save(vec![verdict(items[0].key, Outcome::Ok, Some(200), 1)].into())
             .await
             .unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), input, "wrote too early");
         tokio::time::sleep(Duration::from_millis(1100)).await;
         store
-            .save(vec![verdict(items[1].key, Outcome::Ok, Some(200), 1)])
+            .save(vec![verdict(items[1].key, Outcome::Ok, Some(200), 1)].into())
             .await
             .unwrap();
         let text = fs::read_to_string(&path).unwrap();
@@ -717,7 +717,7 @@ mod tests {
         let store = JsonStore::open(&path, opts("t", "failed", "ok"), OpenMode::Run).unwrap();
         let items = store.claim(10).await.unwrap();
         store
-            .save(vec![verdict(items[0].key, Outcome::Ok, Some(200), 1)])
+            .save(vec![verdict(items[0].key, Outcome::Ok, Some(200), 1)].into())
             .await
             .unwrap();
         let counts = store.status_counts().await.unwrap();
@@ -786,7 +786,7 @@ mod tests {
         let key = |id: &str| items.iter().find(|i| i.id == id).unwrap().key;
         assert_eq!(items.len(), 4);
         // Accepted, not written yet (the checkpoint is a second away).
-        let saved = store.save(vec![ok_at(key("a"))]).await.unwrap();
+        let saved = store.save(vec![ok_at(key("a"))].into()).await.unwrap();
         assert!(saved.conflicts.is_empty());
         // Another process rewrites the file in its own style: b is done, c removed, an
         // item added, another task's item annotated.
@@ -800,7 +800,7 @@ mod tests {
 "#;
         foreign_write(&path, theirs);
         let saved = store
-            .save(vec![ok_at(key("b")), ok_at(key("c")), ok_at(key("d"))])
+            .save(vec![ok_at(key("b")), ok_at(key("c")), ok_at(key("d"))].into())
             .await
             .unwrap();
         // b changed since it was claimed, c is gone: both lose, d is merged.
@@ -831,10 +831,10 @@ mod tests {
         );
         let store = JsonStore::open(&path, opts("t", "failed", "ok"), OpenMode::Run).unwrap();
         let items = store.claim(10).await.unwrap();
-        store.save(vec![ok_at(items[0].key)]).await.unwrap();
+        store.save(vec![ok_at(items[0].key)].into()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(1100)).await;
         // The checkpoint writes a.
-        store.save(vec![]).await.unwrap();
+        store.save(vec![].into()).await.unwrap();
         let written = fs::read_to_string(&path).unwrap();
         assert!(
             written.contains("\"item_id\":\"a\",\"status\":\"ok\""),
@@ -844,9 +844,9 @@ mod tests {
         let theirs = written.replacen("\"status\":\"ok\"", "\"status\":\"cancelled\"", 1);
         foreign_write(&path, &theirs);
         // ... b's answer is merged, no conflict ...
-        let saved = store.save(vec![ok_at(items[1].key)]).await.unwrap();
+        let saved = store.save(vec![ok_at(items[1].key)].into()).await.unwrap();
         assert!(saved.conflicts.is_empty());
-        store.save(vec![ok_at(items[2].key)]).await.unwrap();
+        store.save(vec![ok_at(items[2].key)].into()).await.unwrap();
         // ... and c, whose answer was accepted but not written yet, is set to done: the
         // later change wins, as a later UPDATE would.
         let theirs = theirs.replacen(
@@ -890,7 +890,7 @@ mod tests {
         f.set_modified(mtime).unwrap();
         drop(f);
         let saved = store
-            .save(vec![ok_at(items[0].key), ok_at(items[1].key)])
+            .save(vec![ok_at(items[0].key), ok_at(items[1].key)].into())
             .await
             .unwrap();
         assert!(saved.conflicts.is_empty(), "stat cannot tell");
@@ -911,7 +911,10 @@ mod tests {
         let store = JsonStore::open(&path, opts("t", "failed", "ok"), OpenMode::Run).unwrap();
         let items = store.claim(10).await.unwrap();
         foreign_write(&path, "[{\"task_id\": \"t\",");
-        let err = store.save(vec![ok_at(items[0].key)]).await.unwrap_err();
+        let err = store
+            .save(vec![ok_at(items[0].key)].into())
+            .await
+            .unwrap_err();
         let msg = format!("{err:#}");
         assert!(
             msg.starts_with(&format!(
@@ -947,7 +950,7 @@ mod tests {
         );
         let mut err = verdict(items[1].key, Outcome::Error, None, 0);
         err.error = Some("empty item id".into());
-        let saved = store.save(vec![err]).await.unwrap();
+        let saved = store.save(vec![err].into()).await.unwrap();
         assert!(saved.conflicts.is_empty());
         store.finish().await.unwrap();
         let text = fs::read_to_string(&path).unwrap();

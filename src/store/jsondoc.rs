@@ -1337,7 +1337,7 @@ impl Inner {
     }
 
     /// See [`FileStore::save`].
-    fn save_blocking(&self, batch: Vec<Verdict>) -> Result<super::Saved> {
+    fn save_blocking(&self, batch: std::sync::Arc<[Verdict]>) -> Result<super::Saved> {
         let _writer = lock(&self.writer);
         let mut saved = super::Saved::default();
         if !batch.is_empty() {
@@ -1347,7 +1347,7 @@ impl Inner {
             let mut st = lock(&self.state);
             // All or nothing: a verdict for an item this run never claimed is a bug, and
             // must not leave the rest of its batch half merged.
-            for v in &batch {
+            for v in batch.iter() {
                 if st.cand_of(v.key).is_none_or(|c| st.cands[c].seen.is_none()) {
                     bail!(
                         "{}: no claimed item with key {} (id {:?})",
@@ -1640,7 +1640,7 @@ impl FileStore {
 
     /// See [`super::Store::save`]: merged in memory at once (compare-and-set against the
     /// file as it is now), written at most once per checkpoint interval.
-    pub async fn save(&self, batch: Vec<Verdict>) -> Result<super::Saved> {
+    pub async fn save(&self, batch: std::sync::Arc<[Verdict]>) -> Result<super::Saved> {
         if !self.inner.writable {
             return Ok(super::Saved::default());
         }

@@ -37,7 +37,7 @@ impl Store for JsonlStore {
     async fn pending(&self) -> Result<u64> {
         Ok(self.0.pending())
     }
-    async fn save(&self, batch: Vec<Verdict>) -> Result<super::Saved> {
+    async fn save(&self, batch: std::sync::Arc<[Verdict]>) -> Result<super::Saved> {
         self.0.save(batch).await
     }
     async fn finish(&self) -> Result<()> {

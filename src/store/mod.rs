@@ -566,7 +566,7 @@ pub trait Store: Send + Sync + 'static {
     /// A row that changed since it was claimed is left alone and reported in
     /// [`Saved::conflicts`]. An error means nothing of the batch was written; callers ask
     /// [`is_transient`] whether trying again may help.
-    fn save(&self, batch: Vec<Verdict>) -> impl Future<Output = Result<Saved>> + Send;
+    fn save(&self, batch: std::sync::Arc<[Verdict]>) -> impl Future<Output = Result<Saved>> + Send;
 
     /// Extends this worker's claims on items it has not saved yet (stores that share work
     /// between workers; a no-op elsewhere).
@@ -683,7 +683,7 @@ impl Store for AnyStore {
     async fn pending(&self) -> Result<u64> {
         delegate!(self, s => s.pending().await)
     }
-    async fn save(&self, batch: Vec<Verdict>) -> Result<Saved> {
+    async fn save(&self, batch: std::sync::Arc<[Verdict]>) -> Result<Saved> {
         delegate!(self, s => s.save(batch).await)
     }
     async fn renew(&self) -> Result<()> {

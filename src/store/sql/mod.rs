@@ -62,7 +62,7 @@ impl Kind {
     /// The value for a column of this kind, or what it would have to be (`integer`,
     /// `number`).
     pub fn val(self, text: &str) -> std::result::Result<Val, &'static str> {
-        let as_int = crate::model::StatusValue::new(text).as_int();
+        let as_int = crate::model::canonical_int(text);
         match (self, as_int) {
             (Kind::Int | Kind::Untyped, Some(n)) => Ok(Val::Int(n)),
             (Kind::Int, None) => Err("integer"),
@@ -129,7 +129,8 @@ impl<'b, B: Backend> Sql<'b, B> {
         Sql {
             backend,
             text: String::new(),
-            args: Vec::new(),
+            // A row's write binds about a dozen values.
+            args: Vec::with_capacity(16),
             with_text: false,
         }
     }

@@ -1754,7 +1754,7 @@ impl<B: Backend> Store for SqlStore<B> {
         self.inner.pending().await
     }
 
-    async fn save(&self, batch: Vec<Verdict>) -> Result<Saved> {
+    async fn save(&self, batch: Arc<[Verdict]>) -> Result<Saved> {
         self.inner.save(&batch).await
     }
 
@@ -1957,7 +1957,7 @@ mod tests {
             ok_verdict(&page[2], crate::model::Outcome::Ok),
             ok_verdict(&page[3], crate::model::Outcome::Deferred),
         ];
-        let saved = store.save(verdicts).await.unwrap();
+        let saved = store.save(verdicts.into()).await.unwrap();
         assert_eq!(saved.conflicts, vec![1, 2]);
         store.finish().await.unwrap();
         assert_eq!(
@@ -1996,10 +1996,13 @@ mod tests {
         let store = SqlStore::open(db, opts, OpenMode::Run).await.unwrap();
         let page = store.claim(2).await.unwrap();
         let saved = store
-            .save(vec![
-                ok_verdict(&page[0], crate::model::Outcome::Deferred),
-                ok_verdict(&page[1], crate::model::Outcome::Ok),
-            ])
+            .save(
+                vec![
+                    ok_verdict(&page[0], crate::model::Outcome::Deferred),
+                    ok_verdict(&page[1], crate::model::Outcome::Ok),
+                ]
+                .into(),
+            )
             .await
             .unwrap();
         assert!(saved.conflicts.is_empty(), "{:?}", saved.conflicts);
