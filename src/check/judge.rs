@@ -162,8 +162,9 @@ impl JsonRule {
             .try_fold(doc, |target, token| match target {
                 Value::Object(map) => map.get(token.as_str()),
                 Value::Array(list) => {
-                    let index_ok =
-                        !token.starts_with('+') && !(token.starts_with('0') && token.len() != 1);
+                    // As serde_json: no sign, no leading zero ("0" itself is fine).
+                    let leading_zero = token.starts_with('0') && token.len() != 1;
+                    let index_ok = !(token.starts_with('+') || leading_zero);
                     index_ok
                         .then(|| token.parse::<usize>().ok())
                         .flatten()

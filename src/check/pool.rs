@@ -115,7 +115,7 @@ where
         // many new connections first (seen: "Too many open files" with the idle budget at
         // 0, tests/it/limits.rs).
         turns += 1;
-        if turns % YIELD_EVERY == 0 {
+        if turns.is_multiple_of(YIELD_EVERY) {
             tokio::task::yield_now().await;
         }
         tokio::select! {
