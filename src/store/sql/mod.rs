@@ -204,18 +204,23 @@ pub trait Tx: Send {
     ) -> impl Future<Output = Result<Vec<Row>>> + Send;
     /// Runs a statement and returns the rows it changed (matched, on MySQL).
     fn exec(&mut self, sql: String, args: Vec<Val>) -> impl Future<Output = Result<u64>> + Send;
-    /// Runs one statement once per list of values, in order, and returns the rows each
-    /// run changed. The default runs them one by one; a backend without round trips runs
-    /// them in one go.
-    fn exec_rows(
+    /// Runs one statement `n` times, with the values `row(i)` makes for run `i`, in order,
+    /// and returns the rows each run changed. The default makes the values here and runs
+    /// the statements one by one; a backend without round trips makes and runs them all
+    /// in one go where its statements run.
+    fn exec_rows<F>(
         &mut self,
         sql: String,
-        rows: Vec<Vec<Val>>,
-    ) -> impl Future<Output = Result<Vec<u64>>> + Send {
+        n: usize,
+        mut row: F,
+    ) -> impl Future<Output = Result<Vec<u64>>> + Send
+    where
+        F: FnMut(usize) -> Vec<Val> + Send + 'static,
+    {
         async move {
-            let mut changed = Vec::with_capacity(rows.len());
-            for args in rows {
-                changed.push(self.exec(sql.clone(), args).await?);
+            let mut changed = Vec::with_capacity(n);
+            for i in 0..n {
+                changed.push(self.exec(sql.clone(), row(i)).await?);
             }
             Ok(changed)
         }

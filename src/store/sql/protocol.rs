@@ -937,7 +937,7 @@ impl<B: Backend> Inner<B> {
         tx.commit().await
     }
 
-    async fn save(&self, batch: &[Verdict]) -> Result<Saved> {
+    async fn save(self: &Arc<Self>, batch: &Arc<[Verdict]>) -> Result<Saved> {
         if self.opts.read_only || batch.is_empty() {
             return Ok(Saved::default());
         }
@@ -975,7 +975,7 @@ impl<B: Backend> Inner<B> {
 
     /// One transaction: per chunk, lock the rows that are still as claimed (the others are
     /// conflicts), then write those. Returns the positions of the conflicts.
-    async fn save_tx(&self, batch: &[Verdict]) -> Result<Vec<usize>> {
+    async fn save_tx(self: &Arc<Self>, batch: &Arc<[Verdict]>) -> Result<Vec<usize>> {
         if self.b.row_statements() {
             return self.save_rows_tx(batch).await;
         }
@@ -1046,46 +1046,48 @@ impl<B: Backend> Inner<B> {
     /// [`Inner::save_tx`] where statements cost no round trip ([`Backend::row_statements`]):
     /// one transaction, each row written by its own compare-and-set `UPDATE`; a row it
     /// did not change is a conflict. The statement's text is made once per kind of write
-    /// (checked, deferred) and the rows bring their values only. Measured on SQLite
+    /// (checked, deferred); the rows' values are made where the statements run
+    /// ([`Tx::exec_rows`]: SQLite's blocking pool, not the thread of the checks). Measured on SQLite
     /// (100-row chunks, the default schema): 1.6 µs per row against 2.9 µs for the
     /// `CASE` write plus 0.3 µs for the lock query.
-    async fn save_rows_tx(&self, batch: &[Verdict]) -> Result<Vec<usize>> {
+    async fn save_rows_tx(self: &Arc<Self>, batch: &Arc<[Verdict]>) -> Result<Vec<usize>> {
         let mut tx = self.b.begin().await?;
-        let (mut checked, mut deferred) =
-            ((String::new(), Vec::new()), (String::new(), Vec::new()));
-        let mut order = Vec::with_capacity(batch.len());
-        for v in batch {
-            let (what, (text, rows)) = if v.outcome == crate::model::Outcome::Deferred {
-                (Write::Deferred, &mut deferred)
+        let kind = |v: &Verdict| {
+            if v.outcome == crate::model::Outcome::Deferred {
+                Write::Deferred
             } else {
-                (Write::Checked, &mut checked)
-            };
-            let mut s = if text.is_empty() {
-                self.sql()
-            } else {
-                Sql::args_only(&self.b)
-            };
-            self.write_update(&mut s, &[v], what, true);
-            let (sql, args) = s.done();
-            if text.is_empty() {
-                *text = sql;
+                Write::Checked
             }
-            order.push(what);
-            rows.push(args);
-        }
+        };
         let mut changed = [Vec::new(), Vec::new()];
-        for (i, (text, rows)) in [checked, deferred].into_iter().enumerate() {
-            if !rows.is_empty() {
-                changed[i] = tx.exec_rows(text, rows).await?;
-            }
+        for (slot, what) in [Write::Checked, Write::Deferred].into_iter().enumerate() {
+            let rows: Vec<usize> = (0..batch.len())
+                .filter(|&i| kind(&batch[i]) == what)
+                .collect();
+            let Some(&first) = rows.first() else {
+                continue;
+            };
+            // The text, once; each row's values are made where the statement runs (the
+            // blocking pool for SQLite), not on the thread that runs the checks.
+            let mut s = self.sql();
+            self.write_update(&mut s, &[&batch[first]], what, true);
+            let (sql, _) = s.done();
+            let (inner, page, n) = (Arc::clone(self), Arc::clone(batch), rows.len());
+            changed[slot] = tx
+                .exec_rows(sql, n, move |i| {
+                    let mut s = Sql::args_only(&inner.b);
+                    inner.write_update(&mut s, &[&page[rows[i]]], what, true);
+                    s.args
+                })
+                .await?;
         }
         tx.commit().await?;
         let (mut c, mut d) = (changed[0].iter(), changed[1].iter());
-        let conflicts = order
+        let conflicts = batch
             .iter()
             .enumerate()
-            .filter(|(_, what)| {
-                let n = match what {
+            .filter(|(_, v)| {
+                let n = match kind(v) {
                     Write::Checked => c.next(),
                     Write::Deferred => d.next(),
                 };

@@ -238,14 +238,17 @@ impl Tx for SqliteTx {
         .await
     }
 
-    async fn exec_rows(&mut self, sql: String, rows: Vec<Vec<Val>>) -> Result<Vec<u64>> {
-        // One trip to the blocking pool for every row: SQLite has no round trip to save,
-        // only the hand-over between threads.
+    async fn exec_rows<F>(&mut self, sql: String, n: usize, mut row: F) -> Result<Vec<u64>>
+    where
+        F: FnMut(usize) -> Vec<Val> + Send + 'static,
+    {
+        // One trip to the blocking pool for every row, where the rows' values are made too:
+        // SQLite has no round trip to save, and the thread running the checks is spared.
         self.run(move |c| {
             let mut st = c.prepare_cached(&sql)?;
-            rows.into_iter()
-                .map(|args| {
-                    st.execute(rusqlite::params_from_iter(args.into_iter().map(to_value)))
+            (0..n)
+                .map(|i| {
+                    st.execute(rusqlite::params_from_iter(row(i).into_iter().map(to_value)))
                         .map(|n| n as u64)
                 })
                 .collect()
