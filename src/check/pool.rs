@@ -140,6 +140,8 @@ where
             _ = stop.cancelled() => break,
         }
     }
+    // No item is taken any more: the feeder sees the channel closed.
+    drop(next);
     finish_after_grace(running, grace).await
 }
 
