@@ -9,7 +9,7 @@ mod mock_server;
 
 use std::time::{Duration, Instant};
 
-use mock_server::{Behavior, MockConfig, MockServer, MockTls};
+use mock_server::{Behavior, MockConfig, MockServer, MockTls, settled_high_water_of};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -337,9 +337,42 @@ async fn high_water_counts_concurrent_requests() {
     assert!(started.elapsed() >= Duration::from_millis(200));
     let hw = server.high_water();
     assert!((15..=20).contains(&hw), "high_water {hw}");
+    // 200 ms answers overlap far longer than the settling time: they count.
+    let settled = server.settled_high_water().unwrap();
+    assert!(
+        (15..=hw).contains(&settled),
+        "settled {settled}, high water {hw}"
+    );
+    let stats: serde_json::Value = serde_json::from_str(&server.stats_json(false, true)).unwrap();
+    assert_eq!(stats["settled_high_water"], settled);
     assert_eq!(server.in_flight(), 0);
     assert_eq!(server.total_requests(), 20);
     assert_eq!(server.all_requests().len(), 20);
+}
+
+/// The settled high-water leaves out overlaps shorter than `SETTLE` (a hang the client
+/// closed just as it sent its next request) and counts every longer one.
+#[test]
+fn settled_high_water_leaves_out_short_overlaps() {
+    let ms = |n: u64| n * 1_000_000;
+    let settle = Duration::from_millis(5);
+    // A hang [0, 5000 ms] closed 1 ms after the next request arrived: one at a time.
+    let raced = [(ms(0), ms(5000)), (ms(4999), ms(5020))];
+    assert_eq!(settled_high_water_of(&raced, settle), 1);
+    // The same with 10 ms of overlap: two at once.
+    let overlapping = [(ms(0), ms(5000)), (ms(4990), ms(5020))];
+    assert_eq!(settled_high_water_of(&overlapping, settle), 2);
+    // Three 20 ms answers at once, then one: three.
+    let three = [
+        (ms(0), ms(20)),
+        (ms(1), ms(21)),
+        (ms(2), ms(22)),
+        (ms(30), ms(50)),
+    ];
+    assert_eq!(settled_high_water_of(&three, settle), 3);
+    // Spans shorter than the settling time count for nothing; none at all is zero.
+    assert_eq!(settled_high_water_of(&[(ms(0), ms(3))], settle), 0);
+    assert_eq!(settled_high_water_of(&[], settle), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,7 +43,9 @@
 //! [`MockServer::tls_handshakes`] and [`MockServer::h2_requests`] show connection reuse.
 //!
 //! Besides the item routes the server answers `GET /_stats` (JSON counters, add `?ids=1` for
-//! the per-id map) and `POST /_reset`; those two are control endpoints and are not counted.
+//! the per-id map, `?settled=1` for `settled_high_water`: the high-water over the requests
+//! that have ended, overlaps shorter than [`SETTLE`] left out) and `POST /_reset`; those two
+//! are control endpoints and are not counted.
 //! Every other path gets 404 `{"error":"no route"}`.
 //!
 //! The hostile behaviours (`hang`, `dribble`, `reset`, `badlen`, `loop`, `huge…`,
@@ -97,6 +99,14 @@ pub const BADLEN_SENT: u64 = 100;
 pub const RAW_PATHS_CAP: usize = 100_000;
 /// How many entries [`MockServer::answered`] keeps (the first ones win).
 pub const ANSWERED_CAP: usize = 1_000_000;
+/// Most request spans kept for the settled high-water (`/_stats`).
+pub const SPANS_CAP: usize = 2_000_000;
+/// Overlaps shorter than this are left out of the settled high-water: the time the server
+/// may take to notice that a client closed a connection whose request it was still holding
+/// (a client that gives up on a hang closes it and sends its next request at once; which of
+/// the two the server sees first is a race). A request really sent beyond a client's bound
+/// overlaps the others for as long as it is answered, far longer than this.
+pub const SETTLE: Duration = Duration::from_millis(5);
 
 /// What the server does for one id.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -671,9 +681,15 @@ impl MockServer {
         self.shared.reset();
     }
 
-    /// The `/_stats` JSON document.
-    pub fn stats_json(&self, with_ids: bool) -> String {
-        self.shared.stats_json(with_ids)
+    /// The `/_stats` JSON document (`?ids=1`: `with_ids`; `?settled=1`: `with_settled`).
+    pub fn stats_json(&self, with_ids: bool, with_settled: bool) -> String {
+        self.shared.stats_json(with_ids, with_settled)
+    }
+
+    /// [`MockServer::high_water`] over the requests that have ended, overlaps shorter than
+    /// [`SETTLE`] left out (`None`: more than [`SPANS_CAP`] requests).
+    pub fn settled_high_water(&self) -> Option<u64> {
+        self.shared.settled_high_water()
     }
 }
 
@@ -977,6 +993,10 @@ struct Shared {
     per_id_max: AtomicU64,
     raw_paths: Mutex<CappedLog<String>>,
     answered: Mutex<CappedLog<(String, u16, Instant)>>,
+    /// When the server started: request spans are kept in nanoseconds from it.
+    epoch: Instant,
+    /// Every ended request's (arrival, end), for the settled high-water.
+    spans: Mutex<CappedLog<(u64, u64)>>,
     connections: AtomicU64,
     tls_handshakes: AtomicU64,
     tls_failures: AtomicU64,
@@ -1001,6 +1021,8 @@ impl Shared {
             per_id_max: AtomicU64::new(0),
             raw_paths: Mutex::new(CappedLog::new(RAW_PATHS_CAP)),
             answered: Mutex::new(CappedLog::new(ANSWERED_CAP)),
+            epoch: Instant::now(),
+            spans: Mutex::new(CappedLog::new(SPANS_CAP)),
             connections: AtomicU64::new(0),
             tls_handshakes: AtomicU64::new(0),
             tls_failures: AtomicU64::new(0),
@@ -1026,7 +1048,24 @@ impl Shared {
         let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         self.high_water.fetch_max(now, Ordering::Relaxed);
         lock(&self.raw_paths).push(raw_path);
-        InFlight(self)
+        InFlight(self, self.nanos())
+    }
+
+    fn nanos(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The most requests in flight at once over the requests that have ended, leaving out
+    /// overlaps shorter than [`SETTLE`] (each span's end moved that much earlier); `None`
+    /// when more spans came than [`SPANS_CAP`] keeps.
+    fn settled_high_water(&self) -> Option<u64> {
+        let spans = lock(&self.spans);
+        if spans.len >= spans.cap {
+            return None;
+        }
+        let all: Vec<(u64, u64)> = spans.chunks.iter().flatten().copied().collect();
+        drop(spans);
+        Some(settled_high_water_of(&all, SETTLE))
     }
 
     /// Counts a request for `id`, stores its headers, and returns its 1-based ordinal for
@@ -1064,14 +1103,15 @@ impl Shared {
         }
         let paths = std::mem::replace(&mut *lock(&self.raw_paths), CappedLog::new(RAW_PATHS_CAP));
         let answered = std::mem::replace(&mut *lock(&self.answered), CappedLog::new(ANSWERED_CAP));
-        drop((paths, answered));
+        let spans = std::mem::replace(&mut *lock(&self.spans), CappedLog::new(SPANS_CAP));
+        drop((paths, answered, spans));
         self.total.store(0, Ordering::Relaxed);
         self.per_id_max.store(0, Ordering::Relaxed);
         self.high_water
             .store(self.in_flight.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
-    fn stats_json(&self, with_ids: bool) -> String {
+    fn stats_json(&self, with_ids: bool, with_settled: bool) -> String {
         let mut ids = 0u64;
         let mut requests = serde_json::Map::new();
         for shard in &self.shards {
@@ -1094,6 +1134,13 @@ impl Shared {
             self.tls_handshakes.load(Ordering::Relaxed),
             self.h2_requests.load(Ordering::Relaxed),
         );
+        // Only computed for a look at the end (`?settled=1`): it sorts every span.
+        if with_settled {
+            match self.settled_high_water() {
+                Some(n) => doc.push_str(&format!(r#","settled_high_water":{n}"#)),
+                None => doc.push_str(r#","settled_high_water":null"#),
+            }
+        }
         if with_ids {
             doc.push_str(r#","requests":"#);
             doc.push_str(&serde_json::Value::Object(requests).to_string());
@@ -1103,10 +1150,36 @@ impl Shared {
     }
 }
 
-struct InFlight<'a>(&'a Shared);
+/// The most of `spans` (arrival, end, in nanoseconds) that overlap at once, each span's end
+/// moved `settle` earlier: overlaps shorter than `settle` do not count.
+pub fn settled_high_water_of(spans: &[(u64, u64)], settle: Duration) -> u64 {
+    let settle = u64::try_from(settle.as_nanos()).unwrap_or(u64::MAX);
+    let mut events: Vec<(u64, i64)> = Vec::with_capacity(spans.len() * 2);
+    for &(arrived, ended) in spans {
+        let until = ended.saturating_sub(settle);
+        if until > arrived {
+            events.push((arrived, 1));
+            events.push((until, -1));
+        }
+    }
+    // At the same instant an end comes before an arrival.
+    events.sort_unstable();
+    let (mut now, mut most) = (0i64, 0i64);
+    for (_, step) in events {
+        now += step;
+        most = most.max(now);
+    }
+    most.max(0).unsigned_abs()
+}
+
+/// A request being handled, since when (nanoseconds from the server's start).
+struct InFlight<'a>(&'a Shared, u64);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
+        // The span first: once `in_flight` reads 0, every span is there.
+        let ended = self.0.nanos();
+        lock(&self.0.spans).push((self.1, ended));
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -1231,11 +1304,16 @@ async fn handle(
     let (parts, _body) = req.into_parts();
     match parts.uri.path() {
         "/_stats" if parts.method == Method::GET => {
-            let with_ids = parts
-                .uri
-                .query()
-                .is_some_and(|q| q.split('&').any(|p| p == "ids=1" || p == "ids=true"));
-            return json(StatusCode::OK, shared.stats_json(with_ids));
+            let flag = |name: &str| {
+                parts.uri.query().is_some_and(|q| {
+                    q.split('&')
+                        .any(|p| p == format!("{name}=1") || p == format!("{name}=true"))
+                })
+            };
+            return json(
+                StatusCode::OK,
+                shared.stats_json(flag("ids"), flag("settled")),
+            );
         }
         "/_reset" if parts.method == Method::POST => {
             shared.reset();
