@@ -63,7 +63,7 @@ pub struct UrlTemplate {
     /// placeholder comes after the host and the start of the path: each item's URL is then
     /// the rest resolved against this base, which skips the scheme and the host (and its
     /// IDNA mapping), about half the work of parsing the whole URL (`Url::parse` ran three
-    /// times per check, reqwest's two included). See [`UrlTemplate::fast_base`] for when
+    /// times per check, reqwest's two included). See [`fast_base`] for when
     /// the result is the same.
     base: Option<Box<(Url, Vec<Part>)>>,
 }

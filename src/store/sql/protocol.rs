@@ -1136,7 +1136,7 @@ impl<B: Backend> Inner<B> {
                 if !std::mem::take(&mut first) {
                     s.push(", ");
                 }
-                let q = if text { self.q(col) } else { String::new() };
+                let q = self.q_if(s, col);
                 s.push(&q).push(" = ");
                 match how {
                     Set::Add => {
@@ -1818,23 +1818,15 @@ mod tests {
     /// back what was not saved.
     #[tokio::test]
     async fn claim_save_release_on_sqlite() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.db");
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch(
+        let (_dir, conn, store) = sqlite_store(
             "CREATE TABLE items(task_id TEXT, item_id TEXT, status TEXT, checked_at TEXT,
                lease_owner TEXT, lease_until TEXT, attempts INTEGER NOT NULL DEFAULT 0);
              INSERT INTO items(task_id, item_id, status) VALUES
                ('t', 'a', 'failed'), ('t', 'b', 'failed'), ('t', 'c', 'failed'), ('u', 'd', 'failed');",
+            "failed",
+            OpenMode::Run,
         )
-        .unwrap();
-        let opts = StoreOptions::basic(
-            "t",
-            crate::store::Columns::default(),
-            StatusValue::new("failed"),
-        );
-        let db = SqliteDb::open(&path, OpenMode::Run, false).await.unwrap();
-        let store = SqlStore::open(db, opts, OpenMode::Run).await.unwrap();
+        .await;
         let page = store.claim(2).await.unwrap();
         assert_eq!(
             page.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
@@ -1854,19 +1846,7 @@ mod tests {
             [],
         )
         .unwrap();
-        let verdict = |item: &Item| Verdict {
-            key: item.key,
-            id: item.id.clone(),
-            outcome: crate::model::Outcome::Ok,
-            http_status: Some(200),
-            attempts: 1,
-            error: None,
-            checked_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1),
-            elapsed: Duration::ZERO,
-            url: None,
-            next_check_at: None,
-            host_limit: None,
-        };
+        let verdict = |item: &Item| ok_verdict(item, crate::model::Outcome::Ok);
         let saved = store
             .save(page.iter().map(verdict).collect())
             .await
@@ -1895,6 +1875,28 @@ mod tests {
                 ("d".into(), "failed".into(), None, 0),
             ]
         );
+    }
+
+    /// A SQLite file made by `schema` (table `items`), opened as a store of task `t` whose
+    /// failed status is `failed`; the directory (keep it alive), a connection of its own
+    /// to look at the rows, and the store.
+    async fn sqlite_store(
+        schema: &str,
+        failed: &str,
+        mode: OpenMode,
+    ) -> (tempfile::TempDir, rusqlite::Connection, SqlStore<SqliteDb>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(schema).unwrap();
+        let opts = StoreOptions::basic(
+            "t",
+            crate::store::Columns::default(),
+            StatusValue::new(failed),
+        );
+        let db = SqliteDb::open(&path, mode, false).await.unwrap();
+        let store = SqlStore::open(db, opts, mode).await.unwrap();
+        (dir, conn, store)
     }
 
     fn ok_verdict(item: &Item, outcome: crate::model::Outcome) -> Verdict {
@@ -1927,24 +1929,16 @@ mod tests {
     /// of the batch is written.
     #[tokio::test]
     async fn each_row_is_written_only_while_still_as_claimed() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.db");
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch(
+        let (_dir, conn, store) = sqlite_store(
             "CREATE TABLE items(task_id TEXT, item_id TEXT, status TEXT, checked_at TEXT,
                lease_owner TEXT, lease_until TEXT);
              INSERT INTO items(task_id, item_id, status) VALUES
                ('t', 'a', 'failed'), ('t', 'b', 'failed'), ('t', 'c', 'failed'), ('t', 'd', 'failed');",
+            "failed",
+            OpenMode::Run,
         )
-        .unwrap();
-        let opts = StoreOptions::basic(
-            "t",
-            crate::store::Columns::default(),
-            StatusValue::new("failed"),
-        );
-        let db = SqliteDb::open(&path, OpenMode::Run, false).await.unwrap();
-        assert!(db.row_statements());
-        let store = SqlStore::open(db, opts, OpenMode::Run).await.unwrap();
+        .await;
+        assert!(store.inner.b.row_statements());
         let page = store.claim(4).await.unwrap();
         assert_eq!(page.len(), 4);
         // b: another worker took its lease over; c: its row now holds another item.
@@ -1981,21 +1975,13 @@ mod tests {
     /// columns) is still saved (not a conflict) and its row is left as it was.
     #[tokio::test]
     async fn a_deferred_row_with_nothing_to_write_is_no_conflict() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.db");
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch(
+        let (_dir, conn, store) = sqlite_store(
             "CREATE TABLE items(task_id TEXT, item_id TEXT, status TEXT);
              INSERT INTO items VALUES ('t', 'a', 'failed'), ('t', 'b', 'failed');",
+            "failed",
+            OpenMode::Run,
         )
-        .unwrap();
-        let opts = StoreOptions::basic(
-            "t",
-            crate::store::Columns::default(),
-            StatusValue::new("failed"),
-        );
-        let db = SqliteDb::open(&path, OpenMode::Run, false).await.unwrap();
-        let store = SqlStore::open(db, opts, OpenMode::Run).await.unwrap();
+        .await;
         let page = store.claim(2).await.unwrap();
         let saved = store
             .save(
@@ -2025,10 +2011,7 @@ mod tests {
     /// an untyped column are one status, as `status` shows them.
     #[tokio::test]
     async fn status_counts_merge_values_that_read_the_same() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.db");
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch(
+        let (_dir, _conn, store) = sqlite_store(
             "CREATE TABLE items(task_id, item_id TEXT, status, checked_at TEXT);
              INSERT INTO items VALUES
                ('t', 'a', 5, '2026-01-02T00:00:00.000Z'),
@@ -2036,14 +2019,10 @@ mod tests {
                ('t', 'c', 'ok', NULL),
                (7, 'd', 'ok', '2026-01-03T00:00:00.000Z'),
                ('7', 'e', 'ok', '2026-01-04T00:00:00.000Z');",
+            "5",
+            OpenMode::Status,
         )
-        .unwrap();
-        let opts =
-            StoreOptions::basic("t", crate::store::Columns::default(), StatusValue::new("5"));
-        let db = SqliteDb::open(&path, OpenMode::Status, false)
-            .await
-            .unwrap();
-        let store = SqlStore::open(db, opts, OpenMode::Status).await.unwrap();
+        .await;
         let counts = store.status_counts().await.unwrap();
         assert_eq!(counts.counts, vec![("5".into(), 2), ("ok".into(), 1)]);
         assert_eq!(
