@@ -10,6 +10,14 @@ use recheck::config::{self, ArgsError};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read when it starts (`_RJEM_MALLOC_CONF` in the environment still
+/// overrides them). Freed pages go back to the system after 0.5 s instead of jemalloc's 10 s:
+/// a run's working set is flat (O(concurrency)), so pages kept longer only make its resident
+/// size depend on how long it has run. Measured in BENCHMARKS.md ("memory"): 1,000,000 items
+/// peak 1.6 MiB lower and within 3 % of a 20,000-item run; no change in CPU per check.
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: &[u8; 19] = b"dirty_decay_ms:500\0";
+
 fn main() -> ExitCode {
     let cli = match config::parse_args(std::env::args_os().collect()) {
         Ok(cli) => cli,

@@ -1,4 +1,6 @@
 //! The open-files limit: raised when --concurrency needs it, a clear refusal when it cannot be.
+//! Memory: freed pages go back to the system soon, so a long run's size does not grow with
+//! its length.
 
 use std::time::Duration;
 
@@ -172,4 +174,30 @@ fn with_room_for_one_hosts_idle_connections_the_others_are_closed() {
     // 200 leaves 76 for idle connections: one host's 60. Four hosts in turn would keep
     // 240 idle if nothing closed them; the least recently used host's are closed instead.
     items_over_hosts_under_a_limit(200, 4);
+}
+
+/// The allocator's settings compiled into the binary (src/main.rs): freed pages are returned
+/// after 0.5 s, not jemalloc's 10 s, which kept a 1,000,000-item run's peak above a short
+/// run's (BENCHMARKS.md, "memory"). jemalloc prints the options it runs with when asked to
+/// print its statistics at exit.
+#[test]
+fn freed_memory_goes_back_to_the_system_within_half_a_second() {
+    let sb = Sandbox::new();
+    let out = sb
+        .cmd()
+        .env("_RJEM_MALLOC_CONF", "stats_print:true")
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("opt.dirty_decay_ms: 500 "),
+        "jemalloc's options: {}",
+        stderr
+            .lines()
+            .filter(|l| l.contains("decay") || l.contains("malloc_conf"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }
