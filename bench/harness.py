@@ -489,23 +489,21 @@ def contestant_name(kind, opts, case_n, n, tls=None):
     return base
 
 
-def run_contestant(case_name, case, kind, opts, template_for, timeout_s, max_wait, repeat=1):
-    """Runs one contestant `repeat` times (each on a fresh store and server) and keeps the
-    run with the median wall time; every wall time is kept in `walls`."""
-    runs = [measure_once(case_name, case, kind, opts, template_for, timeout_s, max_wait)
-            for _ in range(repeat)]
-    if len(runs) > 1:
-        ordered = sorted(runs, key=lambda r: r["wall"])
-        chosen = ordered[(len(ordered) - 1) // 2]
-        chosen["walls"] = [r["wall"] for r in runs]
-        for r in runs:  # a wrong result in any repetition stays visible
-            for w in r["warnings"]:
-                if w not in chosen["warnings"]:
-                    chosen["warnings"].append(w)
-        log(f"  {chosen['name']}: median of {len(runs)}: {chosen['wall']:.2f} s "
-            f"(all: {', '.join(f'{w:.2f}' for w in chosen['walls'])})")
-        return chosen
-    return runs[0]
+def median_run(runs):
+    """The run with the median wall time of one contestant's repetitions; every wall time is
+    kept in `walls`, and a wrong result in any repetition stays visible."""
+    if len(runs) == 1:
+        return runs[0]
+    ordered = sorted(runs, key=lambda r: r["wall"])
+    chosen = ordered[(len(ordered) - 1) // 2]
+    chosen["walls"] = [r["wall"] for r in runs]
+    for r in runs:
+        for w in r["warnings"]:
+            if w not in chosen["warnings"]:
+                chosen["warnings"].append(w)
+    log(f"  {chosen['name']}: median of {len(runs)}: {chosen['wall']:.2f} s "
+        f"(all: {', '.join(f'{w:.2f}' for w in chosen['walls'])})")
+    return chosen
 
 
 def measure_once(case_name, case, kind, opts, template_for, timeout_s, max_wait):
@@ -1007,7 +1005,7 @@ machine, in one run, against the repo's mock server (`examples/mock_server.rs`).
 bench/run                      # every case (about 25-40 min on 2 cores); rewrites the results below
 bench/run latency-bound flaky  # some cases; only their sections below are replaced
 bench/run tls h2 down          # TLS over HTTP/1.1, HTTP/2 over TLS, the API down (circuit breaker)
-bench/run storage --repeat 3   # every contestant 3 times, the median run reported (range in brackets)
+bench/run storage --repeat 3   # 3 rounds of every contestant, the median run reported (range in brackets)
 bench/run --quick              # scaled-down smoke run (~2-3 min), written to bench/out/BENCHMARKS.quick.md
 ```
 
@@ -1115,7 +1113,7 @@ def main():
     ap.add_argument("--max-wait", type=float, default=1200,
                     help="longest wait for other cargo/rustc builds before a run (s)")
     ap.add_argument("--repeat", type=int, default=1, metavar="K",
-                    help="run every contestant K times and report the median wall time")
+                    help="K rounds, each running every contestant once; report each one's median wall time")
     ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = ap.parse_args()
     cases = make_cases(args.quick)
@@ -1155,10 +1153,17 @@ def main():
                 templates[n] = path
             return templates[n]
 
-        results = []
-        for kind, opts in case["runs"]:
-            results.append(run_contestant(name, case, kind, opts, template_for, timeout_s,
-                                          args.max_wait, args.repeat))
+        # In rounds, every contestant once per round: the machine's speed drifts over
+        # minutes here (other tenants of the host), and a slow spell then falls on every
+        # contestant of a round instead of on all the runs of one.
+        runs = [[] for _ in case["runs"]]
+        for rnd in range(args.repeat):
+            if args.repeat > 1:
+                log(f"{name}: round {rnd + 1} of {args.repeat}")
+            for i, (kind, opts) in enumerate(case["runs"]):
+                runs[i].append(measure_once(name, case, kind, opts, template_for, timeout_s,
+                                            args.max_wait))
+        results = [median_run(r) for r in runs]
         targets = case_targets(name, case, results)
         all_targets += [(name, *t) for t in targets]
         sections[name] = case_section(name, case, results, targets, stamp, m, args.quick)
