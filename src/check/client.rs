@@ -397,7 +397,9 @@ fn build_client(
         // Retries are `fetch`'s (counted, with backoff). reqwest's default policy (HTTP/2
         // protocol NACKs) copies every request's headers in case it retries: measurable
         // CPU per check (BENCHMARKS.md, "Analysis"); a refused stream is retried by ours.
-        .retry(reqwest::retry::never());
+        // `never()` alone still copies each request (its scope is asked only before a
+        // second try); no tries beyond the first is what skips the copy.
+        .retry(reqwest::retry::never().max_retries_per_request(0));
     b = b.tls_backend_preconfigured(tls.config.clone());
     if direct {
         // The same as reqwest's system proxy with no variable set (it reads nothing

@@ -483,6 +483,15 @@ struct Reading {
 /// trouble, and do not slow the rest (a host that is overloaded says so to most requests).
 const OVERLOAD_SHARE: f64 = 0.25;
 
+/// Whether the median of `xs` (the element at `len / 2` once sorted) is above `limit`:
+/// it is exactly when at least `len - len / 2` of them are. This runs on every answer, and
+/// counting costs a tenth of selecting the median.
+fn median_above(xs: &std::collections::VecDeque<f64>, limit: f64) -> bool {
+    let n = xs.len();
+    let above = xs.iter().filter(|&&x| x > limit).count();
+    n > 0 && above >= n - n / 2
+}
+
 /// The AIMD step after one attempt; whether the limit grew.
 fn adapt(c: &mut Ctl, max: usize, o: Reading, started: Instant, rtt: Duration) -> bool {
     let Reading {
@@ -511,14 +520,7 @@ fn adapt(c: &mut Ctl, max: usize, o: Reading, started: Instant, rtt: Duration) -
     // A clear rise: the median of the recent round trips three times the usual one and
     // 50 ms more (sub-millisecond noise on a fast host is no signal).
     let slower = !overload && !failure && c.recent.len() >= RECENT / 2 && {
-        // On the stack, and a selection rather than a sort: this runs on every answer.
-        let mut v = [0f64; RECENT];
-        let n = c.recent.len();
-        for (slot, x) in v.iter_mut().zip(&c.recent) {
-            *slot = *x;
-        }
-        let (_, median, _) = v[..n].select_nth_unstable_by(n / 2, f64::total_cmp);
-        *median > (3.0 * base).max(base + 0.05)
+        median_above(&c.recent, (3.0 * base).max(base + 0.05))
     };
     if overload || slower {
         // Only a request sent under the current limit speaks about it: the answers to
@@ -666,6 +668,34 @@ pub struct HostSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_above_agrees_with_the_sorted_median() {
+        // Every length the window takes, values with ties, limits on and between them.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for n in 1..=RECENT {
+            for _ in 0..200 {
+                let xs: std::collections::VecDeque<f64> = (0..n)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        (seed % 8) as f64 * 0.5
+                    })
+                    .collect();
+                let mut sorted: Vec<f64> = xs.iter().copied().collect();
+                sorted.sort_by(f64::total_cmp);
+                for limit in [0.0, 0.25, 0.5, 1.0, 1.75, 2.0, 3.5, 4.0] {
+                    assert_eq!(
+                        median_above(&xs, limit),
+                        sorted[n / 2] > limit,
+                        "{sorted:?} against {limit}"
+                    );
+                }
+            }
+        }
+        assert!(!median_above(&std::collections::VecDeque::new(), 0.0));
+    }
 
     fn host(max: usize, adaptive: bool, circuit: u32) -> Arc<Host> {
         Arc::new(Host::new(
