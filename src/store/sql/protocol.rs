@@ -1119,7 +1119,7 @@ impl<B: Backend> Inner<B> {
         let row = |i: usize| rows[i.min(rows.len() - 1)];
         let keys: Vec<(Val, Kind)> = (0..k).map(|i| self.key_val(row(i))).collect();
         let text = s.with_text();
-        let key_expr = if !text {
+        let key_expr = if !text || keys.len() == 1 {
             String::new()
         } else if sh.key.kind == Kind::Untyped {
             self.b.text(&self.q(&sh.key))
@@ -1129,6 +1129,10 @@ impl<B: Backend> Inner<B> {
         s.push_with(|| format!("UPDATE {} SET ", self.t_by_key()));
         // Columns are joined by ", " (the first one without).
         let mut first = true;
+        // One key (each row of a compare-and-set save): the WHERE clause already names the
+        // row, so each column gets its value as it is, without a CASE on the key; SQLite
+        // then compares no key per column and binds half the values.
+        let single = keys.len() == 1;
         // `col = CASE key WHEN k1 THEN v1 ... ELSE col END`, one per column. A padded
         // repeat of the last row never matches (its first WHEN does).
         let mut case =
@@ -1146,6 +1150,24 @@ impl<B: Backend> Inner<B> {
                         s.push("COALESCE(").push(&q).push(", ");
                     }
                     Set::To | Set::UnlessNull => {}
+                }
+                if single {
+                    let (v, vk) = f(row(0));
+                    match how {
+                        Set::UnlessNull => {
+                            s.push("COALESCE(");
+                            s.bind(v, vk);
+                            s.push(", ").push(&q).push(")");
+                        }
+                        Set::IfNull => {
+                            s.bind(v, vk);
+                            s.push(")");
+                        }
+                        Set::To | Set::Add => {
+                            s.bind(v, vk);
+                        }
+                    }
+                    return;
                 }
                 s.push("CASE ").push(&key_expr);
                 for (i, (kv, kk)) in keys.iter().enumerate() {
