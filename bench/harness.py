@@ -491,18 +491,25 @@ def contestant_name(kind, opts, case_n, n, tls=None):
 
 def median_run(runs):
     """The run with the median wall time of one contestant's repetitions; every wall time is
-    kept in `walls`, and a wrong result in any repetition stays visible."""
+    kept in `walls`, and a wrong result in any repetition stays visible. Its peak RSS is the
+    median of the repetitions' own (`rss_all` keeps them): a run's peak depends on when the
+    allocator last gave pages back, not on its speed, so the run with the median time need
+    not have the median size."""
     if len(runs) == 1:
         return runs[0]
     ordered = sorted(runs, key=lambda r: r["wall"])
     chosen = ordered[(len(ordered) - 1) // 2]
     chosen["walls"] = [r["wall"] for r in runs]
+    chosen["rss_all"] = [r["rss_kib"] for r in runs]
+    chosen["rss_kib"] = sorted(chosen["rss_all"])[(len(runs) - 1) // 2]
     for r in runs:
         for w in r["warnings"]:
             if w not in chosen["warnings"]:
                 chosen["warnings"].append(w)
     log(f"  {chosen['name']}: median of {len(runs)}: {chosen['wall']:.2f} s "
-        f"(all: {', '.join(f'{w:.2f}' for w in chosen['walls'])})")
+        f"(all: {', '.join(f'{w:.2f}' for w in chosen['walls'])}), "
+        f"{chosen['rss_kib'] / 1024:.1f} MiB "
+        f"(all: {', '.join(f'{k / 1024:.1f}' for k in chosen['rss_all'])})")
     return chosen
 
 
