@@ -1063,7 +1063,7 @@ impl Shared {
         if spans.len >= spans.cap {
             return None;
         }
-        let all: Vec<(u64, u64)> = spans.chunks.iter().flatten().copied().collect();
+        let all = spans.to_vec();
         drop(spans);
         Some(settled_high_water_of(&all, SETTLE))
     }

@@ -1118,8 +1118,12 @@ impl<B: Backend> Inner<B> {
         let k = if cas { 1 } else { shape_for(rows.len()) };
         let row = |i: usize| rows[i.min(rows.len() - 1)];
         let keys: Vec<(Val, Kind)> = (0..k).map(|i| self.key_val(row(i))).collect();
+        // One key (each row of a compare-and-set save): the WHERE clause already names the
+        // row, so each column gets its value as it is, without a CASE on the key; SQLite
+        // then compares no key per column and binds half the values.
+        let single = keys.len() == 1;
         let text = s.with_text();
-        let key_expr = if !text || keys.len() == 1 {
+        let key_expr = if !text || single {
             String::new()
         } else if sh.key.kind == Kind::Untyped {
             self.b.text(&self.q(&sh.key))
@@ -1129,10 +1133,6 @@ impl<B: Backend> Inner<B> {
         s.push_with(|| format!("UPDATE {} SET ", self.t_by_key()));
         // Columns are joined by ", " (the first one without).
         let mut first = true;
-        // One key (each row of a compare-and-set save): the WHERE clause already names the
-        // row, so each column gets its value as it is, without a CASE on the key; SQLite
-        // then compares no key per column and binds half the values.
-        let single = keys.len() == 1;
         // `col = CASE key WHEN k1 THEN v1 ... ELSE col END`, one per column. A padded
         // repeat of the last row never matches (its first WHEN does).
         let mut case =
@@ -1151,29 +1151,8 @@ impl<B: Backend> Inner<B> {
                     }
                     Set::To | Set::UnlessNull => {}
                 }
-                if single {
-                    let (v, vk) = f(row(0));
-                    match how {
-                        Set::UnlessNull => {
-                            s.push("COALESCE(");
-                            s.bind(v, vk);
-                            s.push(", ").push(&q).push(")");
-                        }
-                        Set::IfNull => {
-                            s.bind(v, vk);
-                            s.push(")");
-                        }
-                        Set::To | Set::Add => {
-                            s.bind(v, vk);
-                        }
-                    }
-                    return;
-                }
-                s.push("CASE ").push(&key_expr);
-                for (i, (kv, kk)) in keys.iter().enumerate() {
-                    s.push(" WHEN ");
-                    s.bind(kv.clone(), *kk);
-                    s.push(" THEN ");
+                // One row's value; a NULL one keeps the column's under `UnlessNull`.
+                let value = |s: &mut Sql<'_, B>, i: usize| {
                     let (v, vk) = f(row(i));
                     if how == Set::UnlessNull {
                         s.push("COALESCE(");
@@ -1182,6 +1161,20 @@ impl<B: Backend> Inner<B> {
                     } else {
                         s.bind(v, vk);
                     }
+                };
+                if single {
+                    value(s, 0);
+                    if how == Set::IfNull {
+                        s.push(")");
+                    }
+                    return;
+                }
+                s.push("CASE ").push(&key_expr);
+                for (i, (kv, kk)) in keys.iter().enumerate() {
+                    s.push(" WHEN ");
+                    s.bind(kv.clone(), *kk);
+                    s.push(" THEN ");
+                    value(s, i);
                 }
                 match how {
                     Set::Add => s.push(" ELSE 0 END"),
