@@ -1487,6 +1487,47 @@ proptest! {
         prop_assert!(matches!(j, Judgement::StillFailed(_)), "{}: {:?}", pointer, j);
     }
 
+    /// The judge builds only the parts of an answer its pointer rules reach; its verdict and
+    /// message are those of the rules on the whole document.
+    #[test]
+    fn judging_the_parts_the_rules_reach_is_judging_the_whole_answer(
+        doc in json_value(),
+        picks in prop::collection::vec(
+            (prop::collection::vec(any::<usize>(), 0..6), 0..4u8, any::<bool>()),
+            1..5,
+        ),
+        stray in "(/([a-z0-9]|~[01]){0,3}){0,3}",
+    ) {
+        let body = serde_json::to_vec(&doc).unwrap();
+        let (mut json, mut dead) = (Vec::new(), Vec::new());
+        for (i, (choices, op, is_dead)) in picks.iter().enumerate() {
+            let (pointer, target) = pick(&doc, choices);
+            // A rule on the value there, on something else, or on a pointer past it.
+            let spec = match op {
+                0 => format!("{pointer}={target}"),
+                1 => format!("{pointer}!={target}"),
+                2 => format!("{pointer}/{i}>=0"),
+                _ => format!("{stray}=~^a"),
+            };
+            let rule = ok(JsonRule::parse_all(&[spec]), "parse_all")?;
+            if *is_dead { dead.extend(rule) } else { json.extend(rule) }
+        }
+        let whole: Value = serde_json::from_slice(&body).unwrap();
+        let want = dead
+            .iter()
+            .find_map(|r| r.dead_reason(&whole).map(Judgement::Dead))
+            .or_else(|| json.iter().find_map(|r| r.check(&whole).err().map(Judgement::StillFailed)))
+            .unwrap_or(Judgement::Ok);
+        let expect = Expectations {
+            status: ExpectStatus::default(),
+            json,
+            jq: Vec::new(),
+            dead_json: dead,
+            dead_jq: Vec::new(),
+        };
+        prop_assert_eq!(judge(200, &body, &expect), want);
+    }
+
     #[test]
     fn json_rules_and_judge_never_panic(
         specs in rule_specs(),

@@ -6,6 +6,8 @@ use std::fmt;
 
 use anyhow::{Result, bail};
 use regex::Regex;
+use serde::Deserialize;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use super::jq::{self, JqRule};
@@ -161,15 +163,7 @@ impl JsonRule {
             .iter()
             .try_fold(doc, |target, token| match target {
                 Value::Object(map) => map.get(token.as_str()),
-                Value::Array(list) => {
-                    // As serde_json: no sign, no leading zero ("0" itself is fine).
-                    let leading_zero = token.starts_with('0') && token.len() != 1;
-                    let index_ok = !(token.starts_with('+') || leading_zero);
-                    index_ok
-                        .then(|| token.parse::<usize>().ok())
-                        .flatten()
-                        .and_then(|i| list.get(i))
-                }
+                Value::Array(list) => array_index(token).and_then(|i| list.get(i)),
                 _ => None,
             })
     }
@@ -323,6 +317,224 @@ impl JsonRule {
     }
 }
 
+/// A pointer token as an array index, as serde_json reads it: decimal, no sign, no leading
+/// zero ("0" itself is fine).
+fn array_index(token: &str) -> Option<usize> {
+    let leading_zero = token.starts_with('0') && token.len() != 1;
+    if token.starts_with('+') || leading_zero {
+        return None;
+    }
+    token.parse().ok()
+}
+
+/// Parses an answer into the part of it that `rules` look at: every value a rule's pointer
+/// reaches, whole, and the objects and arrays on the way there; everything else is checked
+/// to be JSON (the same parser, the same errors) but never built. A rule finds the same
+/// value in the result as in the whole document, so its verdict and message are the same.
+///
+/// Why: building the whole `serde_json::Value` allocates every string, array and object of
+/// the answer, and real answers carry far more than the one or two fields the rules read
+/// (BENCHMARKS.md, "judge").
+fn parse_for(body: &[u8], rules: Pointed<'_>) -> serde_json::Result<Value> {
+    if rules.len() > Live::BITS as usize {
+        return serde_json::from_slice(body);
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let all = if rules.len() == Live::BITS as usize {
+        Live::MAX
+    } else {
+        (1 << rules.len()) - 1
+    };
+    let doc = Keep {
+        rules,
+        depth: 0,
+        live: all,
+    }
+    .deserialize(&mut de)?;
+    de.end()?;
+    Ok(doc)
+}
+
+/// The rules of one judgement, `--dead-json` then `--expect-json`, by number.
+#[derive(Clone, Copy)]
+struct Pointed<'r>(&'r [JsonRule], &'r [JsonRule]);
+
+impl<'r> Pointed<'r> {
+    fn len(&self) -> usize {
+        self.0.len() + self.1.len()
+    }
+
+    fn tokens(&self, i: usize) -> &'r [String] {
+        match self.0.get(i) {
+            Some(r) => &r.tokens,
+            None => &self.1[i - self.0.len()].tokens,
+        }
+    }
+}
+
+/// A set of rules by number (bit `i`: rule `i`).
+type Live = u64;
+
+/// The value at `depth` on the way of the `live` rules' pointers.
+#[derive(Clone, Copy)]
+struct Keep<'r> {
+    rules: Pointed<'r>,
+    depth: usize,
+    live: Live,
+}
+
+impl Keep<'_> {
+    /// Each live rule, by number.
+    fn each(self) -> impl Iterator<Item = usize> {
+        (0..self.rules.len()).filter(move |&i| self.live & (1 << i) != 0)
+    }
+
+    /// The rules whose next token is `key` (a member of an object).
+    fn member(self, key: &str) -> Live {
+        self.each()
+            .filter(|&i| self.rules.tokens(i)[self.depth] == key)
+            .fold(0, |m, i| m | (1 << i))
+    }
+
+    /// The rules whose next token is array index `at`.
+    fn element(self, at: usize) -> Live {
+        self.each()
+            .filter(|&i| array_index(&self.rules.tokens(i)[self.depth]) == Some(at))
+            .fold(0, |m, i| m | (1 << i))
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Keep<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        // A rule points here: the whole value, as it is.
+        if self
+            .each()
+            .any(|i| self.rules.tokens(i).len() == self.depth)
+        {
+            return Value::deserialize(d);
+        }
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Keep<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    // Scalars on the way (a pointer that goes on into a number finds nothing): kept as
+    // serde_json's own visitor keeps them.
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut kept = serde_json::Map::new();
+        while let Some((key, live)) = map.next_key_seed(Key(self))? {
+            if live == 0 {
+                map.next_value::<IgnoredAny>()?;
+            } else {
+                let below = Keep {
+                    live,
+                    depth: self.depth + 1,
+                    ..self
+                };
+                // A repeated member replaces the earlier one, as in serde_json's own map.
+                kept.insert(key, map.next_value_seed(below)?);
+            }
+        }
+        Ok(Value::Object(kept))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let last = self
+            .each()
+            .filter_map(|i| array_index(&self.rules.tokens(i)[self.depth]))
+            .max();
+        let mut kept = Vec::new();
+        let mut at = 0usize;
+        loop {
+            let live = match last {
+                Some(last) if at <= last => self.element(at),
+                _ => 0,
+            };
+            if live == 0 {
+                if seq.next_element::<IgnoredAny>()?.is_none() {
+                    break;
+                }
+                // Placeholders keep the indexes of the elements that are kept; none of
+                // them is reached by a pointer.
+                if last.is_some_and(|last| at <= last) {
+                    kept.push(Value::Null);
+                }
+            } else {
+                let below = Keep {
+                    live,
+                    depth: self.depth + 1,
+                    ..self
+                };
+                match seq.next_element_seed(below)? {
+                    Some(v) => kept.push(v),
+                    None => break,
+                }
+            }
+            at += 1;
+        }
+        Ok(Value::Array(kept))
+    }
+}
+
+/// An object's member name, with the rules that go on into its value (none: the value is
+/// skipped, and the name is not copied).
+struct Key<'r>(Keep<'r>);
+
+impl<'de> DeserializeSeed<'de> for Key<'_> {
+    type Value = (String, Live);
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(String, Live), D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key<'_> {
+    type Value = (String, Live);
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<(String, Live), E> {
+        let live = self.0.member(key);
+        Ok((
+            if live == 0 {
+                String::new()
+            } else {
+                key.to_owned()
+            },
+            live,
+        ))
+    }
+}
+
 /// JSON equality, except that numbers compare by value (`100` = `100.0`) at any depth.
 fn same(a: &Value, b: &Value) -> bool {
     match (a, b) {
@@ -445,7 +657,13 @@ pub fn judge(status: u16, body: &[u8], expect: &Expectations) -> Judgement {
             }
             return judge_jq(&val, expect).unwrap_or(Judgement::Ok);
         }
-        let doc: Value = match serde_json::from_slice(body) {
+        let doc = if expect.dead_jq.is_empty() && expect.jq.is_empty() {
+            // Pointer rules only: just what they point at.
+            parse_for(body, Pointed(&expect.dead_json, &expect.json))
+        } else {
+            serde_json::from_slice(body)
+        };
+        let doc: Value = match doc {
             Ok(v) => v,
             Err(e) => return invalid(e),
         };
@@ -571,6 +789,109 @@ mod tests {
         ] {
             let rule = JsonRule::parse_all(&[format!("{p}!=0")]).unwrap().remove(0);
             assert_eq!(rule.find(&doc), doc.pointer(p), "pointer {p:?}");
+        }
+    }
+
+    /// The part of an answer built for the rules gives every rule the value the whole
+    /// document gives it, for pointers into objects, arrays, repeated members, escapes,
+    /// scalars on the way and past the end; a body that is not JSON fails the same way.
+    #[test]
+    fn the_parts_built_for_the_rules_find_what_the_whole_document_finds() {
+        let docs = [
+            r#"{"a": [10, 11, {"b": 2}], "a/b": 1, "m~n": 2, "": {"": 3}, "x": {"0": 4, "01": 5}}"#,
+            r#"{"s": 1, "s": {"t": [1, [2, {"u": "v"}]]}, "big": [[[[]]]], "e": "\u00e9\n"}"#,
+            r#"[{"a": 1}, [], "x", null, 1.5e3, {"a": [true, false]}]"#,
+            r#""just a string""#,
+            r#"{"n": 18446744073709551615, "m": -9223372036854775808, "f": 0.1, "z": null}"#,
+            "{}",
+            "[]",
+        ];
+        let pointers = [
+            "",
+            "/a",
+            "/a/0",
+            "/a/2/b",
+            "/a/01",
+            "/a/+1",
+            "/a/-",
+            "/a/3",
+            "/a~1b",
+            "/m~0n",
+            "/",
+            "//",
+            "/x/0",
+            "/x/01",
+            "/a/2/b/c",
+            "/nope",
+            "/s",
+            "/s/t/1/1/u",
+            "/s/t/0/x",
+            "/0",
+            "/0/a",
+            "/5/a/1",
+            "/2",
+            "/2/0",
+            "/n",
+            "/m",
+            "/f",
+            "/z",
+            "/z/q",
+            "/e",
+            "/big/0/0",
+        ];
+        for doc in docs {
+            let whole: Value = serde_json::from_str(doc).unwrap();
+            for p in pointers {
+                let rule = JsonRule::parse_all(&[format!("{p}!=0")]).unwrap();
+                let kept = parse_for(doc.as_bytes(), Pointed(&[], &rule)).unwrap();
+                assert_eq!(rule[0].find(&kept), whole.pointer(p), "{p:?} in {doc}");
+            }
+            // All of them at once, split between dead and expect rules.
+            let rules: Vec<JsonRule> = pointers
+                .iter()
+                .flat_map(|p| JsonRule::parse_all(&[format!("{p}!=0")]).unwrap())
+                .collect();
+            let (dead, expect) = rules.split_at(9);
+            let kept = parse_for(doc.as_bytes(), Pointed(dead, expect)).unwrap();
+            for r in &rules {
+                assert_eq!(
+                    r.find(&kept),
+                    whole.pointer(&r.pointer),
+                    "{:?} in {doc}",
+                    r.pointer
+                );
+            }
+        }
+        // More rules than one set holds: the whole document, the same answers.
+        let many: Vec<JsonRule> = (0..70)
+            .flat_map(|i| JsonRule::parse_all(&[format!("/k{i}!=0")]).unwrap())
+            .collect();
+        let kept = parse_for(br#"{"k3": 1, "j": 2}"#, Pointed(&many, &[])).unwrap();
+        assert_eq!(kept, serde_json::json!({"k3": 1, "j": 2}));
+        // A body that is not JSON fails at the same place (inside a skipped value the words
+        // may differ, a trailing comma there is "expected value", and a control character in
+        // a string is placed one column earlier).
+        let rule = JsonRule::parse_all(&["/a=1"]).unwrap();
+        for bad in [
+            "",
+            "{",
+            r#"{"a": 1"#,
+            r#"{"a": 1} x"#,
+            r#"{"b": [1,]}"#,
+            r#"{"b": tru}"#,
+            "[1 2]",
+            r#"{"b": "\x"}"#,
+            r#"{"a": [1,]}"#,
+            "{\"b\": \"\u{1}\"}",
+            r#"{"b": 1, "b"}"#,
+        ] {
+            let want = serde_json::from_str::<Value>(bad).unwrap_err();
+            let got = parse_for(bad.as_bytes(), Pointed(&[], &rule)).unwrap_err();
+            assert_eq!(got.line(), want.line(), "{bad:?}");
+            assert!(
+                got.column().abs_diff(want.column()) <= 1,
+                "{bad:?}: {got} / {want}"
+            );
         }
     }
 
