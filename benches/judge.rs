@@ -1,5 +1,5 @@
 //! The JSON judge on answers of three sizes: `cargo bench --bench judge` (BENCHMARKS.md,
-//! "judge"). Each line: nanoseconds per judgement of `--expect-json /status=done` by
+//! "Sixth session"). Each line: nanoseconds per judgement of `--expect-json /status=done` by
 //! `recheck::check::judge::judge`, which builds only what the rule points at, against
 //! building the whole `serde_json::Value` and checking the rule on it (what the judge did
 //! before). Plain timing loops, medians of 7 rounds: no benchmark framework needed for two

@@ -334,7 +334,7 @@ fn array_index(token: &str) -> Option<usize> {
 ///
 /// Why: building the whole `serde_json::Value` allocates every string, array and object of
 /// the answer, and real answers carry far more than the one or two fields the rules read
-/// (BENCHMARKS.md, "judge").
+/// (BENCHMARKS.md, "Sixth session": `cargo bench --bench judge`).
 fn parse_for(body: &[u8], rules: Pointed<'_>) -> serde_json::Result<Value> {
     if rules.len() > Live::BITS as usize {
         return serde_json::from_slice(body);
