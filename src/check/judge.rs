@@ -396,6 +396,15 @@ impl Keep<'_> {
             .fold(0, |m, i| m | (1 << i))
     }
 
+    /// The value one level down, for the rules in `live`.
+    fn below(self, live: Live) -> Self {
+        Keep {
+            live,
+            depth: self.depth + 1,
+            ..self
+        }
+    }
+
     /// The rules whose next token is array index `at`.
     fn element(self, at: usize) -> Live {
         self.each()
@@ -453,13 +462,8 @@ impl<'de> Visitor<'de> for Keep<'_> {
             if live == 0 {
                 map.next_value::<IgnoredAny>()?;
             } else {
-                let below = Keep {
-                    live,
-                    depth: self.depth + 1,
-                    ..self
-                };
                 // A repeated member replaces the earlier one, as in serde_json's own map.
-                kept.insert(key, map.next_value_seed(below)?);
+                kept.insert(key, map.next_value_seed(self.below(live))?);
             }
         }
         Ok(Value::Object(kept))
@@ -487,12 +491,7 @@ impl<'de> Visitor<'de> for Keep<'_> {
                     kept.push(Value::Null);
                 }
             } else {
-                let below = Keep {
-                    live,
-                    depth: self.depth + 1,
-                    ..self
-                };
-                match seq.next_element_seed(below)? {
+                match seq.next_element_seed(self.below(live))? {
                     Some(v) => kept.push(v),
                     None => break,
                 }
@@ -657,11 +656,12 @@ pub fn judge(status: u16, body: &[u8], expect: &Expectations) -> Judgement {
             }
             return judge_jq(&val, expect).unwrap_or(Judgement::Ok);
         }
-        let doc = if expect.dead_jq.is_empty() && expect.jq.is_empty() {
-            // Pointer rules only: just what they point at.
-            parse_for(body, Pointed(&expect.dead_json, &expect.json))
-        } else {
+        // jq filters read the whole answer; pointer rules alone, just what they point at.
+        let jq_too = !(expect.dead_jq.is_empty() && expect.jq.is_empty());
+        let doc = if jq_too {
             serde_json::from_slice(body)
+        } else {
+            parse_for(body, Pointed(&expect.dead_json, &expect.json))
         };
         let doc: Value = match doc {
             Ok(v) => v,
@@ -674,13 +674,13 @@ pub fn judge(status: u16, body: &[u8], expect: &Expectations) -> Judgement {
                 return Judgement::Dead(why);
             }
         }
-        let val = if expect.dead_jq.is_empty() && expect.jq.is_empty() {
-            None
-        } else {
+        let val = if jq_too {
             match jq::to_val(&doc) {
                 Ok(v) => Some(v),
                 Err(why) => return Judgement::Error(why),
             }
+        } else {
+            None
         };
         // The dead jq filters before any expect rule, too.
         if let Some(val) = &val
