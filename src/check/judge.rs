@@ -389,11 +389,16 @@ impl Keep<'_> {
         (0..self.rules.len()).filter(move |&i| self.live & (1 << i) != 0)
     }
 
+    /// The live rules whose next token `is` what the caller looks for.
+    fn next_token(self, is: impl Fn(&str) -> bool) -> Live {
+        self.each()
+            .filter(|&i| is(&self.rules.tokens(i)[self.depth]))
+            .fold(0, |m, i| m | (1 << i))
+    }
+
     /// The rules whose next token is `key` (a member of an object).
     fn member(self, key: &str) -> Live {
-        self.each()
-            .filter(|&i| self.rules.tokens(i)[self.depth] == key)
-            .fold(0, |m, i| m | (1 << i))
+        self.next_token(|t| t == key)
     }
 
     /// The value one level down, for the rules in `live`.
@@ -407,9 +412,7 @@ impl Keep<'_> {
 
     /// The rules whose next token is array index `at`.
     fn element(self, at: usize) -> Live {
-        self.each()
-            .filter(|&i| array_index(&self.rules.tokens(i)[self.depth]) == Some(at))
-            .fold(0, |m, i| m | (1 << i))
+        self.next_token(|t| array_index(t) == Some(at))
     }
 }
 
@@ -477,17 +480,16 @@ impl<'de> Visitor<'de> for Keep<'_> {
         let mut kept = Vec::new();
         let mut at = 0usize;
         loop {
-            let live = match last {
-                Some(last) if at <= last => self.element(at),
-                _ => 0,
-            };
+            // Up to the last index a pointer names, elements keep their places.
+            let on_way = last.is_some_and(|last| at <= last);
+            let live = if on_way { self.element(at) } else { 0 };
             if live == 0 {
                 if seq.next_element::<IgnoredAny>()?.is_none() {
                     break;
                 }
                 // Placeholders keep the indexes of the elements that are kept; none of
                 // them is reached by a pointer.
-                if last.is_some_and(|last| at <= last) {
+                if on_way {
                     kept.push(Value::Null);
                 }
             } else {
